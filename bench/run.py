@@ -1,0 +1,213 @@
+"""The one-command benchmark: fake upstream direct, the passthrough floor, and Sluice.
+
+    .venv/bin/python bench/run.py            # ~10 s per measurement, writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --quick    # ~2 s per measurement, prints only
+
+The proxy under test runs alone on core 0; the fake upstream (and redis) share
+core 1 with wrk. For each workload the three targets are measured back to back
+in the same run, so they see the same machine. Every target first answers one
+checked request, then gets a discarded warm-up, then the measured run.
+
+Exits 1 when something could not be measured (e.g. Sluice does not start);
+missed performance targets show as ❌ in the report but do not fail the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import urllib.request
+
+import orjson
+
+import services
+from loadgen import LoadError, WrkResult, check_answer, wrk
+from procs import StartError, free_port
+from report import Cell, Table, render, write_section
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    key: str
+    title: str
+    connections: int
+    stream: bool = False
+    delay_ms: int = 0
+
+
+WORKLOADS = [
+    Workload("c1", "Non-streaming, c=1", 1),
+    Workload("c16", "Non-streaming, c=16", 16),
+    Workload("c64", "Non-streaming, c=64", 64),
+    Workload("stream16", "Streaming (20 chunks + usage), c=16", 16, stream=True),
+    Workload("delay50", "Non-streaming, 50 ms upstream delay, c=64", 64, delay_ms=50),
+]
+CACHE_CONNECTIONS = 16
+
+
+class Bench:
+    """Measures targets with a fixed duration and warm-up, collecting what failed."""
+
+    def __init__(self, seconds: int, warmup: int) -> None:
+        self.seconds = seconds
+        self.warmup = warmup
+        self.problems: list[str] = []
+
+    def measure(self, label: str, url: str, connections: int, stream: bool) -> Cell:
+        try:
+            check_answer(url, stream)
+            wrk(url, connections, self.warmup, stream)
+            result = wrk(url, connections, self.seconds, stream)
+        except LoadError as exc:
+            return self.fail(label, str(exc))
+        print(f"  {label:<48} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+              f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}", file=sys.stderr, flush=True)
+        return result
+
+    def fail(self, label: str, reason: str) -> str:
+        self.problems.append(f"{label}: {reason}")
+        print(f"  {label:<48} NOT MEASURED: {reason}", file=sys.stderr, flush=True)
+        return reason
+
+    def start_sluice(self, stack: ExitStack, label: str, config: dict[str, Any]) -> str | None:
+        """Sluice's base URL, or None (recorded as a problem) when it does not come up."""
+        port = free_port()
+        try:
+            stack.enter_context(services.sluice(port, config, f"sluice-{label.replace(' ', '-')}"))
+        except StartError as exc:
+            self.fail(f"sluice ({label})", f"Sluice did not start: {exc}")
+            return None
+        return services.base_url(port)
+
+
+def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> list[Table]:
+    """Direct, floor and Sluice against one fake upstream with the given delay."""
+    tables = [Table(workload.key, workload.title) for workload in workloads]
+    with ExitStack() as stack:
+        upstream_port, floor_port = free_port(), free_port()
+        stack.enter_context(services.upstream(upstream_port, delay_ms))
+        stack.enter_context(services.floor(floor_port, upstream_port))
+        targets = {
+            "direct": services.base_url(upstream_port),
+            "floor": services.base_url(floor_port),
+            "sluice": bench.start_sluice(stack, f"upstream {delay_ms} ms", services.sluice_config(upstream_port)),
+        }
+        for workload, table in zip(workloads, tables):
+            print(workload.title, file=sys.stderr)
+            for name, url in targets.items():
+                table.rows[name] = (
+                    bench.measure(f"{name}, {workload.key}", url, workload.connections, workload.stream)
+                    if url
+                    else "Sluice did not start"
+                )
+    return tables
+
+
+def run_cache(bench: Bench, backends: list[str]) -> Table:
+    """Sluice answering one repeated request from its cache: the first misses, the rest hit."""
+    table = Table("cache", f"Cache hits (Sluice only), non-streaming, c={CACHE_CONNECTIONS}")
+    print(table.title, file=sys.stderr)
+    for backend in backends:
+        row = f"sluice, {backend} cache"
+        with ExitStack() as stack:
+            upstream_port = free_port()
+            stack.enter_context(services.upstream(upstream_port))
+            cache: dict[str, Any] = {"enabled": True, "backend": backend}
+            if backend == "redis":
+                redis_port = free_port()
+                stack.enter_context(services.redis(redis_port))
+                cache["redis_url"] = f"redis://127.0.0.1:{redis_port}/0"
+            url = bench.start_sluice(stack, f"{backend} cache", services.sluice_config(upstream_port, cache=cache))
+            if url is None:
+                table.rows[row] = "Sluice did not start"
+                continue
+            table.rows[row] = _measure_hits(bench, row, url)
+            table.notes.append(f"{row}: {_cache_stats(url)}")
+    return table
+
+
+def _measure_hits(bench: Bench, label: str, url: str) -> Cell:
+    try:
+        check_answer(url, stream=False)
+        second = check_answer(url, stream=False).get("x-sluice-cache")
+    except LoadError as exc:
+        return bench.fail(label, str(exc))
+    if second != "hit":
+        return bench.fail(label, f"a repeated request was not a cache hit (X-Sluice-Cache: {second})")
+    return bench.measure(label, url, CACHE_CONNECTIONS, stream=False)
+
+
+def _cache_stats(url: str) -> str:
+    """Sluice's own count of hits and misses, to show the run really was served from cache."""
+    try:
+        with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
+            cache = orjson.loads(response.read()).get("cache", {})
+    except (OSError, ValueError) as exc:
+        return f"/stats unavailable ({exc})"
+    return f"/stats cache hits {cache.get('hits')}, misses {cache.get('misses')}, hit rate {cache.get('hit_rate')}"
+
+
+def context(seconds: int, warmup: int, load_before: float) -> list[str]:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
+    return [
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} × {cpu}; Python {platform.python_version()}",
+        f"{seconds} s per measurement after a {warmup} s warm-up; wrk -t1",
+        f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: "
+        "other work on the machine shows up here and in the figures",
+    ]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of discarded warm-up (default 2)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per measurement, 1 s warm-up, prints only")
+    parser.add_argument("--redis", action="store_true", help="require the redis cache run (default: when redis-server exists)")
+    parser.add_argument("--output", type=Path, help="report file (default bench/RESULTS.md; none with --quick)")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    seconds, warmup = (2, 1) if args.quick else (args.duration, args.warmup)
+    output = args.output or (None if args.quick else RESULTS)
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (Debian: apt-get install wrk util-linux)")
+    if args.redis and shutil.which("redis-server") is None:
+        sys.exit("--redis given but redis-server is not installed")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    load_before = os.getloadavg()[0]
+    bench = Bench(seconds, warmup)
+    tables: list[Table] = []
+    for delay_ms in sorted({workload.delay_ms for workload in WORKLOADS}):
+        tables += run_workloads(bench, delay_ms, [w for w in WORKLOADS if w.delay_ms == delay_ms])
+    backends = ["memory"] + (["redis"] if args.redis or shutil.which("redis-server") else [])
+    tables.append(run_cache(bench, backends))
+
+    section = render(tables, context(seconds, warmup, load_before), bench.problems)
+    print(section)
+    if output:
+        write_section(output, section)
+        print(f"written to {output}", file=sys.stderr)
+    return 1 if bench.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

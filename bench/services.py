@@ -1,0 +1,80 @@
+"""The servers the benchmarks start, each pinned where the method says.
+
+The proxy under test (floor or Sluice) gets core 0 to itself; the fake
+upstream, redis and the load generator share core 1, so the proxy's cost is
+what the figures show.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from procs import OUT, Process, http_ok, tcp_open
+
+PROXY_CORE = 0
+LOAD_CORE = 1
+BENCH = OUT.parent
+
+
+def base_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def upstream(port: int, delay_ms: float = 0, chaos: float = 0, seed: int = 1) -> Process:
+    argv = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port), "--delay-ms", str(delay_ms)]
+    argv += ["--chaos", str(chaos), "--seed", str(seed)]
+    return Process(f"upstream-{port}", argv, LOAD_CORE, http_ok(f"{base_url(port)}/__stats"))
+
+
+def floor(port: int, upstream_port: int) -> Process:
+    argv = [sys.executable, str(BENCH / "floor.py"), "--port", str(port), "--upstream", f"{base_url(upstream_port)}/v1"]
+    return Process(f"floor-{port}", argv, PROXY_CORE, tcp_open(port))
+
+
+def sluice(port: int, config: dict[str, Any], name: str) -> Process:
+    """Sluice with `config` written to bench/out/<name>.yaml, one worker."""
+    path = OUT / f"{name}.yaml"
+    OUT.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    argv = [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(port), "--workers", "1"]
+    return Process(name, argv, PROXY_CORE, http_ok(f"{base_url(port)}/healthz"))
+
+
+def sluice_config(upstream_port: int, **sections: dict[str, Any]) -> dict[str, Any]:
+    """One OpenAI-type provider at the fake upstream; cache, dedup and compression
+    off (wrk repeats one body, which dedup would merge), unless `sections` say otherwise."""
+    config: dict[str, Any] = {
+        "server": {"host": "127.0.0.1"},
+        "providers": [
+            {"name": "openai", "type": "openai", "base_url": f"{base_url(upstream_port)}/v1", "api_key": "sk-bench"}
+        ],
+        "routing": {"default_provider": "openai"},
+        "cache": {"enabled": False},
+        "dedup": {"enabled": False},
+        "compression": {"mode": "off"},
+    }
+    config.update(sections)
+    return config
+
+
+def redis(port: int) -> Process:
+    """A throwaway redis-server: loopback only, nothing persisted."""
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    return Process(f"redis-{port}", argv, LOAD_CORE, _redis_pong(port))
+
+
+def _redis_pong(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+    return check
+

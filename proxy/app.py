@@ -1,0 +1,198 @@
+"""The app factory: routes, the lifespan that builds every long-lived part, error handling."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from proxy.accounting import Prices
+from proxy.cache.base import CacheBackend
+from proxy.cache.memory import MemoryCache
+from proxy.config import Config, load_config
+from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
+from proxy.limits import Limiter
+from proxy.middleware import RequestMiddleware
+from proxy.pipeline import Pipeline
+from proxy.providers import build_provider
+from proxy.providers.base import Provider
+from proxy.resilience import Breakers, Resilience
+from proxy.routing import Router
+from proxy.telemetry import Telemetry, configure_logging
+
+DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+_log = structlog.get_logger("sluice")
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def build_cache(config: Config) -> CacheBackend | None:
+    if not config.cache.enabled:
+        return None
+    if config.cache.backend == "redis":
+        from proxy.cache.redis import RedisCache
+
+        return RedisCache(config.cache.redis_url)
+    return MemoryCache(config.cache.max_entries, config.cache.max_bytes)
+
+
+class Gateway:
+    """Everything that lives as long as the server: built once, shared by all requests."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.telemetry = Telemetry()
+        self.prices = Prices.load(config.pricing_file)
+        self.providers: dict[str, Provider] = {}
+        self.cache: CacheBackend | None = None
+        self.breakers = Breakers(config.breaker)
+        self.pipeline: Pipeline | None = None
+
+    async def start(self) -> None:
+        self.providers = {p.name: build_provider(p) for p in self.config.providers}
+        self.cache = build_cache(self.config)
+        self.pipeline = Pipeline(
+            self.config,
+            Router(self.config),
+            self.providers,
+            self.cache,
+            Resilience(self.config.retry, self.breakers),
+            Limiter(self.config.auth),
+            self.prices,
+            self.telemetry,
+        )
+
+    async def stop(self) -> None:
+        for provider in self.providers.values():
+            await provider.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+
+    # -- endpoints other than the two proxied ones --
+
+    async def healthz(self, request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        providers = {p.name: {"type": p.type} for p in self.config.providers}
+        return _json({"status": "ready", "providers": providers, "breakers": self.breakers.states()})
+
+    async def metrics(self, request: Request) -> Response:
+        self.telemetry.breaker_states(self.breakers.states())
+        return Response(self.telemetry.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def stats(self, request: Request) -> Response:
+        entries = 0
+        if self.cache is not None:
+            with contextlib.suppress(Exception):
+                entries = await self.cache.entries()
+        return _json(self.telemetry.stats.snapshot(entries, self.breakers.states()))
+
+    async def models(self, request: Request) -> Response:
+        """Aliases, then each provider's models as ``provider/model``; a failing provider is skipped."""
+        request.scope["state"]["record"].tracked = False
+        data = [{"id": alias.name, "object": "model", "created": 0, "owned_by": "sluice"} for alias in self.config.models]
+        authorization = request.headers.get("authorization") if not self.config.auth.keys else None
+        if self.config.auth.keys:
+            assert self.pipeline is not None
+            self.pipeline.limiter.authenticate(request.headers.get("authorization"))
+        for name, provider in self.providers.items():
+            try:
+                ids = await provider.list_models(authorization)
+            except UpstreamFailure as exc:
+                _log.warning("models_unavailable", provider=name, error=exc.message)
+                continue
+            data.extend({"id": f"{name}/{mid}", "object": "model", "created": 0, "owned_by": name} for mid in ids)
+        return _json({"object": "list", "data": data})
+
+    async def clear_cache(self, request: Request) -> Response:
+        admin_key = self.config.auth.admin_key
+        if admin_key:
+            supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(supplied.encode(), admin_key.encode()):
+                raise InvalidAPIKey("This endpoint needs the admin key: 'Authorization: Bearer <admin_key>'.")
+        cleared = await self.cache.clear() if self.cache is not None else 0
+        return _json({"cleared": cleared})
+
+    async def dashboard(self, request: Request) -> Response:
+        name = request.path_params.get("name") or "index.html"
+        path = (DASHBOARD_DIR / name).resolve()
+        if path.parent != DASHBOARD_DIR.resolve() or not path.is_file():
+            raise NotFound(f"No dashboard file '{name}'.")
+        return FileResponse(path)
+
+
+async def _sluice_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SluiceError)
+    record = request.scope.get("state", {}).get("record")
+    if record is not None:
+        record.error_code = exc.code
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."))
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
+    return error_response(SluiceError(str(exc.detail), status=exc.status_code, code="http_error"))
+
+
+def create_app(config: Config, log_format: str = "json") -> Starlette:
+    configure_logging(log_format)
+    gateway = Gateway(config)
+
+    def pipeline_endpoint(name: str):  # type: ignore[no-untyped-def]
+        async def endpoint(request: Request) -> Response:
+            assert gateway.pipeline is not None
+            return await getattr(gateway.pipeline, name)(request)
+
+        return endpoint
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    routes = [
+        Route("/v1/chat/completions", pipeline_endpoint("chat_completions"), methods=["POST"]),
+        Route("/v1/embeddings", pipeline_endpoint("embeddings"), methods=["POST"]),
+        Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/readyz", gateway.readyz, methods=["GET"]),
+        Route("/metrics", gateway.metrics, methods=["GET"]),
+        Route("/stats", gateway.stats, methods=["GET"]),
+        Route("/dashboard", gateway.dashboard, methods=["GET"]),
+        Route("/dashboard/{name}", gateway.dashboard, methods=["GET"]),
+        Route("/admin/cache/clear", gateway.clear_cache, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={SluiceError: _sluice_error, HTTPException: _http_error},
+    )
+    app.state.gateway = gateway
+    app.add_middleware(RequestMiddleware, telemetry=gateway.telemetry)
+    return app
+
+
+def app_from_environment() -> Starlette:
+    """Factory for uvicorn workers: each worker process loads the same config."""
+    import os
+
+    return create_app(load_config(os.environ.get("SLUICE_CONFIG")), os.environ.get("SLUICE_LOG_FORMAT", "json"))

@@ -1,0 +1,43 @@
+"""In-process cache: TTL per entry, LRU-bounded by entry count and total bytes."""
+
+from __future__ import annotations
+
+import time
+
+from cachetools import TLRUCache
+
+from proxy.cache.base import CacheBackend, CachedAnswer
+
+_ENTRY_OVERHEAD = 256  # bytes of bookkeeping per entry, so tiny answers still count
+
+
+class MemoryCache(CacheBackend):
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self._max_entries = max_entries
+        self._cache: TLRUCache[str, tuple[CachedAnswer, float]] = TLRUCache(
+            maxsize=max_bytes,
+            ttu=lambda _key, value, now: now + value[1],
+            timer=time.monotonic,
+            getsizeof=lambda value: len(value[0].completion.body) + _ENTRY_OVERHEAD,
+        )
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        entry = self._cache.get(key)
+        return entry[0] if entry is not None else None
+
+    async def set(self, key: str, answer: CachedAnswer, ttl: float) -> None:
+        try:
+            self._cache[key] = (answer, ttl)
+        except ValueError:  # larger than the whole byte budget: not cacheable
+            return
+        while len(self._cache) > self._max_entries:
+            self._cache.popitem()
+
+    async def clear(self) -> int:
+        count = len(self._cache)
+        self._cache.clear()
+        return count
+
+    async def entries(self) -> int:
+        self._cache.expire()
+        return len(self._cache)

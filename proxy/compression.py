@@ -1,0 +1,389 @@
+"""Prompt compression: meaning-preserving rewrites and history trimming.
+
+Runs on every request, so the common case (nothing to rewrite, a prompt far
+below the context window) is kept to a few string scans: tokens are counted
+only for messages that changed, and for trimming only when a byte-based upper
+bound says the prompt might not fit.
+
+``safe`` mode rewrites only what cannot change meaning:
+
+- outside fenced code blocks, inline code and indented code lines, in the text
+  of system, developer, user and assistant messages: interior runs of spaces
+  become one space, trailing spaces and tabs go, and three or more line breaks become
+  two. Leading indentation is kept (it nests Markdown lists). An interior run that
+  contains tabs keeps its tabs and loses its spaces: in pasted spreadsheet or
+  TSV data each tab separates a field, so ``a\\t\\tb`` has an empty cell.
+- exact duplicate system/developer messages: all but the first are dropped.
+- ``tool`` results that are JSON objects or arrays lose the whitespace between
+  tokens; strings and numbers are kept byte for byte (no re-serializing, so no
+  float or escape changes). Other tool output (file contents, diffs, command
+  output) is left alone: agents quote it back verbatim, e.g. in edit calls.
+
+Never touched: code, non-text parts (images, audio, files), ``tool_calls``,
+``name`` and every other field of a message. A rewrite that would not lower a
+message's token count (BPE is not monotonic) is discarded.
+
+``aggressive`` adds removal of the filler phrases in ``FILLER_PHRASES`` from
+user messages: opt-in, because a politeness word can be the point of a prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from proxy.errors import InvalidRequest
+from proxy.tokens import REPLY_PRIMING_TOKENS, count_message, message_upper_bound
+
+MODES = ("off", "safe", "aggressive")
+SYSTEM_ROLES = frozenset({"system", "developer"})
+TOOL_RESULT_ROLES = frozenset({"tool", "function"})
+# Room kept for the answer when the request does not say how long it may be.
+DEFAULT_OUTPUT_RESERVE = 4096
+
+
+@dataclass(slots=True)
+class CompressionResult:
+    messages: list[dict]  # new list; untouched messages may be the same objects
+    changed: bool  # False => messages is the input list, unchanged
+    tokens_saved: int  # prompt tokens removed by rewrites (not counting trimming)
+    trimmed_messages: int  # messages dropped by trim_history
+
+
+class ContextOverflow(InvalidRequest):
+    """The prompt does not fit the model even with every droppable turn gone."""
+
+    code = "context_length_exceeded"
+
+
+def compress(
+    messages: list[dict],
+    mode: str,
+    *,
+    model: str,
+    context_window: int | None,
+    max_output_tokens: int | None,
+    trim: bool,
+) -> CompressionResult:
+    """Rewrite per ``mode``, then trim history to the context window when ``trim``.
+
+    Trimming does not depend on ``mode``: it is its own setting
+    (``compression.trim_history``). Never mutates ``messages``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"compression mode must be one of {', '.join(MODES)}, not {mode!r}")
+    rewritten, saved = (messages, 0) if mode == "off" else _rewrite(messages, model, aggressive=mode == "aggressive")
+    result = rewritten
+    if trim and context_window is not None:
+        result = trim_history(rewritten, model, context_window, max_output_tokens)
+    return CompressionResult(result, result is not messages, saved, len(rewritten) - len(result))
+
+
+# -- rewriting messages --
+
+
+def _rewrite(messages: list[dict], model: str, *, aggressive: bool) -> tuple[list[dict], int]:
+    """The rewritten list (``messages`` itself when nothing changed) and tokens saved."""
+    result: list[dict] = []
+    systems: list[dict] = []
+    saved = 0
+    changed = False
+    for message in messages:
+        new = _rewrite_message(message, aggressive) if isinstance(message, dict) else message
+        if new is not message:
+            before, after = count_message(message, model), count_message(new, model)
+            if after < before:
+                saved += before - after
+                changed = True
+            else:
+                new = message
+        if isinstance(new, dict) and new.get("role") in SYSTEM_ROLES:
+            if new in systems:
+                saved += count_message(new, model)
+                changed = True
+                continue
+            systems.append(new)
+        result.append(new)
+    return (result, saved) if changed else (messages, 0)
+
+
+def _rewrite_message(message: dict[str, Any], aggressive: bool) -> dict[str, Any]:
+    """The message with its text rewritten, or the same object when nothing changed."""
+    role = message.get("role")
+    if role in TOOL_RESULT_ROLES:
+        rewrite = compact_json
+    elif aggressive and role == "user":
+        rewrite = drop_fillers
+    else:
+        rewrite = tidy_whitespace
+    content = message.get("content")
+    if isinstance(content, str):
+        new = rewrite(content)
+        return message if new is content else {**message, "content": new}
+    if isinstance(content, list):
+        parts = [_rewrite_part(part, rewrite) for part in content]
+        if any(new is not old for new, old in zip(parts, content)):
+            return {**message, "content": parts}
+    return message
+
+
+def _rewrite_part(part: Any, rewrite: Callable[[str], str]) -> Any:
+    if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+        return part
+    text = part["text"]
+    new = rewrite(text)
+    return part if new is text else {**part, "text": new}
+
+
+# -- whitespace --
+
+# A fenced code block (CommonMark: 3+ backticks or tildes, closed by a fence
+# of the same character at least as long, or open to the end of the text).
+# Any indentation is accepted, so fences nested in list items count too.
+_FENCE = re.compile(
+    r"^[ \t]*(?:"
+    r"(?P<bt>`{3,})[^`\n]*(?:(?s:.*?)\n[ \t]*(?P=bt)`*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
+    r"|(?P<tl>~{3,})[^\n]*(?:(?s:.*?)\n[ \t]*(?P=tl)~*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
+    r")",
+    re.MULTILINE,
+)
+# Kept as they are: inline code (a backtick run closed by one of the same
+# length) and lines indented like Markdown's indented code blocks, since
+# unfenced code pasted into a prompt may hold spaces inside string literals.
+_CODE_SPAN = r"(?<!`)(?P<tick>`+)(?!`)(?s:.*?)(?<!`)(?P=tick)(?!`)"
+_INDENTED_LINE = r"^(?:\ {4}|\t)[ \t]*\S[^\n]*"
+_TIDY = re.compile(
+    rf"""
+      (?P<code>{_CODE_SPAN})
+    | (?P<indented>{_INDENTED_LINE})
+    | (?P<blank>\r?\n(?:[ \t]*\r?\n){{2,}})    # 3+ line breaks, blank-looking lines included
+    | (?P<trailing>[ \t]+(?=\r?\n|\Z))
+    | (?P<run>(?<=[^ \t\r\n])[ \t]{{2,}})      # interior only: leading indentation is kept
+    """,
+    re.MULTILINE | re.VERBOSE,
+)
+# Substrings without which _TIDY cannot change anything: a cheap pre-check.
+_TIDY_HINTS = ("  ", "\t", " \n", " \r", "\n\n\n", "\n\r\n\r\n")
+
+
+def tidy_whitespace(text: str) -> str:
+    """Whitespace runs collapsed outside code; ``text`` itself when already tidy."""
+    if not (any(hint in text for hint in _TIDY_HINTS) or text.endswith(" ")):
+        return text
+    new = _outside_fences(text, _tidy_prose)
+    return text if new == text else new
+
+
+def _tidy_prose(text: str) -> str:
+    return _TIDY.sub(_tidy_match, text)
+
+
+def _tidy_match(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    found = match.group()
+    if kind == "blank":
+        line_break = "\r\n" if found.startswith("\r") else "\n"
+        return line_break * 2
+    if kind == "trailing":
+        return ""
+    if kind == "run":
+        return found.replace(" ", "") if "\t" in found else " "
+    return found
+
+
+def _outside_fences(text: str, rewrite: Callable[[str], str]) -> str:
+    """Apply ``rewrite`` to the parts of ``text`` outside fenced code blocks."""
+    if "```" not in text and "~~~" not in text:
+        return rewrite(text)
+    pieces = []
+    position = 0
+    for fence in _FENCE.finditer(text):
+        pieces.append(rewrite(text[position : fence.start()]))
+        pieces.append(fence.group())
+        position = fence.end()
+    pieces.append(rewrite(text[position:]))
+    return "".join(pieces)
+
+
+# -- JSON tool results --
+
+# A JSON string (kept verbatim), or whitespace between tokens (dropped).
+_JSON_STRING_OR_SPACE = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")|[ \t\n\r]+', re.DOTALL)
+
+
+def compact_json(text: str) -> str:
+    """A JSON object/array without insignificant whitespace; other text as it is."""
+    start = text.lstrip()[:1]
+    if start not in ("{", "[") or not ("\n" in text or ": " in text or ", " in text or "\t" in text):
+        return text
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+    new = _JSON_STRING_OR_SPACE.sub(lambda match: match.group(1) or "", text)
+    return text if new == text else new
+
+
+# -- filler phrases (aggressive mode) --
+
+# Removed only at the start of a sentence (and greetings only at the start of
+# the message), where they carry no instruction. The words "please" and
+# "kindly" are also removed after "you" ("could you please") and before a
+# sentence's end (", please."), but not elsewhere: "hard to please" keeps it.
+FILLER_PHRASES = (
+    "hi / hello / hey (there), at the start of the message",
+    "I hope you are (you're) doing well / I hope this message finds you well",
+    "I was wondering if (whether) you could",
+    "I would (I'd) be grateful if you could",
+    "I would (I'd) appreciate it if you could",
+    "would you be so kind as to",
+    "as an AI language model,",
+    "please / kindly",
+    "thanks / thank you (so much / very much) in advance",
+    "any help (is / would be / will be) (greatly / much / really) appreciated",
+)
+_OPENERS = r"""
+      \A(?:hi|hello|hey)(?:\ there)?[,!.]+
+    | I\ hope\ (?:you\ are|you're|you\ are\ doing|you're\ doing)\ (?:doing\ )?well[,!.]*
+    | I\ hope\ this\ (?:message|email)\ finds\ you\ well[,!.]*
+    | I\ was\ wondering\ (?:if|whether)\ you\ could
+    | I(?:\ would|'d)\ be\ grateful\ if\ you\ could
+    | I(?:\ would|'d)\ appreciate\ it\ if\ you\ could
+    | would\ you\ be\ so\ kind\ as\ to
+    | as\ an\ AI\ language\ model,?
+    | (?:please|kindly)\b[,!.]*
+    | (?:thanks|thank\ you)(?:\ so\ much|\ very\ much)?\ in\ advance[,!.]*
+    | any\ help\ (?:is|would\ be|will\ be)\ (?:greatly\ |much\ |really\ )?appreciated[,!.]*
+"""
+_FILLER = re.compile(
+    rf"""
+      (?P<code>{_CODE_SPAN})
+    | (?P<indented>{_INDENTED_LINE})
+    | (?P<opener>(?:^|(?<=[.!?])[ \t]+)(?:(?:{_OPENERS})(?![\w'])[ \t]*)+)(?P<next>\w?)
+    | (?P<after_you>(?<=\byou\ )(?:(?:please|kindly)[ \t]+)+(?=\w))
+    | (?P<closing>,?[ \t]*(?<!\bto\ )(?<!\bsay\ )\b(?:please|kindly)\b(?=[ \t]*(?:[.!?]|$)))
+    """,
+    re.MULTILINE | re.VERBOSE | re.IGNORECASE,
+)
+_FILLER_HINTS = ("please", "kind", "hope", "wondering", "grateful", "appreciat", "advance", "language model")
+_GREETINGS = ("hi", "hello", "hey")
+
+
+def drop_fillers(text: str) -> str:
+    """Filler phrases removed outside code, then whitespace tidied, until stable.
+
+    Repeated because removing one phrase can start a sentence at another.
+    """
+    current = text
+    while True:
+        lowered = current.lower()
+        new = current
+        if lowered.startswith(_GREETINGS) or any(hint in lowered for hint in _FILLER_HINTS):
+            new = _outside_fences(current, _drop_fillers_in_prose)
+        new = tidy_whitespace(new)
+        if new == current:
+            return text if current == text else current
+        current = new
+
+
+def _drop_fillers_in_prose(text: str) -> str:
+    return _FILLER.sub(_filler_match, text)
+
+
+def _filler_match(match: re.Match[str]) -> str:
+    kind = match.lastgroup
+    if kind == "next" or kind == "opener":
+        opener = match.group("opener")
+        following = match.group("next")
+        leading_space = opener[: len(opener) - len(opener.lstrip(" \t"))]
+        # "Please explain" -> "Explain"; a lower-case "please explain" stays lower-case.
+        if opener.lstrip(" \t")[:1].isupper():
+            following = following.upper()
+        return leading_space + following
+    if kind == "after_you" or kind == "closing":
+        return ""
+    return match.group()
+
+
+# -- history trimming --
+
+
+def trim_history(
+    messages: list[dict], model: str, context_window: int, max_output_tokens: int | None
+) -> list[dict]:
+    """Drop the oldest turns until prompt and answer fit ``context_window``.
+
+    The answer's room is ``max_output_tokens`` when the request sets it, else
+    ``min(DEFAULT_OUTPUT_RESERVE, context_window // 4)``. Kept always: system
+    and developer messages, the last user message and the newest message
+    (with the tool-call turn it belongs to). A turn is one message, or an
+    assistant tool call together with every tool result answering it, so no
+    result is ever left without its call. Returns ``messages`` itself when it
+    fits; raises ``ContextOverflow`` when even the kept messages do not.
+    """
+    reserve = max_output_tokens if max_output_tokens is not None else min(DEFAULT_OUTPUT_RESERVE, context_window // 4)
+    limit = context_window - reserve
+    if REPLY_PRIMING_TOKENS + sum(message_upper_bound(m) for m in messages if isinstance(m, dict)) <= limit:
+        return messages
+    sizes = [count_message(m, model) if isinstance(m, dict) else 0 for m in messages]
+    total = REPLY_PRIMING_TOKENS + sum(sizes)
+    if total <= limit:
+        return messages
+    dropped: set[int] = set()
+    for turn in _droppable_turns(messages):
+        if total <= limit:
+            break
+        dropped.update(turn)
+        total -= sum(sizes[i] for i in turn)
+    # Without a requested length the reserve is only a courtesy: a prompt that
+    # fits the window is still sent, the answer gets whatever room is left.
+    if total > limit and (max_output_tokens is not None or total >= context_window):
+        raise ContextOverflow(
+            f"This model's maximum context length is {context_window} tokens. However, your messages "
+            f"need {total} tokens even with every earlier turn dropped, and {reserve} tokens are "
+            "reserved for the completion. Please reduce the length of the messages or of the completion.",
+            param="messages",
+        )
+    return [message for i, message in enumerate(messages) if i not in dropped]
+
+
+def _droppable_turns(messages: list[dict]) -> list[list[int]]:
+    """Turns (lists of message indexes), oldest first, that trimming may drop."""
+    turns: list[list[int]] = []
+    turn_of_call: dict[str, list[int]] = {}
+    last_call_turn: list[int] | None = None
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role in TOOL_RESULT_ROLES:
+            # A result joins the call it answers: by id, else the call just before it.
+            call_id = message.get("tool_call_id")
+            turn = turn_of_call.get(call_id) if isinstance(call_id, str) else None
+            if turn is None:
+                turn = last_call_turn
+            if turn is not None:
+                turn.append(i)
+                continue
+        turn = [i]
+        turns.append(turn)
+        last_call_turn = None
+        if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
+            last_call_turn = turn
+            for call in message.get("tool_calls") or ():
+                if isinstance(call, dict) and isinstance(call.get("id"), str):
+                    turn_of_call[call["id"]] = turn
+    kept = _kept_indexes(messages)
+    return [turn for turn in turns if kept.isdisjoint(turn)]
+
+
+def _kept_indexes(messages: list[dict]) -> set[int]:
+    kept = {i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES}
+    users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
+    if users:
+        kept.add(users[-1])
+    if messages:
+        kept.add(len(messages) - 1)
+    return kept

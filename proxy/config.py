@@ -1,0 +1,569 @@
+"""Configuration: YAML with ${VAR} interpolation, validated into frozen dataclasses.
+
+Validation collects every problem, each naming the field it concerns
+(``providers[1].base_url: ...``), so one run of ``sluice check-config`` shows
+everything to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+DEFAULT_CONFIG_PATH = "config/sluice.yaml"
+PROVIDER_TYPES = ("openai", "gemini", "ollama")
+COMPRESSION_MODES = ("off", "safe", "aggressive")
+CACHE_BACKENDS = ("memory", "redis")
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """An invalid configuration; ``problems`` holds one line per bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    drain_seconds: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    connect: float = 5.0
+    read: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str
+    api_key: str = ""
+    timeout: Timeout = field(default_factory=Timeout)
+    max_connections: int = 100
+    http2: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One place a request can be sent: a provider and its upstream model name."""
+
+    provider: str
+    model: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAlias:
+    name: str
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    default_provider: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    enabled: bool = True
+    backend: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    ttl_seconds: float = 3600.0
+    max_entries: int = 10000
+    max_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DedupConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    mode: str = "safe"
+    trim_history: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    max_attempts: int = 3
+    initial_backoff_ms: float = 200.0
+    max_backoff_ms: float = 8000.0
+    retry_on_status: tuple[int, ...] = (408, 429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failure_threshold: int = 5
+    reset_timeout_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    key: str
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd_per_day: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    keys: tuple[ApiKey, ...] = ()
+    admin_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    providers: tuple[ProviderConfig, ...]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    models: tuple[ModelAlias, ...] = ()
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    pricing_file: str | None = "config/prices.yaml"
+    context_windows: dict[str, int] = field(default_factory=dict)
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        for provider in self.providers:
+            if provider.name == name:
+                return provider
+        return None
+
+    def masked(self) -> dict[str, Any]:
+        """The resolved config as plain data with every secret replaced by ``***``."""
+        data = asdict(self)
+        for provider in data["providers"]:
+            provider["api_key"] = _mask(provider["api_key"])
+        for key in data["auth"]["keys"]:
+            key["key"] = _mask(key["key"])
+        data["auth"]["admin_key"] = _mask(data["auth"]["admin_key"])
+        data["cache"]["redis_url"] = _mask_url_password(data["cache"]["redis_url"])
+        return data
+
+
+def _mask(secret: str) -> str:
+    return "***" if secret else ""
+
+
+def _mask_url_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def resolve_path(path: str | None) -> str:
+    """``--config`` wins, then ``$SLUICE_CONFIG``, then the default file."""
+    return path or os.environ.get("SLUICE_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from the environment."""
+    environ = os.environ if env is None else env
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = environ.get(name)
+        if value is None or (value == "" and default is not None):
+            return default or ""
+        return value
+
+    return _ENV_PATTERN.sub(replace, text)
+
+
+def load_config(path: str | None = None) -> Config:
+    path = resolve_path(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
+    return parse_config(text, source=path)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        data = yaml.safe_load(interpolate(text))
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {exc}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{source}: the top level must be a mapping"])
+    return _Validator().config(data)
+
+
+class _Validator:
+    """Builds the dataclasses from plain data, recording a problem per bad field."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    # -- primitive readers, each returning the default on a problem --
+
+    def section(self, data: dict[str, Any], key: str, known: set[str]) -> dict[str, Any]:
+        value = data.get(key)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(key, "must be a mapping")
+            return {}
+        self.unknown(value, key, known)
+        return value
+
+    def unknown(self, data: dict[str, Any], path: str, known: set[str]) -> None:
+        for name in data:
+            if name not in known:
+                self.fail(f"{path}.{name}" if path else str(name), "unknown field")
+
+    def value(
+        self,
+        data: dict[str, Any],
+        key: str,
+        path: str,
+        kind: type | tuple[type, ...],
+        default: Any,
+        check: Callable[[Any], str | None] | None = None,
+    ) -> Any:
+        if key not in data or data[key] is None:
+            return default
+        value = data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            self.fail(path, f"must be {_kind_name(kinds)}, got a boolean")
+            return default
+        if int in kinds and float not in kinds and isinstance(value, float):
+            self.fail(path, "must be an integer")
+            return default
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            self.fail(path, f"must be {_kind_name(kinds)}, got {type(value).__name__}")
+            return default
+        problem = check(value) if check else None
+        if problem:
+            self.fail(path, problem)
+            return default
+        return value
+
+    # -- sections --
+
+    def config(self, data: dict[str, Any]) -> Config:
+        self.unknown(data, "", set(Config.__dataclass_fields__))
+        server = self.server(self.section(data, "server", set(ServerConfig.__dataclass_fields__)))
+        providers = self.providers(data.get("providers"))
+        names = {p.name for p in providers}
+        routing_data = self.section(data, "routing", {"default_provider"})
+        default_provider = self.value(routing_data, "default_provider", "routing.default_provider", str, None)
+        if default_provider is not None and names and default_provider not in names:
+            self.fail("routing.default_provider", f"names no configured provider: {default_provider!r}")
+        models = self.models(data.get("models"), names)
+        cache = self.cache(self.section(data, "cache", set(CacheConfig.__dataclass_fields__)))
+        dedup_data = self.section(data, "dedup", {"enabled"})
+        compression = self.compression(self.section(data, "compression", {"mode", "trim_history"}))
+        retry = self.retry(self.section(data, "retry", set(RetryConfig.__dataclass_fields__)))
+        breaker = self.breaker(self.section(data, "breaker", set(BreakerConfig.__dataclass_fields__)))
+        auth = self.auth(self.section(data, "auth", {"keys", "admin_key"}))
+        pricing_file = self.value(data, "pricing_file", "pricing_file", str, "config/prices.yaml")
+        context_windows = self.context_windows(data.get("context_windows"))
+        if self.problems:
+            raise ConfigError(self.problems)
+        return Config(
+            providers=providers,
+            server=server,
+            routing=RoutingConfig(default_provider=default_provider),
+            models=models,
+            cache=cache,
+            dedup=DedupConfig(enabled=self.value(dedup_data, "enabled", "dedup.enabled", bool, True)),
+            compression=compression,
+            retry=retry,
+            breaker=breaker,
+            auth=auth,
+            pricing_file=pricing_file or None,
+            context_windows=context_windows,
+        )
+
+    def server(self, data: dict[str, Any]) -> ServerConfig:
+        d = ServerConfig()
+        return ServerConfig(
+            host=self.value(data, "host", "server.host", str, d.host, _non_empty),
+            port=self.value(data, "port", "server.port", int, d.port, _port),
+            max_body_bytes=self.value(data, "max_body_bytes", "server.max_body_bytes", int, d.max_body_bytes, _positive),
+            drain_seconds=self.value(data, "drain_seconds", "server.drain_seconds", float, d.drain_seconds, _non_negative),
+        )
+
+    def providers(self, data: Any) -> tuple[ProviderConfig, ...]:
+        if data is None:
+            self.fail("providers", "at least one provider is required")
+            return ()
+        if not isinstance(data, list) or not data:
+            self.fail("providers", "must be a non-empty list")
+            return ()
+        result: list[ProviderConfig] = []
+        seen: set[str] = set()
+        for index, item in enumerate(data):
+            path = f"providers[{index}]"
+            if not isinstance(item, dict):
+                self.fail(path, "must be a mapping")
+                continue
+            provider = self.provider(item, path)
+            if provider is None:
+                continue
+            if provider.name in seen:
+                self.fail(f"{path}.name", f"duplicate provider name {provider.name!r}")
+            seen.add(provider.name)
+            result.append(provider)
+        return tuple(result)
+
+    def provider(self, data: dict[str, Any], path: str) -> ProviderConfig | None:
+        self.unknown(data, path, set(ProviderConfig.__dataclass_fields__))
+        before = len(self.problems)
+        name = self.value(data, "name", f"{path}.name", str, None, _provider_name)
+        if name is None and "name" not in data:
+            self.fail(f"{path}.name", "is required")
+        kind = self.value(data, "type", f"{path}.type", str, None, _one_of(PROVIDER_TYPES))
+        if kind is None and "type" not in data:
+            self.fail(f"{path}.type", "is required")
+        base_url = self.value(data, "base_url", f"{path}.base_url", str, None, _url)
+        if base_url is None and "base_url" not in data:
+            base_url = _DEFAULT_BASE_URLS.get(kind or "")
+        timeout_data = data.get("timeout") or {}
+        timeout = Timeout()
+        if not isinstance(timeout_data, dict):
+            self.fail(f"{path}.timeout", "must be a mapping with connect and read")
+        else:
+            self.unknown(timeout_data, f"{path}.timeout", {"connect", "read"})
+            timeout = Timeout(
+                connect=self.value(timeout_data, "connect", f"{path}.timeout.connect", float, 5.0, _positive),
+                read=self.value(timeout_data, "read", f"{path}.timeout.read", float, 300.0, _positive),
+            )
+        provider_fields = dict(
+            api_key=self.value(data, "api_key", f"{path}.api_key", str, ""),
+            timeout=timeout,
+            max_connections=self.value(data, "max_connections", f"{path}.max_connections", int, 100, _positive),
+            http2=self.value(data, "http2", f"{path}.http2", bool, True),
+        )
+        if len(self.problems) > before or name is None or kind is None or base_url is None:
+            return None
+        return ProviderConfig(name=name, type=kind, base_url=base_url.rstrip("/"), **provider_fields)
+
+    def models(self, data: Any, provider_names: set[str]) -> tuple[ModelAlias, ...]:
+        if data is None:
+            return ()
+        if not isinstance(data, list):
+            self.fail("models", "must be a list of aliases")
+            return ()
+        aliases: list[ModelAlias] = []
+        seen: set[str] = set()
+        for index, item in enumerate(data):
+            path = f"models[{index}]"
+            if not isinstance(item, dict):
+                self.fail(path, "must be a mapping with name and targets")
+                continue
+            self.unknown(item, path, {"name", "targets"})
+            name = self.value(item, "name", f"{path}.name", str, None, _non_empty)
+            if name is None:
+                if "name" not in item:
+                    self.fail(f"{path}.name", "is required")
+                continue
+            if name in seen:
+                self.fail(f"{path}.name", f"duplicate alias {name!r}")
+            seen.add(name)
+            targets = self.targets(item.get("targets"), f"{path}.targets", provider_names)
+            if targets:
+                aliases.append(ModelAlias(name=name, targets=targets))
+        return tuple(aliases)
+
+    def targets(self, data: Any, path: str, provider_names: set[str]) -> tuple[Target, ...]:
+        if not isinstance(data, list) or not data:
+            self.fail(path, "must be a non-empty list of {provider, model}")
+            return ()
+        targets: list[Target] = []
+        for index, item in enumerate(data):
+            item_path = f"{path}[{index}]"
+            if not isinstance(item, dict):
+                self.fail(item_path, "must be a mapping with provider and model")
+                continue
+            self.unknown(item, item_path, {"provider", "model"})
+            provider = self.value(item, "provider", f"{item_path}.provider", str, None)
+            model = self.value(item, "model", f"{item_path}.model", str, None, _non_empty)
+            if provider is None or model is None:
+                for key in ("provider", "model"):
+                    if key not in item:
+                        self.fail(f"{item_path}.{key}", "is required")
+                continue
+            if provider_names and provider not in provider_names:
+                self.fail(f"{item_path}.provider", f"names no configured provider: {provider!r}")
+                continue
+            targets.append(Target(provider=provider, model=model))
+        return tuple(targets)
+
+    def cache(self, data: dict[str, Any]) -> CacheConfig:
+        d = CacheConfig()
+        return CacheConfig(
+            enabled=self.value(data, "enabled", "cache.enabled", bool, d.enabled),
+            backend=self.value(data, "backend", "cache.backend", str, d.backend, _one_of(CACHE_BACKENDS)),
+            redis_url=self.value(data, "redis_url", "cache.redis_url", str, d.redis_url, _redis_url),
+            ttl_seconds=self.value(data, "ttl_seconds", "cache.ttl_seconds", float, d.ttl_seconds, _positive),
+            max_entries=self.value(data, "max_entries", "cache.max_entries", int, d.max_entries, _positive),
+            max_bytes=self.value(data, "max_bytes", "cache.max_bytes", int, d.max_bytes, _positive),
+        )
+
+    def compression(self, data: dict[str, Any]) -> CompressionConfig:
+        return CompressionConfig(
+            mode=self.value(data, "mode", "compression.mode", str, "safe", _one_of(COMPRESSION_MODES)),
+            trim_history=self.value(data, "trim_history", "compression.trim_history", bool, True),
+        )
+
+    def retry(self, data: dict[str, Any]) -> RetryConfig:
+        d = RetryConfig()
+        statuses = data.get("retry_on_status", list(d.retry_on_status))
+        if not isinstance(statuses, list) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in statuses
+        ):
+            self.fail("retry.retry_on_status", "must be a list of HTTP status codes")
+            statuses = list(d.retry_on_status)
+        initial = self.value(data, "initial_backoff_ms", "retry.initial_backoff_ms", float, d.initial_backoff_ms, _non_negative)
+        maximum = self.value(data, "max_backoff_ms", "retry.max_backoff_ms", float, d.max_backoff_ms, _non_negative)
+        if maximum < initial:
+            self.fail("retry.max_backoff_ms", "must be at least retry.initial_backoff_ms")
+        return RetryConfig(
+            max_attempts=self.value(data, "max_attempts", "retry.max_attempts", int, d.max_attempts, _positive),
+            initial_backoff_ms=initial,
+            max_backoff_ms=maximum,
+            retry_on_status=tuple(statuses),
+        )
+
+    def breaker(self, data: dict[str, Any]) -> BreakerConfig:
+        d = BreakerConfig()
+        return BreakerConfig(
+            failure_threshold=self.value(data, "failure_threshold", "breaker.failure_threshold", int, d.failure_threshold, _positive),
+            reset_timeout_seconds=self.value(
+                data, "reset_timeout_seconds", "breaker.reset_timeout_seconds", float, d.reset_timeout_seconds, _positive
+            ),
+        )
+
+    def auth(self, data: dict[str, Any]) -> AuthConfig:
+        items = data.get("keys") or []
+        keys: list[ApiKey] = []
+        if not isinstance(items, list):
+            self.fail("auth.keys", "must be a list")
+            items = []
+        names: set[str] = set()
+        for index, item in enumerate(items):
+            path = f"auth.keys[{index}]"
+            if not isinstance(item, dict):
+                self.fail(path, "must be a mapping with name and key")
+                continue
+            self.unknown(item, path, set(ApiKey.__dataclass_fields__))
+            name = self.value(item, "name", f"{path}.name", str, None, _non_empty)
+            key = self.value(item, "key", f"{path}.key", str, None)
+            if name is None or not key:
+                self.fail(f"{path}.{'name' if name is None else 'key'}", "is required and must not be empty")
+                continue
+            if name in names:
+                self.fail(f"{path}.name", f"duplicate key name {name!r}")
+            names.add(name)
+            keys.append(
+                ApiKey(
+                    name=name,
+                    key=key,
+                    rpm=self.value(item, "rpm", f"{path}.rpm", int, None, _positive),
+                    tpm=self.value(item, "tpm", f"{path}.tpm", int, None, _positive),
+                    budget_usd_per_day=self.value(
+                        item, "budget_usd_per_day", f"{path}.budget_usd_per_day", float, None, _non_negative
+                    ),
+                )
+            )
+        return AuthConfig(keys=tuple(keys), admin_key=self.value(data, "admin_key", "auth.admin_key", str, ""))
+
+    def context_windows(self, data: Any) -> dict[str, int]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.fail("context_windows", "must be a mapping of model name to token count")
+            return {}
+        result: dict[str, int] = {}
+        for model, size in data.items():
+            value = self.value(data, model, f"context_windows.{model}", int, None, _positive)
+            if value is not None:
+                result[str(model)] = value
+        return result
+
+
+_DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "ollama": "http://127.0.0.1:11434",
+}
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list", dict: "a mapping"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _non_empty(value: str) -> str | None:
+    return None if value.strip() else "must not be empty"
+
+
+def _provider_name(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if "/" in value:
+        return "must not contain '/' (it separates provider and model)"
+    return None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must not be negative"
+
+
+def _port(value: int) -> str | None:
+    return None if 0 <= value <= 65535 else "must be a port number (0-65535)"
+
+
+def _url(value: str) -> str | None:
+    if not re.match(r"^https?://[^/\s]+", value):
+        return f"must be an http:// or https:// URL, got {value!r}"
+    return None
+
+
+def _redis_url(value: str) -> str | None:
+    if not re.match(r"^(redis|rediss|unix)://", value):
+        return "must be a redis://, rediss:// or unix:// URL"
+    return None
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}; got {value!r}"
+
+    return check

@@ -1,0 +1,130 @@
+"""Single-flight: identical requests in flight at once share one upstream call.
+
+A ``Flight`` runs the upstream call in its own task and records what it
+produces: the chunks of a stream as they arrive, then the final answer or
+error. Every caller (the one that started it and those that joined) reads
+from the flight at its own pace, so a late streaming joiner first gets every
+chunk already sent, then the rest live. The call is cancelled only when the
+last caller leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from proxy.completions import Chunk, Completion
+from proxy.config import Target
+from proxy.errors import SluiceError
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a flight ended: the answer (or error) and what it took to get it."""
+
+    completion: Completion | None = None
+    error: SluiceError | None = None
+    target: Target | None = None
+    attempts: int = 0
+    upstream_seconds: float = 0.0
+    first_chunk_seconds: float | None = None
+    tokens_saved: int = 0
+    trimmed_messages: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Flight:
+    def __init__(self, streaming: bool) -> None:
+        self.streaming = streaming
+        self.chunks: list[Chunk] = []
+        self.outcome: Outcome | None = None
+        self.target: Target | None = None
+        self.first_chunk_seconds: float | None = None
+        self.tokens_saved = 0
+        self.trimmed_messages = 0
+        self._changed = asyncio.Event()
+        self._callers = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # -- producer side --
+
+    def start(self, run: Callable[[Flight], Awaitable[None]]) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(run))
+
+    async def _run(self, run: Callable[[Flight], Awaitable[None]]) -> None:
+        try:
+            await run(self)
+        except asyncio.CancelledError:
+            self.finish(Outcome(error=SluiceError("request cancelled", status=499, code="cancelled")))
+            raise
+        except SluiceError as exc:
+            self.finish(Outcome(error=exc, target=self.target))
+        except Exception as exc:  # noqa: BLE001 - a bug must reach callers as a 500, not hang them
+            self.finish(Outcome(error=SluiceError(f"internal error: {type(exc).__name__}")))
+            raise
+
+    def publish(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self._wake()
+
+    def finish(self, outcome: Outcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- consumer side --
+
+    def join(self) -> None:
+        self._callers += 1
+
+    def leave(self) -> None:
+        """A caller went away; the last one out cancels an unfinished call."""
+        self._callers -= 1
+        if self._callers <= 0 and self.outcome is None and self._task is not None:
+            self._task.cancel()
+
+    async def wait(self) -> Outcome:
+        while self.outcome is None:
+            await self._changed.wait()
+        return self.outcome
+
+    async def wait_started(self) -> None:
+        """Until the first chunk arrives or the flight ends."""
+        while not self.chunks and self.outcome is None:
+            await self._changed.wait()
+
+    async def follow(self) -> AsyncIterator[Chunk]:
+        """Every chunk from the first, live; returns when the flight ends."""
+        index = 0
+        while True:
+            while index < len(self.chunks):
+                yield self.chunks[index]
+                index += 1
+            if self.outcome is not None:
+                return
+            await self._changed.wait()
+
+
+class FlightRegistry:
+    """The flights in progress in this process, by cache key."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+
+    def get(self, key: str) -> Flight | None:
+        return self._flights.get(key)
+
+    def add(self, key: str, flight: Flight) -> None:
+        self._flights[key] = flight
+
+    def discard(self, key: str, flight: Flight) -> None:
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+
+    def __len__(self) -> int:
+        return len(self._flights)

@@ -1,0 +1,169 @@
+"""One exception family, rendered in one place as OpenAI's error shape.
+
+Every error Sluice answers with is a ``SluiceError``; ``error_response`` is the
+only code that turns one into HTTP, so the body shape, the status and the
+``Retry-After`` headers cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+from starlette.responses import Response
+
+
+class SluiceError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    type: str = "api_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        if type is not None:
+            self.type = type
+        self.param = param
+        self.retry_after = retry_after
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        seconds = max(0.0, self.retry_after)
+        return {"Retry-After": str(max(1, math.ceil(seconds))), "retry-after-ms": str(int(seconds * 1000))}
+
+
+class InvalidRequest(SluiceError):
+    status, code, type = 400, "invalid_request", "invalid_request_error"
+
+
+class InvalidAPIKey(SluiceError):
+    status, code, type = 401, "invalid_api_key", "authentication_error"
+
+
+class Forbidden(SluiceError):
+    status, code, type = 403, "forbidden", "permission_error"
+
+
+class NotFound(SluiceError):
+    status, code, type = 404, "not_found", "invalid_request_error"
+
+
+class ModelNotFound(SluiceError):
+    status, code, type = 404, "model_not_found", "invalid_request_error"
+
+
+class MethodNotAllowed(SluiceError):
+    status, code, type = 405, "method_not_allowed", "invalid_request_error"
+
+
+class RequestTooLarge(SluiceError):
+    status, code, type = 413, "request_too_large", "invalid_request_error"
+
+
+class RateLimited(SluiceError):
+    status, code, type = 429, "rate_limit_exceeded", "rate_limit_error"
+
+
+class BudgetExceeded(SluiceError):
+    status, code, type = 429, "budget_exceeded", "rate_limit_error"
+
+
+class UpstreamError(SluiceError):
+    """The upstream failed after every attempt and target."""
+
+    status, code, type = 502, "upstream_error", "api_error"
+
+
+class CircuitOpen(SluiceError):
+    status, code, type = 503, "circuit_open", "api_error"
+
+
+class UpstreamTimeout(SluiceError):
+    status, code, type = 504, "upstream_timeout", "api_error"
+
+
+# -- what a single upstream attempt can raise; resilience decides what the client sees --
+
+
+class UpstreamFailure(SluiceError):
+    """One failed upstream attempt. Subclasses say why, so retries can decide."""
+
+    status, code, type = 502, "upstream_error", "api_error"
+
+
+class UpstreamHTTPError(UpstreamFailure):
+    """The upstream answered with an error status; its message and code are kept."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        type: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(
+            message,
+            status=status,
+            code=code or _code_for_status(status),
+            type=type or ("invalid_request_error" if status < 500 else "api_error"),
+            param=param,
+            retry_after=retry_after,
+        )
+
+
+class UpstreamConnectionError(UpstreamFailure):
+    """The connection failed or was reset before a complete answer arrived."""
+
+
+class UpstreamReadTimeout(UpstreamFailure):
+    """Connecting or reading took longer than the provider's timeout."""
+
+    status, code, type = 504, "upstream_timeout", "api_error"
+
+
+def _code_for_status(status: int) -> str:
+    return {
+        400: "invalid_request",
+        401: "invalid_api_key",
+        403: "permission_denied",
+        404: "not_found",
+        408: "request_timeout",
+        409: "conflict",
+        413: "request_too_large",
+        422: "invalid_request",
+        429: "rate_limit_exceeded",
+    }.get(status, "upstream_error")
+
+
+def error_response(error: SluiceError, headers: dict[str, str] | None = None) -> Response:
+    all_headers = error.headers()
+    if headers:
+        all_headers.update(headers)
+    return Response(
+        orjson.dumps(error.body()), status_code=error.status, headers=all_headers, media_type="application/json"
+    )
+
+
+def error_event(error: SluiceError) -> bytes:
+    """The last SSE event of a stream that failed after it began."""
+    return b"data: " + orjson.dumps(error.body()) + b"\n\n"

@@ -1,0 +1,419 @@
+"""The request path (ARCHITECTURE.md), nothing else.
+
+parse → authenticate and limit → route → cache lookup → join or lead a flight
+→ (in the flight: compress, then for each target, breaker and retries around
+the provider call) → store, account → answer as JSON or SSE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from proxy.accounting import Prices
+from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
+from proxy.cache.keys import cache_key, identity_of
+from proxy.completions import SSE_DONE, Chunk, Completion, StreamAssembler, replay_chunks
+from proxy.compression import compress
+from proxy.config import Config, Target
+from proxy.dedup import Flight, FlightRegistry, Outcome
+from proxy.errors import SluiceError, error_event, error_response
+from proxy.limits import Limiter, Principal
+from proxy.providers.base import Call, ChunkStream, Provider
+from proxy.requests import (
+    CHAT,
+    EMBEDDINGS,
+    RequestOptions,
+    parse_chat,
+    parse_embeddings,
+    read_json_body,
+    request_options,
+)
+from proxy.resilience import Attempts, Resilience
+from proxy.routing import Route, Router
+from proxy.telemetry import RequestRecord, Telemetry
+from proxy.tokens import context_window
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@dataclass(slots=True)
+class Job:
+    """One upstream job that a flight runs: what to send and where."""
+
+    kind: str
+    body: dict[str, Any]
+    raw: bytes
+    route: Route
+    options: RequestOptions
+    authorization: str | None
+    request_id: str
+    cache_key: str | None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        router: Router,
+        providers: dict[str, Provider],
+        cache: CacheBackend | None,
+        resilience: Resilience,
+        limiter: Limiter,
+        prices: Prices,
+        telemetry: Telemetry,
+    ) -> None:
+        self.config = config
+        self.router = router
+        self.providers = providers
+        self.cache = cache
+        self.resilience = resilience
+        self.limiter = limiter
+        self.prices = prices
+        self.telemetry = telemetry
+        self.flights = FlightRegistry()
+        self._dedup = config.dedup.enabled
+        self._pass_credentials = not config.auth.keys
+
+    # -- endpoints --
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, CHAT)
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._serve(request, EMBEDDINGS)
+
+    async def _serve(self, request: Request, kind: str) -> Response:
+        record: RequestRecord = request.scope["state"]["record"]
+        record.tracked = True
+        principal = self.limiter.authenticate(request.headers.get("authorization"))
+        record.key_name = principal.name
+        raw, body = await read_json_body(request, self.config.server.max_body_bytes)
+        record.bytes_in = len(raw)
+        parsed = parse_chat(body) if kind == CHAT else parse_embeddings(body)
+        record.model, record.stream = parsed.model, parsed.stream
+        options = request_options(request.headers, self.config.compression.mode)
+        route = self.router.resolve(parsed.model)
+        self.limiter.admit(principal)
+        authorization = request.headers.get("authorization") if self._pass_credentials else None
+        key = None
+        if self.cache is not None or self._dedup:
+            identity = identity_of(request.headers.get("authorization"), principal.name)
+            key = cache_key(kind, route.key, body, identity, options.compression)
+        job = Job(kind, body, raw, route, options, authorization, record.request_id, key)
+
+        answer = await self._lookup(job, record)
+        if answer is not None:
+            return self._cached_response(answer, parsed.stream, parsed.include_usage, record, principal)
+
+        flight = self._flight_for(job, parsed.stream, record, principal)
+        if parsed.stream:
+            return await self._stream_response(request, flight, parsed.include_usage, record, principal)
+        return await self._json_response(request, flight, record, principal)
+
+    # -- cache --
+
+    async def _lookup(self, job: Job, record: RequestRecord) -> CachedAnswer | None:
+        if self.cache is None:
+            record.cache = "off"
+            return None
+        if job.options.no_cache or job.options.no_store:
+            record.cache = "bypass"
+            return None
+        try:
+            answer = await self.cache.get(job.cache_key)  # type: ignore[arg-type]
+        except CacheUnavailable:
+            record.cache = "bypass"
+            return None
+        record.cache = "hit" if answer is not None else "miss"
+        return answer
+
+    async def _store(self, job: Job, completion: Completion, provider: str) -> None:
+        if self.cache is None or job.options.no_store or job.cache_key is None:
+            return
+        ttl = job.options.ttl if job.options.ttl is not None else self.config.cache.ttl_seconds
+        if ttl <= 0:
+            return
+        try:
+            await self.cache.set(job.cache_key, CachedAnswer(completion, provider), ttl)
+        except CacheUnavailable:
+            pass
+
+    # -- flights --
+
+    def _flight_for(self, job: Job, streaming: bool, record: RequestRecord, principal: Principal) -> Flight:
+        mergeable = self._dedup and job.cache_key is not None and not (job.options.no_cache or job.options.no_store)
+        if mergeable:
+            flight = self.flights.get(job.cache_key)  # type: ignore[arg-type]
+            if flight is not None:
+                record.dedup = True
+                flight.join()
+                return flight
+        flight = Flight(streaming)
+        flight.join()
+        if mergeable:
+            self.flights.add(job.cache_key, flight)  # type: ignore[arg-type]
+        flight.start(lambda f: self._run(f, job, mergeable))
+        return flight
+
+    async def _run(self, flight: Flight, job: Job, registered: bool) -> None:
+        """The upstream side of a flight: runs once, whoever asked."""
+        attempts = Attempts()
+        started = time.perf_counter()
+        try:
+            if flight.streaming:
+                result = await self.resilience.run(
+                    job.route.targets, lambda target: self._open_stream(flight, job, target), attempts
+                )
+                flight.target = result.target
+                completion = await self._pump(flight, result.value, started)
+            else:
+                result = await self.resilience.run(
+                    job.route.targets, lambda target: self._call(flight, job, target), attempts
+                )
+                flight.target = result.target
+                completion = result.value
+            outcome = Outcome(completion=completion, target=result.target)
+        except SluiceError as exc:
+            outcome = Outcome(error=exc, target=flight.target)
+        finally:
+            if registered:
+                self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
+        outcome.attempts = attempts.count
+        outcome.extra = {"retries": attempts.retries, "fallbacks": attempts.fallbacks}
+        outcome.upstream_seconds = time.perf_counter() - started
+        outcome.first_chunk_seconds = flight.first_chunk_seconds
+        outcome.tokens_saved, outcome.trimmed_messages = flight.tokens_saved, flight.trimmed_messages
+        flight.finish(outcome)
+        if outcome.completion is not None and outcome.target is not None:
+            await self._store(job, outcome.completion, outcome.target.provider)
+
+    def _call_for(self, flight: Flight, job: Job, target: Target) -> Call:
+        body, raw, flight.tokens_saved, flight.trimmed_messages = self._compressed(job, target)
+        return Call(target.model, body, raw, job.authorization, job.request_id)
+
+    def _compressed(self, job: Job, target: Target) -> tuple[dict[str, Any], bytes | None, int, int]:
+        if job.kind != CHAT or job.options.compression == "off" and not self.config.compression.trim_history:
+            return job.body, job.raw, 0, 0
+        result = compress(
+            job.body["messages"],
+            job.options.compression,
+            model=target.model,
+            context_window=context_window(target.model, self.config.context_windows),
+            max_output_tokens=_max_output_tokens(job.body),
+            trim=self.config.compression.trim_history,
+        )
+        if not result.changed:
+            return job.body, job.raw, 0, 0
+        return {**job.body, "messages": result.messages}, None, result.tokens_saved, result.trimmed_messages
+
+    async def _call(self, flight: Flight, job: Job, target: Target) -> Completion:
+        provider = self.providers[target.provider]
+        call = self._call_for(flight, job, target)
+        if job.kind == EMBEDDINGS:
+            return await provider.embed(call)
+        return await provider.chat(call)
+
+    async def _open_stream(self, flight: Flight, job: Job, target: Target) -> ChunkStream:
+        return await self.providers[target.provider].chat_stream(self._call_for(flight, job, target))
+
+    async def _pump(self, flight: Flight, stream: ChunkStream, started: float) -> Completion:
+        """Forward each chunk to the flight as it arrives; assemble the whole for the cache."""
+        assembler = StreamAssembler()
+        try:
+            async for chunk in stream:
+                if flight.first_chunk_seconds is None:
+                    flight.first_chunk_seconds = time.perf_counter() - started
+                assembler.add(chunk.data)
+                flight.publish(chunk)
+        finally:
+            await stream.aclose()
+        completion = assembler.completion()
+        if not assembler.finished:
+            raise SluiceError("upstream stream ended without a finish reason", status=502, code="upstream_error")
+        return completion
+
+    # -- answers --
+
+    def _headers(self, record: RequestRecord) -> dict[str, str]:
+        headers = {
+            "X-Sluice-Cache": record.cache or "off",
+            "X-Sluice-Attempts": str(record.attempts),
+            "X-Sluice-Tokens-Saved": str(record.tokens_saved),
+            "X-Sluice-Overhead-Ms": f"{record.overhead_ms():.3f}",
+        }
+        if record.provider:
+            headers["X-Sluice-Provider"] = record.provider
+        if record.dedup:
+            headers["X-Sluice-Dedup"] = "joined"
+        if record.trimmed_messages:
+            headers["X-Sluice-Trimmed-Messages"] = str(record.trimmed_messages)
+        return headers
+
+    def _cached_response(
+        self, answer: CachedAnswer, stream: bool, include_usage: bool, record: RequestRecord, principal: Principal
+    ) -> Response:
+        record.provider = answer.provider
+        usage = answer.completion.usage
+        if usage:
+            record.tokens_saved_cache = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+            record.cost_saved_usd = self.prices.cost(answer.provider, _answer_model(answer.completion), usage)
+        headers = self._headers(record)
+        if not stream:
+            return Response(answer.completion.body, headers=headers, media_type="application/json")
+        chunks = replay_chunks(answer.completion.data, include_usage)
+        return StreamingResponse(_sse(chunks), headers={**headers, **SSE_HEADERS}, media_type="text/event-stream")
+
+    def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
+        target = outcome.target
+        record.attempts = 0 if record.dedup else outcome.attempts
+        record.retries = 0 if record.dedup else outcome.extra.get("retries", 0)
+        record.fallbacks = 0 if record.dedup else outcome.extra.get("fallbacks", 0)
+        record.upstream_seconds = outcome.upstream_seconds
+        record.ttft_seconds = outcome.first_chunk_seconds
+        if target is not None:
+            record.provider, record.upstream_model = target.provider, target.model
+        completion = outcome.completion
+        if completion is None or target is None:
+            return
+        usage = completion.usage
+        record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
+        cost = self.prices.cost(target.provider, target.model, usage)
+        if record.dedup:
+            record.cost_saved_usd = cost
+            return
+        if usage:
+            record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            record.completion_tokens = int(usage.get("completion_tokens") or 0)
+        record.cost_usd = cost
+        record.cost_saved_usd = self.prices.input_cost(target.provider, target.model, record.tokens_saved)
+        self.limiter.charge(principal, record.prompt_tokens + record.completion_tokens, cost)
+
+    async def _json_response(
+        self, request: Request, flight: Flight, record: RequestRecord, principal: Principal
+    ) -> Response:
+        outcome = await _wait_or_disconnect(request, flight)
+        if outcome is None:
+            record.error_code = "client_disconnected"
+            return Response(status_code=499)
+        self._account(outcome, record, principal)
+        if outcome.error is not None:
+            record.error_code = outcome.error.code
+            return error_response(outcome.error, self._headers(record))
+        completion = outcome.completion
+        assert completion is not None
+        return Response(completion.body, headers=self._headers(record), media_type="application/json")
+
+    async def _stream_response(
+        self, request: Request, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
+    ) -> Response:
+        if not flight.streaming:
+            outcome = await _wait_or_disconnect(request, flight)
+            if outcome is None:
+                return Response(status_code=499)
+            self._account(outcome, record, principal)
+            if outcome.error is not None:
+                record.error_code = outcome.error.code
+                return error_response(outcome.error, self._headers(record))
+            assert outcome.completion is not None
+            chunks = replay_chunks(outcome.completion.data, include_usage)
+            headers = {**self._headers(record), **SSE_HEADERS}
+            return StreamingResponse(_sse(chunks), headers=headers, media_type="text/event-stream")
+        if not await _wait_started(request, flight):
+            return Response(status_code=499)
+        if not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
+            flight.leave()
+            self._account(flight.outcome, record, principal)
+            record.error_code = flight.outcome.error.code
+            return error_response(flight.outcome.error, self._headers(record))
+        if flight.target is not None:
+            record.provider = flight.target.provider
+        headers = {**self._headers(record), **SSE_HEADERS}
+        return StreamingResponse(
+            self._follow(flight, include_usage, record, principal), headers=headers, media_type="text/event-stream"
+        )
+
+    async def _follow(
+        self, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
+    ) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in flight.follow():
+                if chunk.is_usage_only and not include_usage:
+                    continue
+                yield chunk.sse
+            outcome = flight.outcome
+            assert outcome is not None
+            self._account(outcome, record, principal)
+            if outcome.error is not None:
+                record.error_code = outcome.error.code
+                yield error_event(outcome.error)
+            else:
+                yield SSE_DONE
+        finally:
+            flight.leave()
+
+
+def _answer_model(completion: Completion) -> str:
+    model = completion.data.get("model")
+    return model if isinstance(model, str) else ""
+
+
+def _max_output_tokens(body: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+async def _sse(chunks: list[Chunk]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk.sse
+    yield SSE_DONE
+
+
+async def _wait_or_disconnect(request: Request, flight: Flight) -> Outcome | None:
+    """The flight's outcome, or None when the client left first (then it is left)."""
+    if flight.outcome is None:
+        waiter = asyncio.ensure_future(flight.wait())
+        watcher = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait((waiter, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            waiter.cancel()
+        if flight.outcome is None:
+            flight.leave()
+            return None
+    flight.leave()
+    return flight.outcome
+
+
+async def _wait_started(request: Request, flight: Flight) -> bool:
+    """Wait for the stream's first chunk or its end, so headers can name the provider."""
+    if flight.chunks or flight.outcome is not None:
+        return True
+    waiter = asyncio.ensure_future(flight.wait_started())
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((waiter, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        waiter.cancel()
+    if flight.chunks or flight.outcome is not None:
+        return True
+    flight.leave()
+    return False
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return

@@ -1,0 +1,22 @@
+"""Provider registry: a config ``type`` names the class that speaks that wire format."""
+
+from __future__ import annotations
+
+from proxy.config import ProviderConfig
+from proxy.http import UpstreamClient
+from proxy.providers.base import Provider
+from proxy.providers.openai import OpenAIProvider
+
+PROVIDER_CLASSES: dict[str, type[Provider]] = {"openai": OpenAIProvider}
+
+try:  # translation providers land separately; the gateway serves OpenAI without them
+    from proxy.providers.gemini import GeminiProvider
+    from proxy.providers.ollama import OllamaProvider
+
+    PROVIDER_CLASSES.update(gemini=GeminiProvider, ollama=OllamaProvider)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def build_provider(config: ProviderConfig) -> Provider:
+    return PROVIDER_CLASSES[config.type](config, UpstreamClient(config))

@@ -1,0 +1,144 @@
+"""The Provider interface: what every upstream type implements.
+
+Requests and answers cross this seam in OpenAI's chat format. A provider
+translates at its edge and nowhere else; the pipeline (routing, retries,
+cache, dedup, accounting) never knows which wire format was spoken.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import orjson
+
+from proxy.completions import Chunk, Completion
+from proxy.config import ProviderConfig
+from proxy.errors import UpstreamHTTPError
+from proxy.http import UpstreamClient, UpstreamResponse
+
+
+@dataclass(slots=True)
+class Call:
+    """One request to one target, in OpenAI's format.
+
+    ``body`` is the client's request (after compression) with ``model`` still
+    as the client sent it; ``model`` is the upstream model to ask. ``raw`` is
+    the client's exact bytes while ``body`` is unchanged from them, so an
+    OpenAI upstream can receive them untouched.
+    """
+
+    model: str
+    body: dict[str, Any]
+    raw: bytes | None = None
+    authorization: str | None = None
+    request_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChunkStream:
+    """An opened upstream stream: iterate for chunks, ``aclose`` to release it.
+
+    Returned only after the upstream answered with success headers, so
+    retries happen before any byte reaches the client.
+    """
+
+    def __init__(self, response: UpstreamResponse, chunks: AsyncIterator[Chunk]) -> None:
+        self._response = response
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        try:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+        finally:
+            self._response.close()
+
+
+class Provider(abc.ABC):
+    """One configured upstream (a ``providers[]`` entry) with its pooled client."""
+
+    def __init__(self, config: ProviderConfig, client: UpstreamClient) -> None:
+        self.config = config
+        self.name = config.name
+        self.client = client
+
+    @abc.abstractmethod
+    async def chat(self, call: Call) -> Completion:
+        """A non-streamed chat completion, translated to ``chat.completion``."""
+
+    @abc.abstractmethod
+    async def chat_stream(self, call: Call) -> ChunkStream:
+        """Open a streamed chat completion; its chunks are ``chat.completion.chunk``.
+
+        The stream must end with a usage-only chunk whenever the upstream
+        reports usage, whatever the client asked for: the pipeline strips it
+        for clients that did not ask.
+        """
+
+    @abc.abstractmethod
+    async def embed(self, call: Call) -> Completion:
+        """Embeddings, translated to OpenAI's ``list`` of ``embedding`` objects."""
+
+    @abc.abstractmethod
+    async def list_models(self, authorization: str | None) -> list[str]:
+        """The upstream's model ids, without the provider prefix."""
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date), if present."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+async def raise_upstream_error(response: UpstreamResponse) -> None:
+    """Turn an upstream error answer into ``UpstreamHTTPError``, keeping its message.
+
+    Understands OpenAI's ``{"error": {...}}``, Gemini's ``{"error": {"status"...}}``
+    and Ollama's ``{"error": "text"}`` bodies; anything else is summarised.
+    """
+    body = await response.read()
+    message, code, kind, param = f"upstream answered HTTP {response.status}", None, None, None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or message)
+        raw_code = error.get("code")
+        code = raw_code if isinstance(raw_code, str) else error.get("status") if isinstance(error.get("status"), str) else None
+        kind = error.get("type") if isinstance(error.get("type"), str) else None
+        param = error.get("param") if isinstance(error.get("param"), str) else None
+    elif isinstance(error, str):
+        message = error
+    raise UpstreamHTTPError(
+        response.status, message, code=code, type=kind, param=param, retry_after=retry_after_seconds(response.headers)
+    )

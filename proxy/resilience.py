@@ -1,0 +1,250 @@
+"""Retries with backoff, a circuit breaker per target, and fallback across targets.
+
+The first attempt runs bare: tenacity costs ~50 µs per call even when nothing
+fails (measured here), which is a sixth of the proxy's whole budget per
+request, so it only drives the retries after a first failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import pybreaker
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from proxy.config import BreakerConfig, RetryConfig, Target
+from proxy.errors import (
+    CircuitOpen,
+    SluiceError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamFailure,
+    UpstreamHTTPError,
+    UpstreamReadTimeout,
+    UpstreamTimeout,
+)
+
+T = TypeVar("T")
+
+BREAKER_STATES = {"closed": "closed", "open": "open", "half-open": "half_open"}
+
+
+class TargetBreaker(pybreaker.CircuitBreakerListener):
+    """pybreaker's state machine for one target, driven around async calls.
+
+    pybreaker guards synchronous calls; here the upstream call is async, so the
+    breaker is asked before the call (``allow``) and told the outcome after.
+    Half-open lets exactly one trial request through.
+    """
+
+    def __init__(self, label: str, config: BreakerConfig) -> None:
+        self.label = label
+        self._breaker = pybreaker.CircuitBreaker(
+            fail_max=config.failure_threshold, reset_timeout=config.reset_timeout_seconds, listeners=[self], name=label
+        )
+        self._reset_timeout = config.reset_timeout_seconds
+        self._opened_at = 0.0
+        self._trial_running = False
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state, new_state) -> None:  # type: ignore[no-untyped-def]
+        if new_state is not None and new_state.name == pybreaker.STATE_OPEN:
+            self._opened_at = time.monotonic()
+
+    @property
+    def state(self) -> str:
+        return BREAKER_STATES.get(self._breaker.current_state, self._breaker.current_state)
+
+    def retry_after(self) -> float:
+        return max(0.0, self._opened_at + self._reset_timeout - time.monotonic())
+
+    def allow(self) -> bool:
+        state = self._breaker.current_state
+        if state == pybreaker.STATE_CLOSED:
+            return True
+        if state == pybreaker.STATE_OPEN:
+            if self.retry_after() > 0:
+                return False
+            self._breaker.half_open()
+        if self._trial_running:
+            return False
+        self._trial_running = True
+        return True
+
+    def record_success(self) -> None:
+        self._trial_running = False
+        self._breaker.call(_succeed)
+
+    def record_failure(self, error: BaseException) -> None:
+        self._trial_running = False
+        try:
+            self._breaker.call(_fail, error)
+        except (pybreaker.CircuitBreakerError, SluiceError):
+            pass
+
+    def release(self) -> None:
+        """The call ended without a verdict (cancelled, or a client error)."""
+        if self._breaker.current_state == pybreaker.STATE_HALF_OPEN and self._trial_running:
+            self._trial_running = False
+            self._breaker.call(_succeed)
+        self._trial_running = False
+
+
+def _succeed() -> None:
+    return None
+
+
+def _fail(error: BaseException) -> None:
+    raise error
+
+
+class Breakers:
+    """One breaker per provider/upstream model, created on first use."""
+
+    def __init__(self, config: BreakerConfig) -> None:
+        self._config = config
+        self._breakers: dict[Target, TargetBreaker] = {}
+
+    def get(self, target: Target) -> TargetBreaker:
+        breaker = self._breakers.get(target)
+        if breaker is None:
+            breaker = self._breakers[target] = TargetBreaker(target.label, self._config)
+        return breaker
+
+    def states(self) -> dict[str, str]:
+        return {b.label: b.state for b in self._breakers.values()}
+
+
+@dataclass(slots=True)
+class Result(Generic[T]):
+    value: T
+    target: Target
+
+
+class Attempts:
+    """Counts upstream attempts across targets, for ``X-Sluice-Attempts``."""
+
+    __slots__ = ("count", "retries", "fallbacks")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.retries = 0
+        self.fallbacks = 0
+
+
+class Resilience:
+    def __init__(self, retry: RetryConfig, breakers: Breakers) -> None:
+        self._retry = retry
+        self._retry_statuses = frozenset(retry.retry_on_status)
+        self.breakers = breakers
+
+    def retryable(self, error: BaseException) -> bool:
+        if isinstance(error, UpstreamHTTPError):
+            return error.status in self._retry_statuses
+        return isinstance(error, (UpstreamConnectionError, UpstreamReadTimeout))
+
+    @staticmethod
+    def is_provider_failure(error: BaseException) -> bool:
+        """Client errors (4xx, 429 included) say nothing about the provider's health."""
+        if isinstance(error, UpstreamHTTPError):
+            return error.status >= 500
+        return isinstance(error, UpstreamFailure)
+
+    def backoff(self, retry_number: int, error: BaseException | None) -> float:
+        """Full jitter, raised to the upstream's Retry-After; both capped."""
+        cap = self._retry.max_backoff_ms / 1000
+        ceiling = min(cap, self._retry.initial_backoff_ms / 1000 * 2 ** (retry_number - 1))
+        delay = random.uniform(0, ceiling)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, cap))
+        return delay
+
+    async def run(
+        self, targets: tuple[Target, ...], attempt: Callable[[Target], Awaitable[T]], attempts: Attempts
+    ) -> Result[T]:
+        """Try each target in order; a target's retries are spent before the next."""
+        last_error: SluiceError | None = None
+        skipped: list[TargetBreaker] = []
+        for position, target in enumerate(targets):
+            breaker = self.breakers.get(target)
+            if not breaker.allow():
+                skipped.append(breaker)
+                continue
+            if position and attempts.count:
+                attempts.fallbacks += 1
+            try:
+                value = await self._with_retries(target, breaker, attempt, attempts)
+            except UpstreamFailure as exc:
+                last_error = exc
+                if not self.retryable(exc):
+                    raise _final(exc) from None
+                continue
+            return Result(value, target)
+        if last_error is None:
+            retry_after = min(b.retry_after() for b in skipped) if skipped else None
+            names = ", ".join(b.label for b in skipped)
+            raise CircuitOpen(f"Circuit breaker open for {names}; try again later.", retry_after=retry_after)
+        raise _final(last_error)
+
+    async def _with_retries(
+        self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]], attempts: Attempts
+    ) -> T:
+        try:
+            return await self._once(target, breaker, attempt, attempts)
+        except UpstreamFailure as exc:
+            if self._retry.max_attempts <= 1 or not self.retryable(exc):
+                raise
+            first_error = exc
+        await asyncio.sleep(self.backoff(1, first_error))
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            return self.backoff(state.attempt_number + 1, error)
+
+        async def retry_once() -> T:
+            if not breaker.allow():
+                raise first_error
+            attempts.retries += 1
+            return await self._once(target, breaker, attempt, attempts)
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.max_attempts - 1),
+            wait=wait,
+            retry=retry_if_exception(self.retryable),
+            reraise=True,
+        )
+        return await retrying(retry_once)
+
+    async def _once(
+        self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]], attempts: Attempts
+    ) -> T:
+        attempts.count += 1
+        try:
+            value = await attempt(target)
+        except UpstreamFailure as exc:
+            if self.is_provider_failure(exc):
+                breaker.record_failure(exc)
+            else:
+                breaker.release()
+            raise
+        except BaseException:
+            breaker.release()
+            raise
+        breaker.record_success()
+        return value
+
+
+def _final(error: SluiceError) -> SluiceError:
+    """What the client sees once every attempt and target failed."""
+    if isinstance(error, UpstreamReadTimeout):
+        return UpstreamTimeout(f"The upstream timed out after every attempt: {error.message}")
+    if isinstance(error, UpstreamHTTPError) and error.status < 500:
+        return error
+    if isinstance(error, UpstreamFailure):
+        return UpstreamError(error.message, param=error.param)
+    return error
