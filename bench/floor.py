@@ -40,10 +40,14 @@ def build_app(upstream: str) -> Starlette:
 
     async def chat(request: Request) -> Response:
         body = await request.body()
-        upstream_response = await session.post(chat_url, data=body, headers={"Content-Type": "application/json"})
+        upstream_response = await session.post(
+            chat_url, data=body, headers={"Content-Type": "application/json"}
+        )
         content_type = upstream_response.headers.get("Content-Type", "application/json")
         if content_type.startswith("text/event-stream"):
-            return StreamingResponse(_relay(upstream_response), upstream_response.status, media_type=content_type)
+            return StreamingResponse(
+                _relay(upstream_response), upstream_response.status, media_type=content_type
+            )
         content = await upstream_response.read()
         return Response(content, upstream_response.status, media_type=content_type)
 

@@ -47,7 +47,10 @@ def chat_body(stream: bool) -> bytes:
         "model": "gpt-4o-mini",
         "messages": [
             {"role": "system", "content": "You are a concise assistant for a water-management company."},
-            {"role": "user", "content": "In one sentence: what does a sluice gate do, and why would a canal need several?"},
+            {
+                "role": "user",
+                "content": "In one sentence: what does a sluice gate do, and why would a canal need several?",
+            },
         ],
         "temperature": 0.2,
         "max_tokens": 200,
@@ -65,15 +68,19 @@ def body_file(stream: bool) -> Path:
 
 
 def wrk(url: str, connections: int, seconds: int, stream: bool) -> WrkResult:
-    argv = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
-    argv += ["-s", str(LUA), url + CHAT_PATH, "--", str(body_file(stream))]
+    argv = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    argv += ["--timeout", "10s", "-s", str(LUA), url + CHAT_PATH, "--", str(body_file(stream))]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     line = next((line for line in run.stdout.splitlines() if line.startswith("WRK_RESULT ")), None)
     if run.returncode != 0 or line is None:
         raise LoadError(f"wrk failed ({run.returncode}): {run.stderr.strip() or run.stdout.strip()}")
     raw = json.loads(line.removeprefix("WRK_RESULT "))
-    errors = sum(raw[key] for key in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
-    return WrkResult(raw["requests"], raw["duration_us"] / 1e6, raw["p50_us"] / 1000, raw["p99_us"] / 1000, errors)
+    errors = sum(
+        raw[key] for key in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts")
+    )
+    return WrkResult(
+        raw["requests"], raw["duration_us"] / 1e6, raw["p50_us"] / 1000, raw["p99_us"] / 1000, errors
+    )
 
 
 def check_answer(url: str, stream: bool) -> dict[str, str]:

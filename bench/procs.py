@@ -8,6 +8,7 @@ always stops it: SIGTERM, then SIGKILL if it lingers.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -29,7 +30,9 @@ class StartError(Exception):
 class Process:
     """One pinned child process, ready once `ready()` returns True."""
 
-    def __init__(self, name: str, argv: list[str], core: int, ready: Callable[[], bool], timeout: float = 15.0) -> None:
+    def __init__(
+        self, name: str, argv: list[str], core: int, ready: Callable[[], bool], timeout: float = 15.0
+    ) -> None:
         self.name = name
         self.argv = ["taskset", "-c", str(core), *argv]
         self.ready = ready
@@ -47,7 +50,12 @@ class Process:
         OUT.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.popen = subprocess.Popen(
-                self.argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.argv,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             self._wait_ready()
@@ -63,7 +71,9 @@ class Process:
         deadline = time.monotonic() + self.timeout
         while not self.ready():
             if self.popen.poll() is not None:
-                raise StartError(f"{self.name} exited with status {self.popen.returncode}:\n{self.log_tail()}")
+                raise StartError(
+                    f"{self.name} exited with status {self.popen.returncode}:\n{self.log_tail()}"
+                )
             if time.monotonic() > deadline:
                 raise StartError(f"{self.name} was not ready within {self.timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.05)
@@ -84,10 +94,8 @@ class Process:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def free_port() -> int:
@@ -99,21 +107,25 @@ def free_port() -> int:
 
 def tcp_open(port: int) -> Callable[[], bool]:
     """Readiness by accepted connection, for servers that bind only once started."""
+
     def check() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return True
         except OSError:
             return False
+
     return check
 
 
 def http_ok(url: str) -> Callable[[], bool]:
     """Readiness by a 200 answer to GET `url`."""
+
     def check() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 return response.status == 200
         except (OSError, http.client.HTTPException):
             return False
+
     return check

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # ~10 s per measurement, writes bench/RESULTS.md
     .venv/bin/python bench/run.py --quick    # ~2 s per measurement, prints only
+    .venv/bin/python bench/run.py --repeat 3 # median of 3 interleaved rounds
 
 The proxy under test runs alone on core 0; the fake upstream (and redis) share
 core 1 with wrk. For each workload the three targets are measured back to back
@@ -21,17 +22,16 @@ import shutil
 import signal
 import sys
 import time
+import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import urllib.request
-
 import orjson
 
 import services
-from loadgen import LoadError, WrkResult, check_answer, wrk
+from loadgen import LoadError, check_answer, wrk
 from procs import StartError, free_port
 from report import Cell, Table, render, write_section
 
@@ -60,9 +60,10 @@ CACHE_CONNECTIONS = 16
 class Bench:
     """Measures targets with a fixed duration and warm-up, collecting what failed."""
 
-    def __init__(self, seconds: int, warmup: int) -> None:
+    def __init__(self, seconds: int, warmup: int, repeat: int) -> None:
         self.seconds = seconds
         self.warmup = warmup
+        self.repeat = repeat
         self.problems: list[str] = []
 
     def measure(self, label: str, url: str, connections: int, stream: bool) -> Cell:
@@ -72,8 +73,17 @@ class Bench:
             result = wrk(url, connections, self.seconds, stream)
         except LoadError as exc:
             return self.fail(label, str(exc))
-        print(f"  {label:<48} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-              f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}", file=sys.stderr, flush=True)
+        print(
+            f"  {label:<48} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if result.errors:
+            self.problems.append(
+                f"{label}: {result.errors} failed requests (non-2xx, socket errors or timeouts) "
+                "during the run; its figures count them"
+            )
         return result
 
     def fail(self, label: str, reason: str) -> str:
@@ -85,7 +95,7 @@ class Bench:
         """Sluice's base URL, or None (recorded as a problem) when it does not come up."""
         port = free_port()
         try:
-            stack.enter_context(services.sluice(port, config, f"sluice-{label.replace(' ', '-')}"))
+            stack.enter_context(services.sluice(label, port, config))
         except StartError as exc:
             self.fail(f"sluice ({label})", f"Sluice did not start: {exc}")
             return None
@@ -97,22 +107,38 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
     tables = [Table(workload.key, workload.title) for workload in workloads]
     with ExitStack() as stack:
         upstream_port, floor_port = free_port(), free_port()
-        stack.enter_context(services.upstream(upstream_port, delay_ms))
-        stack.enter_context(services.floor(floor_port, upstream_port))
+        label = f"{delay_ms}ms"
+        stack.enter_context(services.upstream(label, upstream_port, delay_ms))
+        stack.enter_context(services.floor(label, floor_port, upstream_port))
         targets = {
             "direct": services.base_url(upstream_port),
             "floor": services.base_url(floor_port),
-            "sluice": bench.start_sluice(stack, f"upstream {delay_ms} ms", services.sluice_config(upstream_port)),
+            "sluice": bench.start_sluice(stack, label, services.sluice_config(upstream_port)),
         }
-        for workload, table in zip(workloads, tables):
+        for workload, table in zip(workloads, tables, strict=True):
             print(workload.title, file=sys.stderr)
-            for name, url in targets.items():
-                table.rows[name] = (
-                    bench.measure(f"{name}, {workload.key}", url, workload.connections, workload.stream)
-                    if url
-                    else "Sluice did not start"
-                )
+            rounds: dict[str, list[Cell]] = {name: [] for name in targets}
+            for _ in range(bench.repeat):
+                for name, url in targets.items():
+                    if url and not any(isinstance(cell, str) for cell in rounds[name]):
+                        what = f"{name}, {workload.key}"
+                        rounds[name].append(bench.measure(what, url, workload.connections, workload.stream))
+            table.rows = {
+                name: median(cells) if cells else "Sluice did not start" for name, cells in rounds.items()
+            }
     return tables
+
+
+def median(cells: list[Cell]) -> Cell:
+    """The round with the median req/s (the lower one of an even count), or the first failure.
+
+    Rounds of the targets are interleaved, so a burst of other work on the
+    machine lands in one round of each rather than in all of one target's."""
+    failures = [cell for cell in cells if isinstance(cell, str)]
+    if failures:
+        return failures[0]
+    ranked = sorted(cells, key=lambda cell: cell.rps)
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def run_cache(bench: Bench, backends: list[str]) -> Table:
@@ -122,14 +148,14 @@ def run_cache(bench: Bench, backends: list[str]) -> Table:
     for backend in backends:
         row = f"sluice, {backend} cache"
         with ExitStack() as stack:
-            upstream_port = free_port()
-            stack.enter_context(services.upstream(upstream_port))
+            label, upstream_port = f"cache-{backend}", free_port()
+            stack.enter_context(services.upstream(label, upstream_port))
             cache: dict[str, Any] = {"enabled": True, "backend": backend}
             if backend == "redis":
                 redis_port = free_port()
-                stack.enter_context(services.redis(redis_port))
+                stack.enter_context(services.redis(label, redis_port))
                 cache["redis_url"] = f"redis://127.0.0.1:{redis_port}/0"
-            url = bench.start_sluice(stack, f"{backend} cache", services.sluice_config(upstream_port, cache=cache))
+            url = bench.start_sluice(stack, label, services.sluice_config(upstream_port, cache=cache))
             if url is None:
                 table.rows[row] = "Sluice did not start"
                 continue
@@ -146,7 +172,7 @@ def _measure_hits(bench: Bench, label: str, url: str) -> Cell:
         return bench.fail(label, str(exc))
     if second != "hit":
         return bench.fail(label, f"a repeated request was not a cache hit (X-Sluice-Cache: {second})")
-    return bench.measure(label, url, CACHE_CONNECTIONS, stream=False)
+    return median([bench.measure(label, url, CACHE_CONNECTIONS, stream=False) for _ in range(bench.repeat)])
 
 
 def _cache_stats(url: str) -> str:
@@ -156,17 +182,24 @@ def _cache_stats(url: str) -> str:
             cache = orjson.loads(response.read()).get("cache", {})
     except (OSError, ValueError) as exc:
         return f"/stats unavailable ({exc})"
-    return f"/stats cache hits {cache.get('hits')}, misses {cache.get('misses')}, hit rate {cache.get('hit_rate')}"
+    hits, misses, rate = cache.get("hits"), cache.get("misses"), cache.get("hit_rate")
+    return f"Sluice's /stats: cache hits {hits}, misses {misses}, hit rate {rate}"
 
 
-def context(seconds: int, warmup: int, load_before: float) -> list[str]:
+def context(bench: Bench, load_before: float) -> list[str]:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
         platform.processor(),
     )
     return [
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} × {cpu}; Python {platform.python_version()}",
-        f"{seconds} s per measurement after a {warmup} s warm-up; wrk -t1",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} × {cpu}; "
+        f"Python {platform.python_version()}",
+        f"{bench.seconds} s per measurement after a {bench.warmup} s warm-up; wrk -t1; "
+        f"median of {bench.repeat} interleaved round(s)",
         f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: "
         "other work on the machine shows up here and in the figures",
     ]
@@ -176,16 +209,24 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of discarded warm-up (default 2)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per measurement, 1 s warm-up, prints only")
-    parser.add_argument("--redis", action="store_true", help="require the redis cache run (default: when redis-server exists)")
-    parser.add_argument("--output", type=Path, help="report file (default bench/RESULTS.md; none with --quick)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="interleaved rounds per measurement; the median is reported"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 s per measurement, 1 s warm-up, prints only"
+    )
+    parser.add_argument(
+        "--redis", action="store_true", help="require the redis cache run (default: when redis-server exists)"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
+    parser.add_argument(
+        "--print-only", action="store_true", help="do not write the report file (implied by --quick)"
+    )
     return parser.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    seconds, warmup = (2, 1) if args.quick else (args.duration, args.warmup)
-    output = args.output or (None if args.quick else RESULTS)
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian: apt-get install wrk util-linux)")
@@ -194,18 +235,18 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     load_before = os.getloadavg()[0]
-    bench = Bench(seconds, warmup)
+    bench = Bench(*((2, 1, 1) if args.quick else (args.duration, args.warmup, args.repeat)))
     tables: list[Table] = []
     for delay_ms in sorted({workload.delay_ms for workload in WORKLOADS}):
         tables += run_workloads(bench, delay_ms, [w for w in WORKLOADS if w.delay_ms == delay_ms])
     backends = ["memory"] + (["redis"] if args.redis or shutil.which("redis-server") else [])
     tables.append(run_cache(bench, backends))
 
-    section = render(tables, context(seconds, warmup, load_before), bench.problems)
+    section = render(tables, context(bench, load_before), bench.problems)
     print(section)
-    if output:
-        write_section(output, section)
-        print(f"written to {output}", file=sys.stderr)
+    if not (args.print_only or args.quick):
+        write_section(args.output, section, owner="bench/run.py")
+        print(f"written to {args.output}", file=sys.stderr)
     return 1 if bench.problems else 0
 
 

@@ -1,5 +1,8 @@
 """The servers the benchmarks start, each pinned where the method says.
 
+Each is named by a label (its log is bench/out/<server>-<label>.log), so a
+rerun overwrites the last run's logs instead of piling up new ones.
+
 The proxy under test (floor or Sluice) gets core 0 to itself; the fake
 upstream, redis and the load generator share core 1, so the proxy's cost is
 what the figures show.
@@ -25,23 +28,42 @@ def base_url(port: int) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def upstream(port: int, delay_ms: float = 0, chaos: float = 0, seed: int = 1) -> Process:
+def upstream(label: str, port: int, delay_ms: float = 0, chaos: float = 0, seed: int = 1) -> Process:
     argv = [sys.executable, str(BENCH / "upstream.py"), "--port", str(port), "--delay-ms", str(delay_ms)]
     argv += ["--chaos", str(chaos), "--seed", str(seed)]
-    return Process(f"upstream-{port}", argv, LOAD_CORE, http_ok(f"{base_url(port)}/__stats"))
+    return Process(f"upstream-{label}", argv, LOAD_CORE, http_ok(f"{base_url(port)}/__stats"))
 
 
-def floor(port: int, upstream_port: int) -> Process:
-    argv = [sys.executable, str(BENCH / "floor.py"), "--port", str(port), "--upstream", f"{base_url(upstream_port)}/v1"]
-    return Process(f"floor-{port}", argv, PROXY_CORE, tcp_open(port))
+def floor(label: str, port: int, upstream_port: int) -> Process:
+    argv = [
+        sys.executable,
+        str(BENCH / "floor.py"),
+        "--port",
+        str(port),
+        "--upstream",
+        f"{base_url(upstream_port)}/v1",
+    ]
+    return Process(f"floor-{label}", argv, PROXY_CORE, tcp_open(port))
 
 
-def sluice(port: int, config: dict[str, Any], name: str) -> Process:
-    """Sluice with `config` written to bench/out/<name>.yaml, one worker."""
+def sluice(label: str, port: int, config: dict[str, Any]) -> Process:
+    """Sluice with `config` written to bench/out/sluice-<label>.yaml, one worker."""
+    name = f"sluice-{label}"
     path = OUT / f"{name}.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    argv = [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(port), "--workers", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "proxy",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     return Process(name, argv, PROXY_CORE, http_ok(f"{base_url(port)}/healthz"))
 
 
@@ -51,7 +73,12 @@ def sluice_config(upstream_port: int, **sections: dict[str, Any]) -> dict[str, A
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1"},
         "providers": [
-            {"name": "openai", "type": "openai", "base_url": f"{base_url(upstream_port)}/v1", "api_key": "sk-bench"}
+            {
+                "name": "openai",
+                "type": "openai",
+                "base_url": f"{base_url(upstream_port)}/v1",
+                "api_key": "sk-bench",
+            }
         ],
         "routing": {"default_provider": "openai"},
         "cache": {"enabled": False},
@@ -62,10 +89,10 @@ def sluice_config(upstream_port: int, **sections: dict[str, Any]) -> dict[str, A
     return config
 
 
-def redis(port: int) -> Process:
+def redis(label: str, port: int) -> Process:
     """A throwaway redis-server: loopback only, nothing persisted."""
     argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    return Process(f"redis-{port}", argv, LOAD_CORE, _redis_pong(port))
+    return Process(f"redis-{label}", argv, LOAD_CORE, _redis_pong(port))
 
 
 def _redis_pong(port: int) -> Callable[[], bool]:
@@ -76,5 +103,5 @@ def _redis_pong(port: int) -> Callable[[], bool]:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
-    return check
 
+    return check

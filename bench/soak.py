@@ -35,7 +35,9 @@ import orjson
 
 import services
 from procs import StartError, free_port
+from report import write_section
 
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SAMPLE_EVERY = 1000
 RSS_GROWTH = 0.10
 SOCKET_DRIFT = 20
@@ -105,7 +107,7 @@ def classify(status: int, payload: bytes) -> str:
         valid = data.get("object") == "chat.completion" and isinstance(content, str)
         return "ok" if valid and isinstance(data.get("usage"), dict) else "malformed"
     error = data.get("error")
-    return "error" if isinstance(error, dict) and ERROR_FIELDS <= error.keys() else "malformed"
+    return "error" if isinstance(error, dict) and error.keys() >= ERROR_FIELDS else "malformed"
 
 
 async def load(url: str, pid: int, requests: int, concurrency: int, timeout: float) -> Tally:
@@ -116,12 +118,14 @@ async def load(url: str, pid: int, requests: int, concurrency: int, timeout: flo
 
     async def one(session: aiohttp.ClientSession, index: int) -> None:
         try:
-            async with session.post(url, data=body(index), headers={"Content-Type": "application/json"}) as response:
+            async with session.post(
+                url, data=body(index), headers={"Content-Type": "application/json"}
+            ) as response:
                 payload = await response.read()
                 outcome = classify(response.status, payload)
                 tally.statuses[response.status] += 1
                 tally.attempts[response.headers.get("X-Sluice-Attempts", "?")] += 1
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome, payload = "hung", b""
         except aiohttp.ClientError as exc:
             outcome, payload = "broken", repr(exc).encode()
@@ -149,31 +153,63 @@ async def upstream_stats(url: str) -> dict:
 def checks(tally: Tally, requests: int, upstream_calls: int) -> list[tuple[str, bool]]:
     first, last = tally.samples[0], tally.samples[-1]
     return [
-        ("every request ended in a chat.completion or an OpenAI error JSON",
-         tally.outcomes["malformed"] == tally.outcomes["broken"] == 0),
+        (
+            "every request ended in a chat.completion or an OpenAI error JSON",
+            tally.outcomes["malformed"] == tally.outcomes["broken"] == 0,
+        ),
         ("no request hung", tally.outcomes["hung"] == 0),
-        (f"≥ {MIN_SUCCESS:.0%} succeeded ({tally.outcomes['ok'] / requests:.2%})",
-         tally.outcomes["ok"] >= MIN_SUCCESS * requests),
-        (f"upstream calls ≤ {MAX_ATTEMPTS} × requests ({upstream_calls:,} ≤ {MAX_ATTEMPTS * requests:,})",
-         upstream_calls <= MAX_ATTEMPTS * requests),
-        (f"RSS flat: {first.rss_kb:,} kB → {last.rss_kb:,} kB (≤ +{RSS_GROWTH:.0%})",
-         last.rss_kb <= first.rss_kb * (1 + RSS_GROWTH)),
-        (f"sockets flat: {first.sockets} → {last.sockets} (±{SOCKET_DRIFT})",
-         abs(last.sockets - first.sockets) <= SOCKET_DRIFT),
+        (
+            f"≥ {MIN_SUCCESS:.0%} succeeded ({tally.outcomes['ok'] / requests:.2%})",
+            tally.outcomes["ok"] >= MIN_SUCCESS * requests,
+        ),
+        (
+            f"upstream calls ≤ {MAX_ATTEMPTS} × requests ({upstream_calls:,} ≤ {MAX_ATTEMPTS * requests:,})",
+            upstream_calls <= MAX_ATTEMPTS * requests,
+        ),
+        (
+            f"RSS flat: {first.rss_kb:,} kB → {last.rss_kb:,} kB (≤ +{RSS_GROWTH:.0%})",
+            last.rss_kb <= first.rss_kb * (1 + RSS_GROWTH),
+        ),
+        (
+            f"sockets flat: {first.sockets} → {last.sockets} (±{SOCKET_DRIFT})",
+            abs(last.sockets - first.sockets) <= SOCKET_DRIFT,
+        ),
     ]
 
 
-def summary(tally: Tally, upstream: dict, seconds: float, requests: int) -> None:
-    print(f"\n{requests:,} requests in {seconds:.1f} s ({requests / seconds:,.0f} req/s)")
-    print(f"client outcomes:    {dict(tally.outcomes)}")
-    print(f"HTTP statuses:      {dict(sorted(tally.statuses.items()))}")
-    print(f"X-Sluice-Attempts:  {dict(sorted(tally.attempts.items()))}")
-    print(f"upstream calls:     {upstream['calls']:,} {upstream['outcomes']}")
-    for outcome, example in tally.examples.items():
-        print(f"first {outcome}: {example}")
-    print("\n| after requests | RSS kB | fds | sockets |\n|---:|---:|---:|---:|")
-    for sample in tally.samples:
-        print(f"| {sample.done:,} | {sample.rss_kb:,} | {sample.fds} | {sample.sockets} |")
+def render(
+    tally: Tally, upstream: dict, args: argparse.Namespace, seconds: float, results: list[tuple[str, bool]]
+) -> str:
+    """The soak's markdown section: what happened, the checks, Sluice's footprint over time."""
+    lines = [
+        "## Latest soak run",
+        "",
+        f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.requests:,} requests at concurrency "
+        f"{args.concurrency}, chaos {args.chaos} (seed {args.seed}), in {seconds:.1f} s "
+        f"({args.requests / seconds:,.0f} req/s)",
+        f"- client outcomes: {_counts(tally.outcomes)}",
+        f"- HTTP statuses: {_counts(tally.statuses)}",
+        f"- X-Sluice-Attempts: {_counts(tally.attempts)}",
+        f"- upstream calls: {upstream['calls']:,} ({_counts(Counter(upstream['outcomes']))})",
+        *[f"- first {outcome}: `{example}`" for outcome, example in tally.examples.items()],
+        "",
+        "### Checks",
+        "",
+        *[f"- {'✅' if passed else '❌'} {description}" for description, passed in results],
+        "",
+        "### Sluice's footprint",
+        "",
+        "| after requests | RSS kB | fds | sockets |",
+        "|---:|---:|---:|---:|",
+        *[f"| {s.done:,} | {s.rss_kb:,} | {s.fds} | {s.sockets} |" for s in tally.samples],
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _counts(counter: Counter) -> str:
+    return ", ".join(
+        f"{key}: {count:,}" for key, count in sorted(counter.items(), key=lambda item: str(item[0]))
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -183,6 +219,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chaos", type=float, default=0.2, help="share of upstream calls that go wrong")
     parser.add_argument("--seed", type=int, default=7, help="seed of the upstream's chaos")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as hung")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
+    parser.add_argument("--print-only", action="store_true", help="do not write the report file")
     args = parser.parse_args()
     if args.requests < 2 * SAMPLE_EVERY:
         parser.error(f"--requests must be at least {2 * SAMPLE_EVERY} to compare first and last thousand")
@@ -198,10 +236,10 @@ def main() -> int:
     }
     with ExitStack() as stack:
         upstream_port, sluice_port = free_port(), free_port()
-        stack.enter_context(services.upstream(upstream_port, chaos=args.chaos, seed=args.seed))
+        stack.enter_context(services.upstream("soak", upstream_port, chaos=args.chaos, seed=args.seed))
         try:
             sluice = stack.enter_context(
-                services.sluice(sluice_port, services.sluice_config(upstream_port, **config_sections), "sluice-soak")
+                services.sluice("soak", sluice_port, services.sluice_config(upstream_port, **config_sections))
             )
         except StartError as exc:
             print(f"Sluice did not start: {exc}", file=sys.stderr)
@@ -212,11 +250,11 @@ def main() -> int:
         seconds = time.monotonic() - started
         upstream = asyncio.run(upstream_stats(f"{services.base_url(upstream_port)}/__stats"))
 
-    summary(tally, upstream, seconds, args.requests)
     results = checks(tally, args.requests, upstream["calls"])
-    print()
-    for description, passed in results:
-        print(f"{'✅' if passed else '❌'} {description}")
+    section = render(tally, upstream, args, seconds, results)
+    print(section)
+    if not args.print_only:
+        write_section(args.output, section, owner="bench/soak.py")
     return 0 if all(passed for _, passed in results) else 1
 
 

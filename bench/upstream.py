@@ -26,7 +26,6 @@ import random
 import socket
 import struct
 from collections import Counter
-from collections.abc import Callable
 
 import httptools
 import orjson
@@ -39,8 +38,24 @@ SLOW_SECONDS = (0.2, 1.0)
 MODEL = "gpt-4o-mini-2024-07-18"
 CREATED = 1_700_000_000
 WORDS = [
-    "Sure", "!", " Here", " is", " a", " short", " answer", " to", " your", " question",
-    ":", " the", " sluice", " gate", " controls", " the", " flow", ".",
+    "Sure",
+    "!",
+    " Here",
+    " is",
+    " a",
+    " short",
+    " answer",
+    " to",
+    " your",
+    " question",
+    ":",
+    " the",
+    " sluice",
+    " gate",
+    " controls",
+    " the",
+    " flow",
+    ".",
 ]
 USAGE = {
     "prompt_tokens": 52,
@@ -98,6 +113,7 @@ def _chunk(choices: list[dict], usage: dict | None = None) -> bytes:
 
 def _stream_events() -> list[bytes]:
     """20 content chunks (role, 18 words, finish), the usage chunk, then [DONE]."""
+
     def delta(delta: dict, finish: str | None = None) -> list[dict]:
         return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
@@ -110,7 +126,9 @@ def _stream_events() -> list[bytes]:
 
 
 def _error(status: str, kind: str, code: str, extra: bytes = b"") -> bytes:
-    body = orjson.dumps({"error": {"message": f"fake upstream: {status}", "type": kind, "param": None, "code": code}})
+    body = orjson.dumps(
+        {"error": {"message": f"fake upstream: {status}", "type": kind, "param": None, "code": code}}
+    )
     return _response(status, b"application/json", body, extra)
 
 
@@ -121,7 +139,12 @@ STREAM_HEAD = (
 )
 STREAM_EVENTS = _stream_events()
 ERRORS = {
-    "429": _error("429 Too Many Requests", "requests", "rate_limit_exceeded", b"Retry-After: 1\r\nretry-after-ms: 20\r\n"),
+    "429": _error(
+        "429 Too Many Requests",
+        "requests",
+        "rate_limit_exceeded",
+        b"Retry-After: 1\r\nretry-after-ms: 20\r\n",
+    ),
     "500": _error("500 Internal Server Error", "server_error", "internal_error"),
     "503": _error("503 Service Unavailable", "server_error", "service_unavailable"),
 }
@@ -234,7 +257,10 @@ def _wants_stream(body: bytes) -> bool:
 
 async def serve(port: int, delay_ms: float, chaos: float, seed: int) -> None:
     upstream = Upstream(delay_ms / 1000, chaos, seed)
-    factory: Callable[[], Connection] = lambda: Connection(upstream)
+
+    def factory() -> Connection:
+        return Connection(upstream)
+
     server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", port, backlog=1024)
     async with server:
         await server.serve_forever()

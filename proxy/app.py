@@ -97,7 +97,11 @@ class Gateway:
         if self.cache is not None:
             with contextlib.suppress(Exception):
                 entries = await self.cache.entries()
-        return _json(self.telemetry.stats.snapshot(entries, self.breakers.states()))
+        snapshot = self.telemetry.stats.snapshot(entries, self.breakers.states())
+        if self.pipeline is not None:
+            flights = self.pipeline.flights
+            snapshot["dedup"].update(in_flight=len(flights), waiting=flights.waiting())
+        return _json(snapshot)
 
     async def models(self, request: Request) -> Response:
         """Aliases, then each provider's models as ``provider/model``; a failing provider is skipped."""

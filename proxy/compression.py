@@ -142,40 +142,67 @@ def _rewrite_part(part: Any, rewrite: Callable[[str], str]) -> Any:
 # -- whitespace --
 
 # A fenced code block (CommonMark: 3+ backticks or tildes, closed by a fence
-# of the same character at least as long, or open to the end of the text).
+# of the same character at least as long, or open to the end of the text),
+# searched for in "\n" + text so that every fence starts with a line break.
 # Any indentation is accepted, so fences nested in list items count too.
 _FENCE = re.compile(
-    r"^[ \t]*(?:"
+    r"\n[ \t]*(?:"
     r"(?P<bt>`{3,})[^`\n]*(?:(?s:.*?)\n[ \t]*(?P=bt)`*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
     r"|(?P<tl>~{3,})[^\n]*(?:(?s:.*?)\n[ \t]*(?P=tl)~*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
-    r")",
-    re.MULTILINE,
+    r")"
 )
-# Kept as they are: inline code (a backtick run closed by one of the same
-# length) and lines indented like Markdown's indented code blocks, since
-# unfenced code pasted into a prompt may hold spaces inside string literals.
-_CODE_SPAN = r"(?<!`)(?P<tick>`+)(?!`)(?s:.*?)(?<!`)(?P=tick)(?!`)"
-_INDENTED_LINE = r"^(?:\ {4}|\t)[ \t]*\S[^\n]*"
+# Inline code: a backtick run (not part of a longer run) up to the next run of
+# the same length. Written to start with its backtick, like every alternative
+# in the patterns below, so that the regex engine can skip ordinary characters.
+_CODE_SPAN = r"`(?<!``)(?P<code>`*)(?!`)(?s:.*?)(?<!`)`(?P=code)(?!`)"
+# A line indented like Markdown's indented code blocks (4 spaces or a tab, at
+# the start of a line): kept, since unfenced code pasted into a prompt may
+# hold spaces in string literals.
+_INDENTED_LINE = r"""
+      \ \ \ \ (?<![^\n]\ {4})(?P<indented>[ \t]*\S[^\n]*)
+    | \t(?<![^\n]\t)(?P<indented_tab>[ \t]*\S[^\n]*)
+"""
 _TIDY = re.compile(
     rf"""
-      (?P<code>{_CODE_SPAN})
-    | (?P<indented>{_INDENTED_LINE})
-    | (?P<blank>\r?\n(?:[ \t]*\r?\n){{2,}})    # 3+ line breaks, blank-looking lines included
-    | (?P<trailing>[ \t]+(?=\r?\n|\Z))
-    | (?P<run>(?<=[^ \t\r\n])[ \t]{{2,}})      # interior only: leading indentation is kept
+      {_CODE_SPAN}
+    | {_INDENTED_LINE}
+    | \n(?P<blank>(?:[ \t]*\r?\n){{2,}})            # 3+ line breaks, blank-looking lines included
+    | \r\n(?P<blank_crlf>(?:[ \t]*\r?\n){{2,}})
+    | \ (?P<trailing>[ \t]*)(?=\r?\n|\Z)
+    | \t(?P<trailing_tab>[ \t]*)(?=\r?\n|\Z)
+    | \ (?<=[^ \t\r\n]\ )(?P<run>[ \t]+)           # interior only: leading indentation is kept
+    | \t(?<=[^ \t\r\n]\t)(?P<run_tab>[ \t]+)
     """,
-    re.MULTILINE | re.VERBOSE,
+    re.VERBOSE,
 )
-# Substrings without which _TIDY cannot change anything: a cheap pre-check.
-_TIDY_HINTS = ("  ", "\t", " \n", " \r", "\n\n\n", "\n\r\n\r\n")
+# Only an interior run of 2+ spaces/tabs needs a regex to tell it from
+# indentation; each pattern starts with a literal, so the search is fast.
+_INTERIOR_RUNS = tuple(
+    re.compile(pattern) for pattern in (r"  (?<=[^ \t\r\n]  )", r" \t(?<=[^ \t\r\n] \t)", r"\t[ \t](?<=[^ \t\r\n]\t[ \t])")
+)
 
 
 def tidy_whitespace(text: str) -> str:
     """Whitespace runs collapsed outside code; ``text`` itself when already tidy."""
-    if not (any(hint in text for hint in _TIDY_HINTS) or text.endswith(" ")):
+    if not _may_tidy(text):
         return text
     new = _outside_fences(text, _tidy_prose)
     return text if new == text else new
+
+
+def _may_tidy(text: str) -> bool:
+    """False when no rule can apply, decided with substring scans (code not excluded).
+
+    Single-character scans (tab, CR) are memchr-fast, so the checks that need
+    a tab or a CR are made only when the text has one.
+    """
+    if text.endswith((" ", "\t")) or " \n" in text or "\n\n\n" in text:
+        return True
+    if "  " in text and _INTERIOR_RUNS[0].search(text):
+        return True
+    if "\t" in text and ("\t\n" in text or "\t\r" in text or any(p.search(text) for p in _INTERIOR_RUNS[1:])):
+        return True
+    return "\r" in text and (" \r" in text or "\n\r\n\r\n" in text)
 
 
 def _tidy_prose(text: str) -> str:
@@ -186,11 +213,12 @@ def _tidy_match(match: re.Match[str]) -> str:
     kind = match.lastgroup
     found = match.group()
     if kind == "blank":
-        line_break = "\r\n" if found.startswith("\r") else "\n"
-        return line_break * 2
-    if kind == "trailing":
+        return "\n\n"
+    if kind == "blank_crlf":
+        return "\r\n\r\n"
+    if kind == "trailing" or kind == "trailing_tab":
         return ""
-    if kind == "run":
+    if kind == "run" or kind == "run_tab":
         return found.replace(" ", "") if "\t" in found else " "
     return found
 
@@ -199,12 +227,15 @@ def _outside_fences(text: str, rewrite: Callable[[str], str]) -> str:
     """Apply ``rewrite`` to the parts of ``text`` outside fenced code blocks."""
     if "```" not in text and "~~~" not in text:
         return rewrite(text)
+    padded = "\n" + text
     pieces = []
     position = 0
-    for fence in _FENCE.finditer(text):
+    for fence in _FENCE.finditer(padded):
+        # In padded coordinates the fence's line starts one past its "\n";
+        # in text coordinates that is fence.start().
         pieces.append(rewrite(text[position : fence.start()]))
-        pieces.append(fence.group())
-        position = fence.end()
+        pieces.append(padded[fence.start() + 1 : fence.end()])
+        position = fence.end() - 1
     pieces.append(rewrite(text[position:]))
     return "".join(pieces)
 
@@ -261,8 +292,8 @@ _OPENERS = r"""
 """
 _FILLER = re.compile(
     rf"""
-      (?P<code>{_CODE_SPAN})
-    | (?P<indented>{_INDENTED_LINE})
+      {_CODE_SPAN}
+    | {_INDENTED_LINE}
     | (?P<opener>(?:^|(?<=[.!?])[ \t]+)(?:(?:{_OPENERS})(?![\w'])[ \t]*)+)(?P<next>\w?)
     | (?P<after_you>(?<=\byou\ )(?:(?:please|kindly)[ \t]+)+(?=\w))
     | (?P<closing>,?[ \t]*(?<!\bto\ )(?<!\bsay\ )\b(?:please|kindly)\b(?=[ \t]*(?:[.!?]|$)))

@@ -79,6 +79,10 @@ class Flight:
 
     # -- consumer side --
 
+    @property
+    def callers(self) -> int:
+        return self._callers
+
     def join(self) -> None:
         self._callers += 1
 
@@ -128,3 +132,7 @@ class FlightRegistry:
 
     def __len__(self) -> int:
         return len(self._flights)
+
+    def waiting(self) -> int:
+        """Callers waiting on a flight someone else started."""
+        return sum(max(0, flight.callers - 1) for flight in self._flights.values())

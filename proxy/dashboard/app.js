@@ -8,7 +8,8 @@ const TIMEOUT_MS = 5000;
 const WINDOW_MS = 5 * 60 * 1000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLOR = { blue: "#4da3ff", green: "#3fb950", amber: "#d29922", red: "#f85149", purple: "#a371f7" };
-const BREAKER_ORDER = { open: 0, half_open: 1, closed: 2 };
+// Worst first, so an open breaker is the first thing the eye lands on.
+const BREAKER_STATES = ["open", "half_open", "closed"];
 
 const CHARTS = [
   {
@@ -244,13 +245,12 @@ function renderProviders(providers) {
 }
 
 function renderBreakers(breakers) {
-  const entries = Object.entries(breakers).sort(
-    ([a, x], [b, y]) => (BREAKER_ORDER[x] ?? 3) - (BREAKER_ORDER[y] ?? 3) || a.localeCompare(b),
-  );
+  const rank = (state) => (BREAKER_STATES.includes(state) ? BREAKER_STATES.indexOf(state) : BREAKER_STATES.length);
+  const entries = Object.entries(breakers).sort(([a, x], [b, y]) => rank(x) - rank(y) || a.localeCompare(b));
   const list = document.getElementById("breakers");
   list.replaceChildren(
     ...entries.map(([target, state]) => {
-      const known = state in BREAKER_ORDER;
+      const known = BREAKER_STATES.includes(state);
       const label = known ? state.replace("_", "-") : String(state);
       return el(
         "li",
@@ -266,7 +266,7 @@ function renderBreakers(breakers) {
 }
 
 function renderKeys(keys) {
-  const rows = Object.entries(obj(keys)).sort(([a], [b]) => a.localeCompare(b));
+  const rows = Object.entries(keys).sort(([a], [b]) => a.localeCompare(b));
   document.getElementById("keys-panel").hidden = !rows.length;
   document.getElementById("keys").replaceChildren(
     ...rows.map(([name, key]) =>
@@ -398,7 +398,7 @@ function render(stats) {
   renderTiles(stats, sample);
   renderProviders(obj(stats.providers));
   renderBreakers(obj(stats.breakers));
-  renderKeys(stats.keys);
+  renderKeys(obj(stats.keys));
   drawCharts();
   updates += 1;
   // Lets a watcher (and the browser test) see that a poll was rendered.

@@ -53,6 +53,7 @@ class Recorded:
     query: str
     headers: dict[str, str]
     body: bytes
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def json(self) -> Any:

@@ -1,0 +1,171 @@
+"""The shared cache: Redis, so every Sluice process and worker answers from the same entries.
+
+Redis is an optimisation, never a dependency. Each command has short socket
+timeouts and no retries; any failure becomes ``CacheUnavailable`` (the request
+goes upstream uncached, ``X-Sluice-Cache: bypass``); and for a short backoff
+after a failure Redis is not tried at all, so an outage costs nothing per
+request. There is no "down" state: the first call after the backoff tries
+again, so the cache comes back by itself when Redis does.
+
+An entry is ``sluice:cache:<request hash>`` → ``<n>:<provider><body>`` (``n``
+the provider name's length in bytes), expired by Redis itself (``SET ... PX``)
+so a TTL holds for every process that reads it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import orjson
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
+from proxy.completions import Completion
+
+KEY_PREFIX = "sluice:cache:"
+_MATCH = KEY_PREFIX + "*"
+_SCAN_COUNT = 1000  # keys per SCAN page, and so per UNLINK in clear()
+_ENTRIES_MAX_AGE = 5.0  # seconds /stats may show an old count, so polling it never walks the keyspace each time
+
+_log = structlog.get_logger("sluice")
+T = TypeVar("T")
+
+
+class RedisCache(CacheBackend):
+    def __init__(self, url: str, *, timeout: float = 0.25, backoff: float = 1.0, log_interval: float = 30.0) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._backoff = backoff
+        self._log_interval = log_interval
+        self._where = _location(url)
+        self._password = parse_url(url).get("password")
+        self._client: Redis | None = None
+        self._skip_until = 0.0  # monotonic time before which Redis is not tried
+        self._logged_at = -math.inf
+        self._failures = 0  # since the last warning
+        self._outage_reported = False
+        self._entries: tuple[float, int] | None = None  # (when counted, count)
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        value = await self._run(lambda redis: redis.get(KEY_PREFIX + key))
+        return _decode(value) if value is not None else None
+
+    async def set(self, key: str, answer: CachedAnswer, ttl: float) -> None:
+        value = _encode(answer)
+        await self._run(lambda redis: redis.set(KEY_PREFIX + key, value, px=max(1, round(ttl * 1000))))
+
+    async def clear(self) -> int:
+        """Unlink Sluice's keys page by page; other keys in the same database stay."""
+        self._entries = None
+        return await self._run(_unlink_all)
+
+    async def entries(self) -> int:
+        now = time.monotonic()
+        if self._entries is None or now - self._entries[0] > _ENTRIES_MAX_AGE:
+            self._entries = (now, await self._run(_count_all))
+        return self._entries[1]
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _redis(self) -> Redis:
+        """The client, built on first use: the app is built before its event loop runs."""
+        if self._client is None:
+            self._client = Redis.from_url(
+                self._url,
+                socket_connect_timeout=self._timeout,
+                socket_timeout=self._timeout,
+                retry=Retry(NoBackoff(), 0),  # redis-py retries 10 times by default: an outage would stall requests
+            )
+        return self._client
+
+    async def _run(self, command: Callable[[Redis], Awaitable[T]]) -> T:
+        """One Redis call, failing open: any error or timeout is ``CacheUnavailable``."""
+        now = time.monotonic()
+        if now < self._skip_until:
+            raise CacheUnavailable(f"redis at {self._where} failed less than {self._backoff}s ago")
+        try:
+            result = await command(self._redis())
+        except (RedisError, OSError) as exc:
+            self._failed(exc, now)
+            raise CacheUnavailable(f"redis at {self._where}: {type(exc).__name__}") from exc
+        if self._outage_reported:
+            self._outage_reported = False
+            _log.info("cache_recovered", backend="redis", redis=self._where)
+        return result
+
+    def _failed(self, exc: Exception, now: float) -> None:
+        self._skip_until = now + self._backoff
+        self._failures += 1
+        if now - self._logged_at < self._log_interval:
+            return
+        error = f"{type(exc).__name__}: {exc}"
+        if self._password:
+            error = error.replace(self._password, "***")
+        _log.warning(
+            "cache_unavailable",
+            backend="redis",
+            redis=self._where,
+            error=error,
+            failures=self._failures,
+            retry_after_s=self._backoff,
+        )
+        self._logged_at, self._failures, self._outage_reported = now, 0, True
+
+
+async def _unlink_all(redis: Redis) -> int:
+    cursor, cleared = 0, 0
+    while True:
+        cursor, keys = await redis.scan(cursor, match=_MATCH, count=_SCAN_COUNT)
+        if keys:
+            cleared += await redis.unlink(*keys)
+        if cursor == 0:
+            return cleared
+
+
+async def _count_all(redis: Redis) -> int:
+    cursor, count = 0, 0
+    while True:
+        cursor, keys = await redis.scan(cursor, match=_MATCH, count=_SCAN_COUNT)
+        count += len(keys)
+        if cursor == 0:
+            return count
+
+
+def _encode(answer: CachedAnswer) -> bytes:
+    provider = answer.provider.encode()
+    return b"%d:%b%b" % (len(provider), provider, answer.completion.body)
+
+
+def _decode(value: bytes) -> CachedAnswer | None:
+    """The stored answer, or None (a miss, then overwritten) for a value this code did not write."""
+    head, _, rest = value.partition(b":")
+    if not head.isdigit():
+        return None
+    size = int(head)
+    body = rest[size:]
+    try:
+        provider = rest[:size].decode()
+        data = orjson.loads(body)
+    except ValueError:  # UnicodeDecodeError and orjson.JSONDecodeError both are
+        return None
+    if not isinstance(data, dict):
+        return None
+    return CachedAnswer(Completion(body, data), provider)
+
+
+def _location(url: str) -> str:
+    """Where Redis is, for logs and errors: host, port and db, never the credentials."""
+    parts = parse_url(url)
+    place = parts.get("path") or f"{parts.get('host', 'localhost')}:{parts.get('port', 6379)}"
+    return f"{place}/{parts.get('db', 0)}"
