@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 import services
-from loadgen import LoadError, check_answer, wrk
+from loadgen import LoadError, check_answer, wait_for_quiet, wrk
 from procs import StartError, free_port
 from report import Cell, Table, render, write_section
 
@@ -55,18 +55,23 @@ WORKLOADS = [
     Workload("delay50", "Non-streaming, 50 ms upstream delay, c=64", 64, delay_ms=50),
 ]
 CACHE_CONNECTIONS = 16
+QUIET = 0.15
+"""Other work may use this share of the CPUs when a measurement starts."""
 
 
 class Bench:
     """Measures targets with a fixed duration and warm-up, collecting what failed."""
 
-    def __init__(self, seconds: int, warmup: int, repeat: int) -> None:
+    def __init__(self, seconds: int, warmup: int, repeat: int, quiet_wait: float) -> None:
         self.seconds = seconds
         self.warmup = warmup
         self.repeat = repeat
+        self.quiet_wait = quiet_wait
         self.problems: list[str] = []
+        self.busy_starts: list[float] = []
 
     def measure(self, label: str, url: str, connections: int, stream: bool) -> Cell:
+        self.busy_starts.append(wait_for_quiet(QUIET, self.quiet_wait))
         try:
             check_answer(url, stream)
             wrk(url, connections, self.warmup, stream)
@@ -75,7 +80,7 @@ class Bench:
             return self.fail(label, str(exc))
         print(
             f"  {label:<48} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  (machine {self.busy_starts[-1]:.0%} busy before)",
             file=sys.stderr,
             flush=True,
         )
@@ -200,9 +205,21 @@ def context(bench: Bench, load_before: float) -> list[str]:
         f"Python {platform.python_version()}",
         f"{bench.seconds} s per measurement after a {bench.warmup} s warm-up; wrk -t1; "
         f"median of {bench.repeat} interleaved round(s)",
-        f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}: "
-        "other work on the machine shows up here and in the figures",
+        f"other work on the machine: load average {load_before:.2f} before the run, "
+        f"{os.getloadavg()[0]:.2f} after; {busy_note(bench)}",
     ]
+
+
+def busy_note(bench: Bench) -> str:
+    """How quiet the machine was as each measurement started (what the quiet wait achieved)."""
+    busy = sorted(bench.busy_starts)
+    if not busy:
+        return "no measurement was made"
+    noisy = sum(share > QUIET for share in busy)
+    return (
+        f"CPUs busy as measurements started: median {busy[len(busy) // 2]:.0%}, max {busy[-1]:.0%}; "
+        f"{noisy} of {len(busy)} started above {QUIET:.0%} after waiting up to {bench.quiet_wait:.0f} s"
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -217,6 +234,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--redis", action="store_true", help="require the redis cache run (default: when redis-server exists)"
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60,
+        help=f"seconds to wait for other work to drop under {QUIET:.0%} CPU before each measurement",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
     parser.add_argument(
@@ -235,7 +258,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     load_before = os.getloadavg()[0]
-    bench = Bench(*((2, 1, 1) if args.quick else (args.duration, args.warmup, args.repeat)))
+    seconds, warmup, repeat = (2, 1, 1) if args.quick else (args.duration, args.warmup, args.repeat)
+    bench = Bench(seconds, warmup, repeat, args.quiet_wait)
     tables: list[Table] = []
     for delay_ms in sorted({workload.delay_ms for workload in WORKLOADS}):
         tables += run_workloads(bench, delay_ms, [w for w in WORKLOADS if w.delay_ms == delay_ms])

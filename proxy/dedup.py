@@ -24,6 +24,7 @@ class Outcome:
     """How a flight ended: the answer (or error) and what it took to get it."""
 
     completion: Completion | None = None
+    usage: dict | None = None
     error: SluiceError | None = None
     target: Target | None = None
     attempts: int = 0

@@ -29,6 +29,7 @@ from proxy.providers.base import Call, ChunkStream, Provider
 from proxy.requests import (
     CHAT,
     EMBEDDINGS,
+    ParsedRequest,
     RequestOptions,
     parse_chat,
     parse_embeddings,
@@ -38,7 +39,7 @@ from proxy.requests import (
 from proxy.resilience import Attempts, Resilience
 from proxy.routing import Route, Router
 from proxy.telemetry import RequestRecord, Telemetry
-from proxy.tokens import context_window
+from proxy.tokens import context_window, count_messages, count_text
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -110,7 +111,7 @@ class Pipeline:
 
         answer = await self._lookup(job, record)
         if answer is not None:
-            return self._cached_response(answer, parsed.stream, parsed.include_usage, record, principal)
+            return self._cached_response(answer, route, parsed, record)
 
         flight = self._flight_for(job, parsed.stream, record, principal)
         if parsed.stream:
@@ -179,7 +180,7 @@ class Pipeline:
                 )
                 flight.target = result.target
                 completion = result.value
-            outcome = Outcome(completion=completion, target=result.target)
+            outcome = Outcome(completion=completion, usage=_usage_of(job, completion), target=result.target)
         except SluiceError as exc:
             outcome = Outcome(error=exc, target=flight.target)
         finally:
@@ -257,17 +258,18 @@ class Pipeline:
         return headers
 
     def _cached_response(
-        self, answer: CachedAnswer, stream: bool, include_usage: bool, record: RequestRecord, principal: Principal
+        self, answer: CachedAnswer, route: Route, parsed: ParsedRequest, record: RequestRecord
     ) -> Response:
         record.provider = answer.provider
         usage = answer.completion.usage
         if usage:
+            model = next((t.model for t in route.targets if t.provider == answer.provider), route.targets[0].model)
             record.tokens_saved_cache = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
-            record.cost_saved_usd = self.prices.cost(answer.provider, _answer_model(answer.completion), usage)
+            record.cost_saved_usd = self.prices.cost(answer.provider, model, usage)
         headers = self._headers(record)
-        if not stream:
+        if not parsed.stream:
             return Response(answer.completion.body, headers=headers, media_type="application/json")
-        chunks = replay_chunks(answer.completion.data, include_usage)
+        chunks = replay_chunks(answer.completion.data, parsed.include_usage)
         return StreamingResponse(_sse(chunks), headers={**headers, **SSE_HEADERS}, media_type="text/event-stream")
 
     def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
@@ -282,7 +284,7 @@ class Pipeline:
         completion = outcome.completion
         if completion is None or target is None:
             return
-        usage = completion.usage
+        usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
         cost = self.prices.cost(target.provider, target.model, usage)
         if record.dedup:
@@ -359,9 +361,18 @@ class Pipeline:
             flight.leave()
 
 
-def _answer_model(completion: Completion) -> str:
-    model = completion.data.get("model")
-    return model if isinstance(model, str) else ""
+def _usage_of(job: Job, completion: Completion) -> dict[str, Any] | None:
+    """The upstream's own usage; a tiktoken estimate only when it gave none."""
+    usage = completion.usage
+    if usage is not None or job.kind != CHAT:
+        return usage
+    model = job.route.targets[0].model
+    prompt = count_messages(job.body["messages"], model)
+    text = "".join(
+        (choice.get("message") or {}).get("content") or "" for choice in completion.data.get("choices") or ()
+    )
+    output = count_text(text, model) if text else 0
+    return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output, "estimated": True}
 
 
 def _max_output_tokens(body: dict[str, Any]) -> int | None:

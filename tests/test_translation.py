@@ -80,7 +80,7 @@ def test_data_urls() -> None:
         ("logit_bias", {"50256": -100}),
         ("audio", {"voice": "alloy", "format": "wav"}),
         ("modalities", ["text", "audio"]),
-        ("web_search_options", {}),
+        ("web_search_options", {"search_context_size": "low"}),
         ("functions", [{"name": "f"}]),
         ("function_call", "auto"),
         ("verbosity", "low"),
@@ -89,8 +89,6 @@ def test_data_urls() -> None:
 )
 def test_parameters_that_would_change_the_answer_are_rejected_by_name(provider, param: str, value: object) -> None:
     body = chat(user("hi"), **{param: value})
-    if param == "web_search_options":
-        body[param] = {"search_context_size": "low"}
     with pytest.raises(InvalidRequest) as error:
         _request(provider, body)
     assert error.value.param == param and error.value.status == 400
@@ -513,8 +511,6 @@ def test_gemini_stream_equals_the_non_streamed_answer() -> None:
     stream = gemini.GeminiStream("m")
     streamed = assemble(stream.feed(data) + stream.close())
     whole = gemini.chat_response(data, "m")
-    for key in ("choices", "usage", "model"):
-        assert streamed[key] == {**whole, "choices": [{**whole["choices"][0], "message": {**whole["choices"][0]["message"]}}]}[key] or key == "choices"
     assert streamed["choices"][0]["message"]["content"] == whole["choices"][0]["message"]["content"]
     assert streamed["choices"][0]["finish_reason"] == "length"
     assert streamed["usage"] == whole["usage"]
