@@ -137,9 +137,7 @@ def _busy_share(window: float) -> float:
 
 
 def _cpu_ticks() -> tuple[int, int]:
-    """(busy, total) ticks of all CPUs from /proc/stat; idle and iowait are not busy."""
-    user, nice, system, idle, iowait, irq, softirq, steal = map(
-        int, open("/proc/stat").readline().split()[1:9]
-    )
-    total = user + nice + system + idle + iowait + irq + softirq + steal
-    return total - idle - iowait, total
+    """(busy, total) ticks of all CPUs from /proc/stat: user..steal; idle and iowait are not busy."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)

@@ -71,7 +71,8 @@ class Bench:
         self.busy_starts: list[float] = []
 
     def measure(self, label: str, url: str, connections: int, stream: bool) -> Cell:
-        self.busy_starts.append(wait_for_quiet(QUIET, self.quiet_wait))
+        busy = wait_for_quiet(QUIET, self.quiet_wait)
+        self.busy_starts.append(busy)
         try:
             check_answer(url, stream)
             wrk(url, connections, self.warmup, stream)
@@ -79,8 +80,8 @@ class Bench:
         except LoadError as exc:
             return self.fail(label, str(exc))
         print(
-            f"  {label:<48} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  (machine {self.busy_starts[-1]:.0%} busy before)",
+            f"  {label:<18} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  (CPUs busy before: {busy:.0%})",
             file=sys.stderr,
             flush=True,
         )
@@ -93,7 +94,7 @@ class Bench:
 
     def fail(self, label: str, reason: str) -> str:
         self.problems.append(f"{label}: {reason}")
-        print(f"  {label:<48} NOT MEASURED: {reason}", file=sys.stderr, flush=True)
+        print(f"  {label:<18} NOT MEASURED: {reason}", file=sys.stderr, flush=True)
         return reason
 
     def start_sluice(self, stack: ExitStack, label: str, config: dict[str, Any]) -> str | None:
@@ -230,7 +231,9 @@ def parse_args() -> argparse.Namespace:
         "--repeat", type=int, default=1, help="interleaved rounds per measurement; the median is reported"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 2 s per measurement, 1 s warm-up, prints only"
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 s per measurement, 1 s warm-up, no quiet wait, prints only",
     )
     parser.add_argument(
         "--redis", action="store_true", help="require the redis cache run (default: when redis-server exists)"
@@ -258,8 +261,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     load_before = os.getloadavg()[0]
-    seconds, warmup, repeat = (2, 1, 1) if args.quick else (args.duration, args.warmup, args.repeat)
-    bench = Bench(seconds, warmup, repeat, args.quiet_wait)
+    if args.quick:
+        bench = Bench(seconds=2, warmup=1, repeat=1, quiet_wait=0)
+    else:
+        bench = Bench(args.duration, args.warmup, args.repeat, args.quiet_wait)
     tables: list[Table] = []
     for delay_ms in sorted({workload.delay_ms for workload in WORKLOADS}):
         tables += run_workloads(bench, delay_ms, [w for w in WORKLOADS if w.delay_ms == delay_ms])

@@ -322,3 +322,35 @@ def test_dashboard_survives_missing_fields_and_outages(page, dashboard_base_url)
     assert problems.exceptions == []
     # The browser itself logs failed loads; the page must add nothing of its own.
     assert [m for m in problems.console if not m.startswith("Failed to load resource")] == []
+
+
+def test_dashboard_on_the_real_server_after_traffic(browser, start_proxy, fake_openai):
+    """The page served by Sluice itself, polling Sluice's real /stats after real traffic."""
+    import httpx
+
+    from tests.conftest import openai_config
+
+    proxy = start_proxy(openai_config(fake_openai))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "dashboard traffic"}]}
+    for _ in range(3):
+        assert httpx.post(f"{proxy.url}/v1/chat/completions", json=body).status_code == 200
+    stream = {**body, "stream": True, "messages": [{"role": "user", "content": "streamed"}]}
+    assert httpx.post(f"{proxy.url}/v1/chat/completions", json=stream).status_code == 200
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    problems = Problems(page)
+    try:
+        page.goto(f"{proxy.url}/dashboard")
+        wait_for_updates(page, 3)
+        stats = httpx.get(f"{proxy.url}/stats").json()
+        assert shown(page, "#requests-total") == stats["requests"]["total"] == 4
+        assert shown(page, "#cache-hits") == stats["cache"]["hits"] == 2
+        assert page.locator("#providers").inner_text().startswith("openai")
+        points = line_points(page, "chart-throughput")
+        assert points and all(p >= 2 for p in points), points
+        assert not problems.console and not problems.exceptions
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT.with_name("dashboard-real.png")), full_page=True)
+    finally:
+        context.close()

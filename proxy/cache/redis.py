@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 
 class RedisCache(CacheBackend):
+    """``timeout``: socket connect and read, seconds; ``backoff``: how long Redis is left alone
+    after a failure; ``log_interval``: at most one warning per this many seconds of outage."""
+
     def __init__(self, url: str, *, timeout: float = 0.25, backoff: float = 1.0, log_interval: float = 30.0) -> None:
         self._url = url
         self._timeout = timeout
@@ -85,26 +88,26 @@ class RedisCache(CacheBackend):
                 self._url,
                 socket_connect_timeout=self._timeout,
                 socket_timeout=self._timeout,
-                retry=Retry(NoBackoff(), 0),  # redis-py retries 10 times by default: an outage would stall requests
+                retry=Retry(NoBackoff(), 0),  # none, whatever redis-py's default: the backoff decides
             )
         return self._client
 
     async def _run(self, command: Callable[[Redis], Awaitable[T]]) -> T:
         """One Redis call, failing open: any error or timeout is ``CacheUnavailable``."""
-        now = time.monotonic()
-        if now < self._skip_until:
+        if time.monotonic() < self._skip_until:
             raise CacheUnavailable(f"redis at {self._where} failed less than {self._backoff}s ago")
         try:
             result = await command(self._redis())
         except (RedisError, OSError) as exc:
-            self._failed(exc, now)
+            self._failed(exc)
             raise CacheUnavailable(f"redis at {self._where}: {type(exc).__name__}") from exc
         if self._outage_reported:
             self._outage_reported = False
             _log.info("cache_recovered", backend="redis", redis=self._where)
         return result
 
-    def _failed(self, exc: Exception, now: float) -> None:
+    def _failed(self, exc: Exception) -> None:
+        now = time.monotonic()
         self._skip_until = now + self._backoff
         self._failures += 1
         if now - self._logged_at < self._log_interval:
