@@ -266,10 +266,13 @@ def main() -> int:
     else:
         bench = Bench(args.duration, args.warmup, args.repeat, args.quiet_wait)
     tables: list[Table] = []
-    for delay_ms in sorted({workload.delay_ms for workload in WORKLOADS}):
-        tables += run_workloads(bench, delay_ms, [w for w in WORKLOADS if w.delay_ms == delay_ms])
     backends = ["memory"] + (["redis"] if args.redis or shutil.which("redis-server") else [])
-    tables.append(run_cache(bench, backends))
+    try:
+        for delay_ms in sorted({workload.delay_ms for workload in WORKLOADS}):
+            tables += run_workloads(bench, delay_ms, [w for w in WORKLOADS if w.delay_ms == delay_ms])
+        tables.append(run_cache(bench, backends))
+    except StartError as exc:
+        sys.exit(f"the benchmark's own servers did not start: {exc}")
 
     section = render(tables, context(bench, load_before), bench.problems)
     print(section)

@@ -1,11 +1,11 @@
 """The servers the benchmarks start, each pinned where the method says.
 
-Each is named by a label (its log is bench/out/<server>-<label>.log), so a
-rerun overwrites the last run's logs instead of piling up new ones.
-
 The proxy under test (floor or Sluice) gets core 0 to itself; the fake
 upstream, redis and the load generator share core 1, so the proxy's cost is
 what the figures show.
+
+Each is named by a label (its log is bench/out/<server>-<label>.log), so a
+rerun overwrites the last run's logs instead of piling up new ones.
 """
 
 from __future__ import annotations

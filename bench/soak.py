@@ -14,7 +14,7 @@ is unique, so every request is a real upstream call. Checks, each printed:
 - Sluice's RSS and open sockets are flat from the first to the last thousand
   requests: RSS within +10%, sockets within ±20.
 
-Exits 1 when a check fails, 2 when Sluice does not start.
+Exits 1 when a check fails, 2 when Sluice (or the fake upstream) does not start.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import time
 import uuid
@@ -230,25 +231,25 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     args = parse_args()
     os.sched_setaffinity(0, {services.LOAD_CORE})
-    config_sections = {
-        "retry": {"max_attempts": MAX_ATTEMPTS, "initial_backoff_ms": 10, "max_backoff_ms": 200},
-        "breaker": {"failure_threshold": 1000},
-    }
-    with ExitStack() as stack:
-        upstream_port, sluice_port = free_port(), free_port()
-        stack.enter_context(services.upstream("soak", upstream_port, chaos=args.chaos, seed=args.seed))
-        try:
-            sluice = stack.enter_context(
-                services.sluice("soak", sluice_port, services.sluice_config(upstream_port, **config_sections))
-            )
-        except StartError as exc:
-            print(f"Sluice did not start: {exc}", file=sys.stderr)
-            return 2
-        url = f"{services.base_url(sluice_port)}/v1/chat/completions"
-        started = time.monotonic()
-        tally = asyncio.run(load(url, sluice.pid, args.requests, args.concurrency, args.timeout))
-        seconds = time.monotonic() - started
-        upstream = asyncio.run(upstream_stats(f"{services.base_url(upstream_port)}/__stats"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    upstream_port, sluice_port = free_port(), free_port()
+    sluice_config = services.sluice_config(
+        upstream_port,
+        retry={"max_attempts": MAX_ATTEMPTS, "initial_backoff_ms": 10, "max_backoff_ms": 200},
+        breaker={"failure_threshold": 1000},
+    )
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(services.upstream("soak", upstream_port, chaos=args.chaos, seed=args.seed))
+            sluice = stack.enter_context(services.sluice("soak", sluice_port, sluice_config))
+            url = f"{services.base_url(sluice_port)}/v1/chat/completions"
+            started = time.monotonic()
+            tally = asyncio.run(load(url, sluice.pid, args.requests, args.concurrency, args.timeout))
+            seconds = time.monotonic() - started
+            upstream = asyncio.run(upstream_stats(f"{services.base_url(upstream_port)}/__stats"))
+    except StartError as exc:
+        print(f"did not start: {exc}", file=sys.stderr)
+        return 2
 
     results = checks(tally, args.requests, upstream["calls"])
     section = render(tally, upstream, args, seconds, results)

@@ -157,10 +157,11 @@ _FENCE = re.compile(
 _CODE_SPAN = r"`(?<!``)(?P<code>`*)(?!`)(?s:.*?)(?<!`)`(?P=code)(?!`)"
 # A line indented like Markdown's indented code blocks (4 spaces or a tab, at
 # the start of a line): kept, since unfenced code pasted into a prompt may
-# hold spaces in string literals.
+# hold spaces in string literals. A line with a backtick is left to the
+# inline-code rule instead, so that a code span starting there stays whole.
 _INDENTED_LINE = r"""
-      \ \ \ \ (?<![^\n]\ {4})(?P<indented>[ \t]*\S[^\n]*)
-    | \t(?<![^\n]\t)(?P<indented_tab>[ \t]*\S[^\n]*)
+      \ \ \ \ (?<![^\n]\ {4})(?P<indented>[ \t]*[^\s`][^\n`]*)(?=\n|\Z)
+    | \t(?<![^\n]\t)(?P<indented_tab>[ \t]*[^\s`][^\n`]*)(?=\n|\Z)
 """
 _TIDY = re.compile(
     rf"""

@@ -45,6 +45,7 @@ class Flight:
         self.tokens_saved = 0
         self.trimmed_messages = 0
         self._changed = asyncio.Event()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._callers = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -72,6 +73,7 @@ class Flight:
     def finish(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
+            self.done.set_result(None)
             self._wake()
 
     def _wake(self) -> None:
@@ -92,11 +94,6 @@ class Flight:
         self._callers -= 1
         if self._callers <= 0 and self.outcome is None and self._task is not None:
             self._task.cancel()
-
-    async def wait(self) -> Outcome:
-        while self.outcome is None:
-            await self._changed.wait()
-        return self.outcome
 
     async def wait_started(self) -> None:
         """Until the first chunk arrives or the flight ends."""

@@ -392,35 +392,32 @@ async def _sse(chunks: list[Chunk]) -> AsyncIterator[bytes]:
 async def _wait_or_disconnect(request: Request, flight: Flight) -> Outcome | None:
     """The flight's outcome, or None when the client left first (then it is left)."""
     if flight.outcome is None:
-        waiter = asyncio.ensure_future(flight.wait())
-        watcher = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait((waiter, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            waiter.cancel()
-        if flight.outcome is None:
-            flight.leave()
-            return None
+        await _until_or_disconnect(request, flight.done)
     flight.leave()
     return flight.outcome
 
 
 async def _wait_started(request: Request, flight: Flight) -> bool:
     """Wait for the stream's first chunk or its end, so headers can name the provider."""
-    if flight.chunks or flight.outcome is not None:
-        return True
-    waiter = asyncio.ensure_future(flight.wait_started())
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait((waiter, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        waiter.cancel()
+    if not flight.chunks and flight.outcome is None:
+        started = asyncio.ensure_future(flight.wait_started())
+        try:
+            await _until_or_disconnect(request, started)
+        finally:
+            started.cancel()
     if flight.chunks or flight.outcome is not None:
         return True
     flight.leave()
     return False
+
+
+async def _until_or_disconnect(request: Request, future: asyncio.Future) -> None:
+    """Wait for ``future`` (never cancelling it) unless the client disconnects first."""
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
 
 
 async def _disconnected(request: Request) -> None:

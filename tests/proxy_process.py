@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -70,6 +71,15 @@ class ProxyProcess:
             if isinstance(value, dict):
                 lines.append(value)
         return lines
+
+    def wait_for_log(self, match: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The matching log lines, once there is one: a line is written after the last byte is sent."""
+        deadline = time.monotonic() + timeout
+        while True:
+            lines = [line for line in self.log_lines() if match(line)]
+            if lines or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.process.poll() is None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -12,6 +14,8 @@ from proxy.cache.base import CachedAnswer, CacheUnavailable
 from proxy.cache.redis import KEY_PREFIX, RedisCache
 from proxy.completions import Completion
 from tests.conftest import openai_config
+from tests.fakes.openai import FakeOpenAI
+from tests.proxy_process import ProxyProcess
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 ANSWER = CachedAnswer(
@@ -55,6 +59,7 @@ async def test_ttl_is_kept_by_redis(cache: RedisCache, redis_server: RedisServer
     deadline = time.monotonic() + 5
     while await cache.get("short") is not None:
         assert time.monotonic() < deadline, "the short entry never expired"
+        await asyncio.sleep(0.01)
     assert await cache.get("long") is not None
 
 
@@ -95,6 +100,7 @@ async def test_redis_down_fails_open_at_once_then_recovers(cache: RedisCache, re
             break
         except CacheUnavailable:
             assert time.monotonic() < deadline, "the cache never came back after Redis did"
+            await asyncio.sleep(0.01)
     assert (await cache.get("k")) == ANSWER
 
 
@@ -121,11 +127,11 @@ async def test_hung_redis_costs_one_timeout_then_nothing(redis_server: RedisServ
 # -- through the real proxy --
 
 
-def redis_config(fake_openai, redis_server: RedisServer) -> dict:  # type: ignore[no-untyped-def]  # noqa: F811
+def redis_config(fake_openai: FakeOpenAI, redis_server: RedisServer) -> dict[str, Any]:  # noqa: F811
     return openai_config(fake_openai, cache={"backend": "redis", "redis_url": redis_server.url})
 
 
-def ask(proxy, content: str = "hello") -> httpx.Response:  # type: ignore[no-untyped-def]
+def ask(proxy: ProxyProcess, content: str = "hello") -> httpx.Response:
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
     response = httpx.post(f"{proxy.url}/v1/chat/completions", json=body, timeout=10)
     assert response.status_code == 200, response.text
@@ -155,7 +161,8 @@ def test_two_processes_share_the_cache(start_proxy, fake_openai, redis_server) -
 def test_admin_clear_removes_only_sluice_entries(start_proxy, fake_openai, redis_server) -> None:  # noqa: F811
     redis_server.client().set("not-sluice", b"keep")
     proxy = start_proxy(redis_config(fake_openai, redis_server))
-    ask(proxy, "one"), ask(proxy, "two")
+    ask(proxy, "one")
+    ask(proxy, "two")
     assert httpx.get(f"{proxy.url}/stats").json()["cache"]["entries"] == 2
     response = httpx.post(f"{proxy.url}/admin/cache/clear")
     assert response.status_code == 200 and response.json() == {"cleared": 2}

@@ -134,7 +134,7 @@ def test_request_id_is_echoed_and_logged(proxy) -> None:
         headers={"X-Request-ID": "my-trace-42"},
     )
     assert response.headers["x-request-id"] == "my-trace-42"
-    lines = [line for line in proxy.log_lines() if line.get("request_id") == "my-trace-42"]
+    lines = proxy.wait_for_log(lambda line: line.get("request_id") == "my-trace-42")
     assert len(lines) == 1, "exactly one log line per request"
     line = lines[0]
     assert line["status"] == 200 and line["provider"] == "openai" and line["model"] == "gpt-4o-mini"

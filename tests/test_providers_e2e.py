@@ -213,6 +213,26 @@ def test_gemini_3_accepts_a_history_without_signatures(client: openai.OpenAI) ->
     assert answer.choices[0].message.content == 'echo: {"output":"sunny"}'
 
 
+def test_translated_stream_is_cached_whole_and_replayed(
+    start_proxy: Callable[..., ProxyProcess], fake_gemini: FakeGemini, fake_ollama: FakeOllama
+) -> None:
+    """The replay keeps the tool call id, so a Gemini 3 signature survives the cache too."""
+    proxy = start_proxy(config(fake_gemini, fake_ollama, cache={"enabled": True}))
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="x", max_retries=0)
+    answers = []
+    for expected in ("miss", "hit"):
+        raw = client.chat.completions.with_raw_response.create(
+            model=GEMINI_3, messages=ask("weather?"), tools=TOOLS, stream=True, stream_options={"include_usage": True}
+        )
+        assert raw.headers["x-sluice-cache"] == expected
+        answers.append(list(raw.parse()))
+    assert len(fake_gemini.calls(":streamGenerateContent")) == 1
+    first, replayed = ([call for c in chunks if c.choices for call in c.choices[0].delta.tool_calls or ()] for chunks in answers)
+    assert [c.id for c in replayed] == [c.id for c in first] and "__thought__" in first[0].id
+    assert [c.choices[0].finish_reason for c in answers[1] if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert answers[1][-1].usage == answers[0][-1].usage
+
+
 def test_forced_tool_choice(client: openai.OpenAI, fake_gemini: FakeGemini) -> None:
     forced = {"type": "function", "function": {"name": "get_weather"}}
     answer = client.chat.completions.create(model=GEMINI, messages=ask("x"), tools=TOOLS, tool_choice=forced)

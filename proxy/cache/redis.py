@@ -33,7 +33,7 @@ from proxy.completions import Completion
 KEY_PREFIX = "sluice:cache:"
 _MATCH = KEY_PREFIX + "*"
 _SCAN_COUNT = 1000  # keys per SCAN page, and so per UNLINK in clear()
-_ENTRIES_MAX_AGE = 5.0  # seconds /stats may show an old count, so polling it never walks the keyspace each time
+_ENTRIES_MAX_AGE = 5.0  # seconds: counting walks the keyspace, and the dashboard polls /stats every 2 s
 
 _log = structlog.get_logger("sluice")
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import mimetypes
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -121,7 +121,7 @@ def _contents(messages: list[dict[str, Any]], sign_calls: bool) -> tuple[list[di
         param = f"messages[{index}]"
         role = msg.get("role")
         if role in ("system", "developer"):
-            system.extend({"text": text} for text in t.text_parts(msg.get("content"), f"{param}.content", PROVIDER))
+            system.extend({"text": text} for text in t.text_parts(msg.get("content"), f"{param}.content", PROVIDER) if text)
             continue
         if role == "user":
             wire_role, parts = "user", _user_parts(msg.get("content"), f"{param}.content")
