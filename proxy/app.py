@@ -16,7 +16,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from proxy.accounting import Prices
-from proxy.cache.base import CacheBackend
+from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.memory import MemoryCache
 from proxy.config import Config, load_config
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
@@ -126,7 +126,10 @@ class Gateway:
             supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(supplied.encode(), admin_key.encode()):
                 raise InvalidAPIKey("This endpoint needs the admin key: 'Authorization: Bearer <admin_key>'.")
-        cleared = await self.cache.clear() if self.cache is not None else 0
+        try:
+            cleared = await self.cache.clear() if self.cache is not None else 0
+        except CacheUnavailable:
+            raise SluiceError("The cache backend is unreachable; nothing was cleared.", status=503, code="cache_unavailable", retry_after=1) from None
         return _json({"cleared": cleared})
 
     async def dashboard(self, request: Request) -> Response:
