@@ -244,20 +244,32 @@ def _outside_fences(text: str, rewrite: Callable[[str], str]) -> str:
 # -- JSON tool results --
 
 # A JSON string (kept verbatim), or whitespace between tokens (dropped).
-_JSON_STRING_OR_SPACE = re.compile(r'("[^"\\]*(?:\\.[^"\\]*)*")|[ \t\n\r]+', re.DOTALL)
+# Every alternative starts with a literal so that the engine skips the rest.
+_JSON_STRING_OR_SPACE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"| [ \t\n\r]*|\n[ \t\n\r]*|\t[ \t\n\r]*|\r[ \t\n\r]*')
 
 
 def compact_json(text: str) -> str:
-    """A JSON object/array without insignificant whitespace; other text as it is."""
-    start = text.lstrip()[:1]
-    if start not in ("{", "[") or not ("\n" in text or ": " in text or ", " in text or "\t" in text):
+    """A JSON object/array without insignificant whitespace; other text as it is.
+
+    Whitespace is removed between tokens rather than the value re-serialized,
+    so numbers, escapes and duplicate keys stay exactly as written. The text
+    is parsed only when there was whitespace to remove, to check it is JSON.
+    """
+    if not text.lstrip(" \t\n\r").startswith(("{", "[")):
+        return text
+    new = _JSON_STRING_OR_SPACE.sub(_keep_strings, text)
+    if new == text:
         return text
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
-    new = _JSON_STRING_OR_SPACE.sub(lambda match: match.group(1) or "", text)
-    return text if new == text else new
+    return new
+
+
+def _keep_strings(match: re.Match[str]) -> str:
+    found = match.group()
+    return found if found[0] == '"' else ""
 
 
 # -- filler phrases (aggressive mode) --
@@ -279,8 +291,8 @@ FILLER_PHRASES = (
     "any help (is / would be / will be) (greatly / much / really) appreciated",
 )
 _OPENERS = r"""
-      \A(?:hi|hello|hey)(?:\ there)?[,!.]+
-    | I\ hope\ (?:you\ are|you're|you\ are\ doing|you're\ doing)\ (?:doing\ )?well[,!.]*
+      (?<=\A\n)(?:hi|hello|hey)(?:\ there)?[,!.]+(?![ \t]*world\b)
+    | I\ hope\ (?:you\ are|you're)\ (?:doing\ )?well[,!.]*
     | I\ hope\ this\ (?:message|email)\ finds\ you\ well[,!.]*
     | I\ was\ wondering\ (?:if|whether)\ you\ could
     | I(?:\ would|'d)\ be\ grateful\ if\ you\ could
@@ -291,17 +303,23 @@ _OPENERS = r"""
     | (?:thanks|thank\ you)(?:\ so\ much|\ very\ much)?\ in\ advance[,!.]*
     | any\ help\ (?:is|would\ be|will\ be)\ (?:greatly\ |much\ |really\ )?appreciated[,!.]*
 """
+_FILLERS = rf"(?:(?:{_OPENERS})(?![\w'])[ \t]*)+"
+# Applied to "\n" + text, so that every sentence start follows a line break
+# or a space and every alternative starts with a literal character, which
+# lets the regex engine skip ordinary text (see _TIDY).
 _FILLER = re.compile(
     rf"""
       {_CODE_SPAN}
     | {_INDENTED_LINE}
-    | (?P<opener>(?:^|(?<=[.!?])[ \t]+)(?:(?:{_OPENERS})(?![\w'])[ \t]*)+)(?P<next>\w?)
-    | (?P<after_you>(?<=\byou\ )(?:(?:please|kindly)[ \t]+)+(?=\w))
-    | (?P<closing>,?[ \t]*(?<!\bto\ )(?<!\bsay\ )\b(?:please|kindly)\b(?=[ \t]*(?:[.!?]|$)))
+    | \n(?!\ {{4}}|\t)(?P<line_fillers>[ \t]*{_FILLERS})(?P<line_next>\w?)
+    | \ (?<=[.!?]\ )(?P<sentence_fillers>[ \t]*{_FILLERS})(?P<sentence_next>\w?)
+    | \ (?<=\byou\ )(?P<after_you>(?:(?:please|kindly)[ \t]+)+)(?=\w)
+    | ,(?P<comma_closing>[ \t]*(?:please|kindly)\b)(?=[ \t]*(?:[.!?]|\r?\n|\Z))
+    | \ (?<!\bto\ )(?<!\bsay\ )(?P<closing>[ \t]*(?:please|kindly)\b)(?=[ \t]*(?:[.!?]|\r?\n|\Z))
     """,
-    re.MULTILINE | re.VERBOSE | re.IGNORECASE,
+    re.VERBOSE | re.IGNORECASE,
 )
-_FILLER_HINTS = ("please", "kind", "hope", "wondering", "grateful", "appreciat", "advance", "language model")
+_FILLER_HINTS = ("please", "kindly", "so kind", "hope", "wondering", "grateful", "appreciat", "in advance", "language model")
 _GREETINGS = ("hi", "hello", "hey")
 
 
@@ -323,20 +341,22 @@ def drop_fillers(text: str) -> str:
 
 
 def _drop_fillers_in_prose(text: str) -> str:
-    return _FILLER.sub(_filler_match, text)
+    return _FILLER.sub(_filler_match, "\n" + text)[1:]
 
 
 def _filler_match(match: re.Match[str]) -> str:
     kind = match.lastgroup
-    if kind == "next" or kind == "opener":
-        opener = match.group("opener")
-        following = match.group("next")
-        leading_space = opener[: len(opener) - len(opener.lstrip(" \t"))]
+    if kind == "line_next" or kind == "sentence_next":
+        fillers = match.group("line_fillers" if kind == "line_next" else "sentence_fillers")
+        following = match.group(kind)
+        indentation = fillers[: len(fillers) - len(fillers.lstrip(" \t"))]
         # "Please explain" -> "Explain"; a lower-case "please explain" stays lower-case.
-        if opener.lstrip(" \t")[:1].isupper():
+        if fillers.lstrip(" \t")[:1].isupper():
             following = following.upper()
-        return leading_space + following
-    if kind == "after_you" or kind == "closing":
+        return match.group()[0] + indentation + following
+    if kind == "after_you":
+        return " "
+    if kind == "comma_closing" or kind == "closing":
         return ""
     return match.group()
 
