@@ -7,15 +7,16 @@ bound says the prompt might not fit.
 
 ``safe`` mode rewrites only what cannot change meaning:
 
-- outside fenced code blocks, inline code and indented code lines, in the text
-  of system, developer, user and assistant messages: interior runs of spaces
-  become one space, trailing spaces and tabs go, and three or more line breaks become
-  two. Leading indentation is kept (it nests Markdown lists). An interior run that
-  contains tabs keeps its tabs and loses its spaces: in pasted spreadsheet or
-  TSV data each tab separates a field, so ``a\\t\\tb`` has an empty cell.
+- in the text of system, developer, user and assistant messages, outside
+  code (fenced blocks, inline code, and lines indented by 4 spaces or a tab,
+  Markdown's indented code): interior runs of spaces become one space,
+  trailing spaces and tabs go, three or more line breaks become two. Leading
+  indentation is kept (it nests Markdown lists). An interior run with tabs
+  keeps its tabs and loses its spaces: in pasted spreadsheet or TSV data a
+  tab separates fields, so ``a\\t\\tb`` holds an empty cell.
 - exact duplicate system/developer messages: all but the first are dropped.
 - ``tool`` results that are JSON objects or arrays lose the whitespace between
-  tokens; strings and numbers are kept byte for byte (no re-serializing, so no
+  tokens; strings and numbers stay byte for byte (no re-serializing, so no
   float or escape changes). Other tool output (file contents, diffs, command
   output) is left alone: agents quote it back verbatim, e.g. in edit calls.
 
@@ -30,8 +31,8 @@ user messages: opt-in, because a politeness word can be the point of a prompt.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -143,12 +144,13 @@ def _rewrite_part(part: Any, rewrite: Callable[[str], str]) -> Any:
 
 # A fenced code block (CommonMark: 3+ backticks or tildes, closed by a fence
 # of the same character at least as long, or open to the end of the text),
-# searched for in "\n" + text so that every fence starts with a line break.
+# searched for in "\n" + text so that every fence starts with a line break,
+# and scanned line by line, not character by character, for its closing fence.
 # Any indentation is accepted, so fences nested in list items count too.
 _FENCE = re.compile(
     r"\n[ \t]*(?:"
-    r"(?P<bt>`{3,})[^`\n]*(?:(?s:.*?)\n[ \t]*(?P=bt)`*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
-    r"|(?P<tl>~{3,})[^\n]*(?:(?s:.*?)\n[ \t]*(?P=tl)~*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
+    r"(?P<bt>`{3,})[^`\n]*(?:(?:\n[^\n]*)*?\n[ \t]*(?P=bt)`*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
+    r"|(?P<tl>~{3,})[^\n]*(?:(?:\n[^\n]*)*?\n[ \t]*(?P=tl)~*[ \t]*(?=\r?\n|\Z)|(?s:.*))"
     r")"
 )
 # Inline code: a backtick run (not part of a longer run) up to the next run of
@@ -176,11 +178,9 @@ _TIDY = re.compile(
     """,
     re.VERBOSE,
 )
-# Only an interior run of 2+ spaces/tabs needs a regex to tell it from
-# indentation; each pattern starts with a literal, so the search is fast.
-_INTERIOR_RUNS = tuple(
-    re.compile(pattern) for pattern in (r"  (?<=[^ \t\r\n]  )", r" \t(?<=[^ \t\r\n] \t)", r"\t[ \t](?<=[^ \t\r\n]\t[ \t])")
-)
+# Only an interior run of 2+ spaces needs a regex to tell it from
+# indentation; starting with a literal, the search is fast.
+_INTERIOR_SPACES = re.compile(r"  (?<=[^ \t\r\n]  )")
 
 
 def tidy_whitespace(text: str) -> str:
@@ -195,13 +195,14 @@ def _may_tidy(text: str) -> bool:
     """False when no rule can apply, decided with substring scans (code not excluded).
 
     Single-character scans (tab, CR) are memchr-fast, so the checks that need
-    a tab or a CR are made only when the text has one.
+    a tab or a CR are made only when the text has one. Runs of tabs alone are
+    kept by the rules, so only a tab next to a space can make a change.
     """
     if text.endswith((" ", "\t")) or " \n" in text or "\n\n\n" in text:
         return True
-    if "  " in text and _INTERIOR_RUNS[0].search(text):
+    if "  " in text and _INTERIOR_SPACES.search(text):
         return True
-    if "\t" in text and ("\t\n" in text or "\t\r" in text or any(p.search(text) for p in _INTERIOR_RUNS[1:])):
+    if "\t" in text and ("\t\n" in text or "\t\r" in text or " \t" in text or "\t " in text):
         return True
     return "\r" in text and (" \r" in text or "\n\r\n\r\n" in text)
 
@@ -243,33 +244,35 @@ def _outside_fences(text: str, rewrite: Callable[[str], str]) -> str:
 
 # -- JSON tool results --
 
-# A JSON string (kept verbatim), or whitespace between tokens (dropped).
-# Every alternative starts with a literal so that the engine skips the rest.
-_JSON_STRING_OR_SPACE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"| [ \t\n\r]*|\n[ \t\n\r]*|\t[ \t\n\r]*|\r[ \t\n\r]*')
+# JSON strings and the runs of other non-space characters between them:
+# joined, they are the text without its whitespace between tokens.
+_JSON_PIECES = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^" \t\n\r]+')
 
 
 def compact_json(text: str) -> str:
     """A JSON object/array without insignificant whitespace; other text as it is.
 
     Whitespace is removed between tokens rather than the value re-serialized,
-    so numbers, escapes and duplicate keys stay exactly as written. The text
-    is parsed only when there was whitespace to remove, to check it is JSON.
+    so numbers, escapes and duplicate keys stay exactly as written.
     """
-    if not text.lstrip(" \t\n\r").startswith(("{", "[")):
-        return text
-    new = _JSON_STRING_OR_SPACE.sub(_keep_strings, text)
-    if new == text:
+    if not text.lstrip(" \t\n\r").startswith(("{", "[")) or not _space_outside_strings(text):
         return text
     try:
         orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
-    return new
+    return "".join(_JSON_PIECES.findall(text))
 
 
-def _keep_strings(match: re.Match[str]) -> str:
-    found = match.group()
-    return found if found[0] == '"' else ""
+def _space_outside_strings(text: str) -> bool:
+    """Whether JSON ``text`` has whitespace between tokens, in a few C-speed string passes.
+
+    Escapes occur only inside strings: with escaped backslashes and quotes
+    removed, every other piece between quotes is outside a string.
+    """
+    unescaped = text.replace("\\\\", "").replace('\\"', "")
+    outside = "".join(unescaped.split('"')[::2])
+    return " " in outside or "\n" in outside or "\t" in outside or "\r" in outside
 
 
 # -- filler phrases (aggressive mode) --
@@ -319,7 +322,10 @@ _FILLER = re.compile(
     """,
     re.VERBOSE | re.IGNORECASE,
 )
-_FILLER_HINTS = ("please", "kindly", "so kind", "hope", "wondering", "grateful", "appreciat", "in advance", "language model")
+# Substrings (lower-cased) without which no filler phrase can be present.
+_FILLER_HINTS = (
+    "please", "kindly", "so kind", "hope", "wondering", "grateful", "appreciat", "in advance", "language model"
+)
 _GREETINGS = ("hi", "hello", "hey")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +20,10 @@ from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
 from proxy.completions import SSE_DONE, Chunk, Completion, StreamAssembler, replay_chunks
-from proxy.compression import compress
+from proxy.compression import DEFAULT_OUTPUT_RESERVE, compress
 from proxy.config import Config, Target
 from proxy.dedup import Flight, FlightRegistry, Outcome
+from proxy.disconnect import DisconnectGuard
 from proxy.errors import SluiceError, error_event, error_response
 from proxy.limits import Limiter, Principal
 from proxy.providers.base import Call, ChunkStream, Provider
@@ -33,6 +34,7 @@ from proxy.requests import (
     RequestOptions,
     parse_chat,
     parse_embeddings,
+    read_headers,
     read_json_body,
     request_options,
 )
@@ -41,6 +43,7 @@ from proxy.routing import Route, Router
 from proxy.telemetry import RequestRecord, Telemetry
 from proxy.tokens import context_window, count_messages, count_text
 
+Runner = Callable[[Flight], Awaitable[None]]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -81,6 +84,7 @@ class Pipeline:
         self.flights = FlightRegistry()
         self._dedup = config.dedup.enabled
         self._pass_credentials = not config.auth.keys
+        self._windows: dict[str, int | None] = {}
 
     # -- endpoints --
 
@@ -93,19 +97,20 @@ class Pipeline:
     async def _serve(self, request: Request, kind: str) -> Response:
         record: RequestRecord = request.scope["state"]["record"]
         record.tracked = True
-        principal = self.limiter.authenticate(request.headers.get("authorization"))
+        headers = read_headers(request.scope)
+        principal = self.limiter.authenticate(headers.authorization)
         record.key_name = principal.name
-        raw, body = await read_json_body(request, self.config.server.max_body_bytes)
+        raw, body = await read_json_body(request, headers, self.config.server.max_body_bytes)
         record.bytes_in = len(raw)
         parsed = parse_chat(body) if kind == CHAT else parse_embeddings(body)
         record.model, record.stream = parsed.model, parsed.stream
-        options = request_options(request.headers, self.config.compression.mode)
+        options = request_options(headers, self.config.compression.mode)
         route = self.router.resolve(parsed.model)
         self.limiter.admit(principal)
-        authorization = request.headers.get("authorization") if self._pass_credentials else None
+        authorization = headers.authorization if self._pass_credentials else None
         key = None
         if self.cache is not None or self._dedup:
-            identity = identity_of(request.headers.get("authorization"), principal.name)
+            identity = identity_of(headers.authorization, principal.name)
             key = cache_key(kind, route.key, body, identity, options.compression)
         job = Job(kind, body, raw, route, options, authorization, record.request_id, key)
 
@@ -113,10 +118,12 @@ class Pipeline:
         if answer is not None:
             return self._cached_response(answer, route, parsed, record)
 
-        flight = self._flight_for(job, parsed.stream, record, principal)
+        flight, run = self._flight_for(job, parsed.stream, record)
         if parsed.stream:
+            if run is not None:
+                flight.start(run)
             return await self._stream_response(request, flight, parsed.include_usage, record, principal)
-        return await self._json_response(request, flight, record, principal)
+        return await self._json_response(request, flight, run, record, principal)
 
     # -- cache --
 
@@ -148,20 +155,20 @@ class Pipeline:
 
     # -- flights --
 
-    def _flight_for(self, job: Job, streaming: bool, record: RequestRecord, principal: Principal) -> Flight:
+    def _flight_for(self, job: Job, streaming: bool, record: RequestRecord) -> tuple[Flight, Runner | None]:
+        """Join an identical flight in progress, or create one and return how to run it."""
         mergeable = self._dedup and job.cache_key is not None and not (job.options.no_cache or job.options.no_store)
         if mergeable:
             flight = self.flights.get(job.cache_key)  # type: ignore[arg-type]
             if flight is not None:
                 record.dedup = True
                 flight.join()
-                return flight
+                return flight, None
         flight = Flight(streaming)
         flight.join()
         if mergeable:
             self.flights.add(job.cache_key, flight)  # type: ignore[arg-type]
-        flight.start(lambda f: self._run(f, job, mergeable))
-        return flight
+        return flight, lambda f: self._run(f, job, mergeable)
 
     async def _run(self, flight: Flight, job: Job, registered: bool) -> None:
         """The upstream side of a flight: runs once, whoever asked."""
@@ -199,14 +206,22 @@ class Pipeline:
         body, raw, flight.tokens_saved, flight.trimmed_messages = self._compressed(job, target)
         return Call(target.model, body, raw, job.authorization, job.request_id)
 
+    def _context_window(self, model: str) -> int | None:
+        if model not in self._windows:
+            self._windows[model] = context_window(model, self.config.context_windows)
+        return self._windows[model]
+
     def _compressed(self, job: Job, target: Target) -> tuple[dict[str, Any], bytes | None, int, int]:
-        if job.kind != CHAT or job.options.compression == "off" and not self.config.compression.trim_history:
+        if job.kind != CHAT:
+            return job.body, job.raw, 0, 0
+        window = self._context_window(target.model) if self.config.compression.trim_history else None
+        if job.options.compression == "off" and (window is None or _surely_fits(job, window)):
             return job.body, job.raw, 0, 0
         result = compress(
             job.body["messages"],
             job.options.compression,
             model=target.model,
-            context_window=context_window(target.model, self.config.context_windows),
+            context_window=window,
             max_output_tokens=_max_output_tokens(job.body),
             trim=self.config.compression.trim_history,
         )
@@ -298,9 +313,9 @@ class Pipeline:
         self.limiter.charge(principal, record.prompt_tokens + record.completion_tokens, cost)
 
     async def _json_response(
-        self, request: Request, flight: Flight, record: RequestRecord, principal: Principal
+        self, request: Request, flight: Flight, run: Runner | None, record: RequestRecord, principal: Principal
     ) -> Response:
-        outcome = await _wait_or_disconnect(request, flight)
+        outcome = await _outcome(request, flight, run)
         if outcome is None:
             record.error_code = "client_disconnected"
             return Response(status_code=499)
@@ -316,7 +331,7 @@ class Pipeline:
         self, request: Request, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
     ) -> Response:
         if not flight.streaming:
-            outcome = await _wait_or_disconnect(request, flight)
+            outcome = await _outcome(request, flight, None)
             if outcome is None:
                 return Response(status_code=499)
             self._account(outcome, record, principal)
@@ -375,6 +390,16 @@ def _usage_of(job: Job, completion: Completion) -> dict[str, Any] | None:
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output, "estimated": True}
 
 
+def _surely_fits(job: Job, window: int) -> bool:
+    """Whether the prompt fits without counting: a text token is at least one byte of
+    the JSON body, and the body has no parts counted by a fixed size (images, audio, files)."""
+    raw = job.raw
+    if b'"image_url"' in raw or b'"input_audio"' in raw or b'"file"' in raw:
+        return False
+    reserve = _max_output_tokens(job.body) or min(DEFAULT_OUTPUT_RESERVE, window // 4)
+    return len(raw) + reserve <= window
+
+
 def _max_output_tokens(body: dict[str, Any]) -> int | None:
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
@@ -389,39 +414,40 @@ async def _sse(chunks: list[Chunk]) -> AsyncIterator[bytes]:
     yield SSE_DONE
 
 
-async def _wait_or_disconnect(request: Request, flight: Flight) -> Outcome | None:
-    """The flight's outcome, or None when the client left first (then it is left)."""
-    if flight.outcome is None:
-        await _until_or_disconnect(request, flight.done)
-    flight.leave()
-    return flight.outcome
+async def _outcome(request: Request, flight: Flight, run: Runner | None) -> Outcome | None:
+    """Run the flight here (``run``) or wait for it; None when the client left first."""
+    departed = False
+
+    def depart() -> None:
+        nonlocal departed
+        if not departed:
+            departed = True
+            flight.leave()  # the last caller out cancels the call, even when it runs in this task
+
+    def depart_and_stop() -> None:
+        depart()
+        guard.cancel_task()
+
+    guard = DisconnectGuard(request.receive, depart if run is not None else depart_and_stop)
+    try:
+        async with guard:
+            if run is not None:
+                await flight.run_here(run)
+            elif flight.outcome is None:
+                await asyncio.shield(flight.done)
+    finally:
+        depart()
+    return None if guard.gone else flight.outcome
 
 
 async def _wait_started(request: Request, flight: Flight) -> bool:
     """Wait for the stream's first chunk or its end, so headers can name the provider."""
-    if not flight.chunks and flight.outcome is None:
-        started = asyncio.ensure_future(flight.wait_started())
-        try:
-            await _until_or_disconnect(request, started)
-        finally:
-            started.cancel()
     if flight.chunks or flight.outcome is not None:
         return True
-    flight.leave()
-    return False
-
-
-async def _until_or_disconnect(request: Request, future: asyncio.Future) -> None:
-    """Wait for ``future`` (never cancelling it) unless the client disconnects first."""
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait((future, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
+    guard = DisconnectGuard(request.receive, lambda: guard.cancel_task())
+    async with guard:
+        await flight.wait_started()
+    if guard.gone:
+        flight.leave()
+        return False
+    return True

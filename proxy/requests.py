@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from starlette.datastructures import Headers
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
+from starlette.types import Scope
 
 from proxy.config import COMPRESSION_MODES
 from proxy.errors import InvalidRequest, RequestTooLarge, SluiceError
@@ -39,20 +39,53 @@ class RequestOptions:
     compression: str
 
 
-async def read_json_body(request: Request, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
-    length = request.headers.get("content-length")
+@dataclass(frozen=True, slots=True)
+class ClientHeaders:
+    """The request headers Sluice reads, picked in one pass over the raw list."""
+
+    authorization: str | None = None
+    cache_control: str = ""
+    cache_ttl: str | None = None
+    compression: str | None = None
+    content_length: str | None = None
+
+
+_WANTED = {
+    b"authorization": "authorization",
+    b"cache-control": "cache_control",
+    b"x-sluice-cache-ttl": "cache_ttl",
+    b"x-sluice-compression": "compression",
+    b"content-length": "content_length",
+}
+
+
+def read_headers(scope: Scope) -> ClientHeaders:
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        field = _WANTED.get(name)
+        if field is not None:
+            found[field] = value.decode("latin-1")
+    return ClientHeaders(**found) if found else ClientHeaders()
+
+
+async def read_json_body(request: Request, headers: ClientHeaders, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
+    """The body, read straight off ``receive`` (no per-request async generator) and parsed."""
+    length = headers.content_length
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise RequestTooLarge(f"Request body is {length} bytes; the limit is {max_bytes}.")
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_bytes:
-                raise RequestTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise SluiceError("client disconnected while sending the body", status=499, code="client_disconnected") from None
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise SluiceError("client disconnected while sending the body", status=499, code="client_disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLarge(f"Request body exceeds the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not raw:
         raise InvalidRequest("Request body is empty; expected a JSON object.")
@@ -127,10 +160,10 @@ def parse_embeddings(body: dict[str, Any]) -> ParsedRequest:
     return ParsedRequest(model, False, False)
 
 
-def request_options(headers: Headers, default_compression: str) -> RequestOptions:
-    cache_control = headers.get("cache-control", "").lower()
+def request_options(headers: ClientHeaders, default_compression: str) -> RequestOptions:
+    cache_control = headers.cache_control.lower()
     ttl: float | None = None
-    raw_ttl = headers.get("x-sluice-cache-ttl")
+    raw_ttl = headers.cache_ttl
     if raw_ttl is not None:
         try:
             ttl = float(raw_ttl)
@@ -138,7 +171,7 @@ def request_options(headers: Headers, default_compression: str) -> RequestOption
             raise InvalidRequest("X-Sluice-Cache-TTL must be a number of seconds.", param="X-Sluice-Cache-TTL") from None
         if ttl < 0:
             raise InvalidRequest("X-Sluice-Cache-TTL must not be negative.", param="X-Sluice-Cache-TTL")
-    compression = headers.get("x-sluice-compression", default_compression).strip().lower()
+    compression = (headers.compression or default_compression).strip().lower()
     if compression not in COMPRESSION_MODES:
         raise InvalidRequest(
             f"X-Sluice-Compression must be one of {', '.join(COMPRESSION_MODES)}.", param="X-Sluice-Compression"

@@ -4,6 +4,11 @@ The pipeline fills a ``RequestRecord`` as the request moves along; the
 request middleware hands it to ``Telemetry.finish`` once the last byte has
 gone out, and that single call feeds the log line, the metrics and /stats so
 the three always agree.
+
+The per-request line is written straight from orjson in the same JSON shape
+structlog renders for every other event: going through structlog's processor
+chain measured ~20 µs per line here against ~2 µs, on a path whose whole
+budget is a few tens of microseconds. Everything else logs through structlog.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import os
 import sys
 import time
 from collections import deque
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +68,38 @@ class RequestRecord:
         return max(0.0, (time.perf_counter() - self.started - self.upstream_seconds) * 1000)
 
 
+class AccessLog:
+    """Writes the one line per request, in structlog's JSON shape (or console style)."""
+
+    def __init__(self, log_format: str = "json") -> None:
+        self._console = log_format == "console"
+        self._out = sys.stderr if self._console else sys.stdout.buffer
+
+    def write(self, fields: dict[str, Any]) -> None:
+        fields["event"] = "request"
+        fields["level"] = "info"
+        fields["timestamp"] = _utc_now()
+        if self._console:
+            text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k not in ("event", "level"))
+            self._out.write(f"{fields['timestamp']} [info     ] request {text}\n")
+        else:
+            self._out.write(orjson.dumps(fields) + b"\n")
+        self._out.flush()
+
+
+_second: tuple[int, str] = (-1, "")
+
+
+def _utc_now() -> str:
+    """ISO 8601 UTC with microseconds; the date-time part is formatted once a second."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second = (whole, datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{int((now - whole) * 1_000_000):06d}Z"
+
+
 def configure_logging(log_format: str = "json") -> None:
     if log_format == "console":
         renderer: Any = structlog.dev.ConsoleRenderer()
@@ -86,6 +124,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._children: dict[tuple[str, str, int, str], tuple[Any, Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -107,10 +146,30 @@ class Metrics:
         self.dedup_joined = Counter("sluice_dedup_joined_total", "Requests answered by joining a flight.", registry=r)
         self.retries = Counter("sluice_retries_total", "Upstream retries.", ["provider"], registry=r)
         self.fallbacks = Counter("sluice_fallbacks_total", "Fallbacks to a later alias target.", registry=r)
+        # Children of fixed label sets, looked up once: labels() costs ~3 µs a call.
+        self.cache_event = {result: self.cache_events.labels(result) for result in ("hit", "miss", "bypass")}
+        self.token_kinds = {
+            kind: self.tokens.labels(kind) for kind in ("prompt", "completion", "saved_compression", "saved_cache")
+        }
+        self.cost_spent, self.cost_saved = self.cost.labels("spent"), self.cost.labels("saved")
         self.breaker_state = Gauge(
             "sluice_breaker_state", "Breaker state per target: 0 closed, 1 half-open, 2 open.",
             ["provider", "target"], registry=r, multiprocess_mode="max",
         )
+
+    def request_children(self, provider: str, model: str, status: int, cache: str) -> tuple[Any, Any, Any]:
+        """The labelled children for one kind of request, looked up once and kept."""
+        key = (provider, model, status, cache)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(provider, model, str(status), cache),
+                self.duration.labels(provider),
+                self.upstream.labels(provider),
+            )
+            if len(self._children) < 10_000:
+                self._children[key] = children
+        return children
 
     def render(self) -> bytes:
         if not self.multiprocess:
@@ -210,18 +269,17 @@ def _percentiles(values: deque[float]) -> dict[str, float]:
 
 
 class Telemetry:
-    def __init__(self) -> None:
+    def __init__(self, log_format: str = "json") -> None:
         self.metrics = Metrics()
         self.stats = Stats()
-        self.log = structlog.get_logger("sluice")
+        self.access_log = AccessLog(log_format)
 
     def finish(self, record: RequestRecord) -> None:
         latency = time.perf_counter() - record.started
         if record.tracked:
             self.stats.add(record, latency)
             self._observe(record, latency)
-        self.log.info(
-            "request",
+        self.access_log.write(dict(
             request_id=record.request_id,
             method=record.method,
             path=record.path,
@@ -244,31 +302,34 @@ class Telemetry:
             bytes_in=record.bytes_in,
             bytes_out=record.bytes_out,
             error=record.error_code,
-        )
+        ))
 
     def _observe(self, record: RequestRecord, latency: float) -> None:
         m = self.metrics
         provider = record.provider or "none"
-        m.requests.labels(provider, record.model or "", str(record.status), record.cache or "none").inc()
-        m.duration.labels(provider).observe(latency)
+        requests, duration, upstream = m.request_children(provider, record.model or "", record.status, record.cache or "none")
+        requests.inc()
+        duration.observe(latency)
         if record.upstream_seconds:
-            m.upstream.labels(provider).observe(record.upstream_seconds)
+            upstream.observe(record.upstream_seconds)
         if record.ttft_seconds is not None:
             m.ttft.labels(provider).observe(record.ttft_seconds)
-        if record.cache in ("hit", "miss", "bypass"):
-            m.cache_events.labels(record.cache).inc()
-        for kind, value in (
-            ("prompt", record.prompt_tokens),
-            ("completion", record.completion_tokens),
-            ("saved_compression", record.tokens_saved),
-            ("saved_cache", record.tokens_saved_cache),
-        ):
-            if value:
-                m.tokens.labels(kind).inc(value)
+        cache_event = m.cache_event.get(record.cache or "")
+        if cache_event is not None:
+            cache_event.inc()
+        tokens = m.token_kinds
+        if record.prompt_tokens:
+            tokens["prompt"].inc(record.prompt_tokens)
+        if record.completion_tokens:
+            tokens["completion"].inc(record.completion_tokens)
+        if record.tokens_saved:
+            tokens["saved_compression"].inc(record.tokens_saved)
+        if record.tokens_saved_cache:
+            tokens["saved_cache"].inc(record.tokens_saved_cache)
         if record.cost_usd:
-            m.cost.labels("spent").inc(record.cost_usd)
+            m.cost_spent.inc(record.cost_usd)
         if record.cost_saved_usd:
-            m.cost.labels("saved").inc(record.cost_saved_usd)
+            m.cost_saved.inc(record.cost_saved_usd)
         if record.dedup:
             m.dedup_joined.inc()
         if record.retries:
