@@ -109,16 +109,19 @@ class Flight:
         while not self.chunks and self.outcome is None:
             await self._changed.wait()
 
-    async def follow(self) -> AsyncIterator[Chunk]:
-        """Every chunk from the first, live; returns when the flight ends."""
+    async def follow(self) -> AsyncIterator[list[Chunk]]:
+        """Every chunk from the first, live, in batches of what arrived since the
+        last look (one write to the client per batch); returns when the flight ends."""
         index = 0
         while True:
-            while index < len(self.chunks):
-                yield self.chunks[index]
-                index += 1
-            if self.outcome is not None:
+            if index < len(self.chunks):
+                batch = self.chunks[index:]
+                index += len(batch)
+                yield batch
+            if self.outcome is not None and index == len(self.chunks):
                 return
-            await self._changed.wait()
+            if index == len(self.chunks):
+                await self._changed.wait()
 
 
 class FlightRegistry:

@@ -68,18 +68,33 @@ class UpstreamResponse:
             raise UpstreamConnectionError(f"upstream stream broke: {_describe(exc)}") from exc
 
     async def sse_data(self) -> AsyncIterator[bytes]:
-        """The ``data:`` payload of each server-sent event, multi-line data joined."""
-        data: list[bytes] = []
-        async for line in self.lines():
-            if not line:
-                if data:
-                    yield b"\n".join(data)
-                    data = []
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                data.append(value[1:] if value.startswith(b" ") else value)
-        if data:
-            yield b"\n".join(data)
+        """The ``data:`` payload of each server-sent event, multi-line data joined.
+
+        Reads whatever has arrived and splits it on blank lines, rather than
+        awaiting line by line: a stream is many small events.
+        """
+        content = self._response.content
+        buffer = b""
+        try:
+            while True:
+                piece = await content.readany()
+                if not piece:
+                    break
+                buffer = buffer + piece if buffer else piece
+                if b"\r" in buffer:
+                    buffer = buffer.replace(b"\r\n", b"\n")
+                *events, buffer = buffer.split(b"\n\n")
+                for event in events:
+                    data = _event_data(event)
+                    if data is not None:
+                        yield data
+        except asyncio.TimeoutError as exc:
+            raise UpstreamReadTimeout("upstream read timed out mid-stream") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamConnectionError(f"upstream stream broke: {_describe(exc)}") from exc
+        data = _event_data(buffer)
+        if data is not None:
+            yield data
 
     def close(self) -> None:
         """Drop the connection: used when a stream is abandoned half-read."""
@@ -117,6 +132,14 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self._session.close()
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The joined ``data:`` lines of one SSE event; None for comments and empty events."""
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
 
 
 def _describe(exc: BaseException) -> str:

@@ -360,10 +360,10 @@ class Pipeline:
         self, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
     ) -> AsyncIterator[bytes]:
         try:
-            async for chunk in flight.follow():
-                if chunk.is_usage_only and not include_usage:
-                    continue
-                yield chunk.sse
+            async for batch in flight.follow():
+                payload = b"".join(c.sse for c in batch if include_usage or not c.is_usage_only)
+                if payload:
+                    yield payload
             outcome = flight.outcome
             assert outcome is not None
             self._account(outcome, record, principal)

@@ -322,7 +322,8 @@ TOOL_CALLS = st.lists(
 def message(draw: st.DrawFn) -> dict:
     role = draw(st.sampled_from(["system", "developer", "user", "user", "assistant", "tool"]))
     if role == "tool":
-        content = draw(st.one_of(JSON_VALUE.map(lambda v: json.dumps(v, indent=draw(st.sampled_from([None, 2, 4])))), TEXT))
+        indent = draw(st.sampled_from([None, 2, 4]))
+        content = draw(st.one_of(JSON_VALUE.map(lambda value: json.dumps(value, indent=indent)), TEXT))
         return {"role": "tool", "tool_call_id": "call_1", "content": content}
     content = draw(st.one_of(TEXT, PARTS) if role == "user" else TEXT)
     result = {"role": role, "content": content}

@@ -22,6 +22,18 @@ def test_every_model_is_counted_with_the_bundled_encoding() -> None:
     assert counts == {10}
 
 
+def test_texts_are_counted_once_and_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "a long tool result, sent again with every agent turn. " * 40
+    expected = count_text(text, "gpt-4o")
+    monkeypatch.setattr(tokens, "_counts", {})
+    monkeypatch.setattr(tokens, "_COUNTS_KEPT", 3)
+    assert count_text(text, "gpt-4o") == expected
+    assert list(tokens._counts.values()) == [expected]
+    for i in range(5):
+        count_text(f"{i} {text}", "gpt-4o")
+    assert len(tokens._counts) == 3
+
+
 def test_special_token_text_is_ordinary_text() -> None:
     assert count_text("<|endoftext|>", "gpt-4") > 1
 
@@ -36,6 +48,7 @@ def test_counting_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tokens, "_counts", {})
     tokens._encoding.cache_clear()
     try:
         assert count_text("counted offline", "gpt-4o") == 3
