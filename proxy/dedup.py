@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.completions import Chunk, Completion
 from proxy.config import Target
@@ -31,11 +31,12 @@ class Outcome:
     error: SluiceError | None = None
     target: Target | None = None
     attempts: int = 0
+    retries: int = 0
+    fallbacks: int = 0
     upstream_seconds: float = 0.0
     first_chunk_seconds: float | None = None
     tokens_saved: int = 0
     trimmed_messages: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Flight:

@@ -193,8 +193,7 @@ class Pipeline:
         finally:
             if registered:
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
-        outcome.attempts = attempts.count
-        outcome.extra = {"retries": attempts.retries, "fallbacks": attempts.fallbacks}
+        outcome.attempts, outcome.retries, outcome.fallbacks = attempts.count, attempts.retries, attempts.fallbacks
         outcome.upstream_seconds = time.perf_counter() - started
         outcome.first_chunk_seconds = flight.first_chunk_seconds
         outcome.tokens_saved, outcome.trimmed_messages = flight.tokens_saved, flight.trimmed_messages
@@ -289,9 +288,8 @@ class Pipeline:
 
     def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
         target = outcome.target
-        record.attempts = 0 if record.dedup else outcome.attempts
-        record.retries = 0 if record.dedup else outcome.extra.get("retries", 0)
-        record.fallbacks = 0 if record.dedup else outcome.extra.get("fallbacks", 0)
+        if not record.dedup:  # a joined request made no attempts of its own
+            record.attempts, record.retries, record.fallbacks = outcome.attempts, outcome.retries, outcome.fallbacks
         record.upstream_seconds = outcome.upstream_seconds
         record.ttft_seconds = outcome.first_chunk_seconds
         if target is not None:
