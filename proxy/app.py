@@ -7,6 +7,7 @@ import gc
 import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -29,6 +30,9 @@ from proxy.providers.base import Provider
 from proxy.resilience import Breakers, Resilience
 from proxy.routing import Router
 from proxy.telemetry import Telemetry, configure_logging
+
+if TYPE_CHECKING:
+    from proxy.shared_state import SharedState
 
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 _log = structlog.get_logger("sluice")
@@ -58,18 +62,26 @@ class Gateway:
         self.providers: dict[str, Provider] = {}
         self.cache: CacheBackend | None = None
         self.breakers = Breakers(config.breaker)
+        self.shared: SharedState | None = None
         self.pipeline: Pipeline | None = None
 
     async def start(self) -> None:
         self.providers = {p.name: build_provider(p) for p in self.config.providers}
         self.cache = build_cache(self.config)
+        limiter = Limiter(self.config.auth)
+        if self.config.cache.enabled and self.config.cache.backend == "redis":
+            from proxy.shared_state import SharedState
+
+            self.shared = SharedState(self.config, self.breakers)
+            self.shared.start()
+            limiter = self.shared.limiter
         self.pipeline = Pipeline(
             self.config,
             Router(self.config),
             self.providers,
             self.cache,
             Resilience(self.config.retry, self.breakers),
-            Limiter(self.config.auth),
+            limiter,
             self.prices,
             self.telemetry,
         )
@@ -79,6 +91,8 @@ class Gateway:
             await provider.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.shared is not None:
+            await self.shared.aclose()
 
     # -- endpoints other than the two proxied ones --
 

@@ -41,6 +41,13 @@ ANONYMOUS = Principal(None)
 
 
 class Limiter:
+    """Keys and their limits, counted in this process's memory (per process, per worker).
+
+    ``admit`` is async so that ``proxy.shared_state.RedisLimiter`` can count
+    in Redis behind the same interface; ``charge`` is not: it is bookkeeping
+    after the answer, which the response never waits for.
+    """
+
     def __init__(self, config: AuthConfig) -> None:
         self._keys = config.keys
         self._usage: dict[str, _Usage] = {}
@@ -56,34 +63,29 @@ class Limiter:
                 return Principal(key.name, key)
         raise InvalidAPIKey("Incorrect API key provided.")
 
-    def admit(self, principal: Principal, now: float | None = None) -> None:
+    async def admit(self, principal: Principal, now: float | None = None) -> None:
+        self.admit_locally(principal, now)
+
+    def admit_locally(self, principal: Principal, now: float | None = None) -> None:
+        """Sliding 60 s windows: each request and each charge leaves the window 60 s after it happened."""
         key = principal.key
-        if key is None or (key.rpm is None and key.tpm is None and key.budget_usd_per_day is None):
+        if key is None or not has_limits(key):
             return
         now = time.time() if now is None else now
         usage = self._usage_of(key.name, now)
         if key.budget_usd_per_day is not None and usage.spent >= key.budget_usd_per_day:
-            raise BudgetExceeded(
-                f"Key '{key.name}' has spent its daily budget of ${key.budget_usd_per_day:.2f}.",
-                retry_after=DAY_SECONDS - now % DAY_SECONDS,
-            )
+            raise over_budget(key, now)
         if key.tpm is not None and usage.token_total >= key.tpm:
-            raise RateLimited(
-                f"Key '{key.name}' reached its limit of {key.tpm} tokens per minute.",
-                retry_after=usage.tokens[0][0] + WINDOW_SECONDS - now,
-            )
+            raise over_tpm(key, usage.tokens[0][0] + WINDOW_SECONDS - now)
         if key.rpm is not None and len(usage.requests) >= key.rpm:
-            raise RateLimited(
-                f"Key '{key.name}' reached its limit of {key.rpm} requests per minute.",
-                retry_after=usage.requests[0] + WINDOW_SECONDS - now,
-            )
+            raise over_rpm(key, usage.requests[0] + WINDOW_SECONDS - now)
         usage.requests.append(now)
 
     def charge(self, principal: Principal, tokens: int, cost: float, now: float | None = None) -> None:
         if principal.key is None:
             return
         now = time.time() if now is None else now
-        usage = self._usage_of(principal.name, now)  # type: ignore[arg-type]
+        usage = self._usage_of(principal.key.name, now)
         if tokens:
             usage.tokens.append((now, tokens))
             usage.token_total += tokens
@@ -102,6 +104,26 @@ class Limiter:
         if day != usage.day:
             usage.day, usage.spent = day, 0.0
         return usage
+
+
+def has_limits(key: ApiKey) -> bool:
+    """Only keys with a limit are counted at all: the rest cost nothing per request."""
+    return key.rpm is not None or key.tpm is not None or key.budget_usd_per_day is not None
+
+
+def over_budget(key: ApiKey, now: float) -> BudgetExceeded:
+    return BudgetExceeded(
+        f"Key '{key.name}' has spent its daily budget of ${key.budget_usd_per_day:.2f}.",
+        retry_after=DAY_SECONDS - now % DAY_SECONDS,
+    )
+
+
+def over_tpm(key: ApiKey, retry_after: float) -> RateLimited:
+    return RateLimited(f"Key '{key.name}' reached its limit of {key.tpm} tokens per minute.", retry_after=retry_after)
+
+
+def over_rpm(key: ApiKey, retry_after: float) -> RateLimited:
+    return RateLimited(f"Key '{key.name}' reached its limit of {key.rpm} requests per minute.", retry_after=retry_after)
 
 
 def _bearer(authorization: str | None) -> str | None:

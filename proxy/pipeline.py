@@ -106,7 +106,7 @@ class Pipeline:
         record.model, record.stream = parsed.model, parsed.stream
         options = request_options(headers, self.config.compression.mode)
         route = self.router.resolve(parsed.model)
-        self.limiter.admit(principal)
+        await self.limiter.admit(principal)
         authorization = headers.authorization if self._pass_credentials else None
         key = None
         if self.cache is not None or self._dedup:

@@ -40,9 +40,15 @@ class TargetBreaker(pybreaker.CircuitBreakerListener):
     pybreaker guards synchronous calls; here the upstream call is async, so the
     breaker is asked before the call (``allow``) and told the outcome after.
     Half-open lets exactly one trial request through.
+
+    ``on_change`` hears when this process's own verdicts open or close the
+    breaker, so another process can be told; states applied from elsewhere
+    (``open_for``, ``close``) are not reported back, so nothing echoes.
     """
 
-    def __init__(self, label: str, config: BreakerConfig) -> None:
+    def __init__(
+        self, label: str, config: BreakerConfig, on_change: Callable[[TargetBreaker], None] | None = None
+    ) -> None:
         self.label = label
         self._breaker = pybreaker.CircuitBreaker(
             fail_max=config.failure_threshold, reset_timeout=config.reset_timeout_seconds, listeners=[self], name=label
@@ -50,6 +56,7 @@ class TargetBreaker(pybreaker.CircuitBreakerListener):
         self._reset_timeout = config.reset_timeout_seconds
         self._opened_at = 0.0
         self._trial_running = False
+        self._on_change = on_change
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state, new_state) -> None:  # type: ignore[no-untyped-def]
         if new_state is not None and new_state.name == pybreaker.STATE_OPEN:
@@ -77,21 +84,51 @@ class TargetBreaker(pybreaker.CircuitBreakerListener):
 
     def record_success(self) -> None:
         self._trial_running = False
+        before = self._breaker.current_state
+        if before == pybreaker.STATE_OPEN:
+            return  # a call that began before the breaker opened: the open period runs its course
         self._breaker.call(_succeed)
+        self._reported(before)
 
     def record_failure(self, error: BaseException) -> None:
         self._trial_running = False
+        before = self._breaker.current_state
+        if before == pybreaker.STATE_OPEN:
+            return  # likewise: it is already open, and reopening would extend the period
         try:
             self._breaker.call(_fail, error)
         except (pybreaker.CircuitBreakerError, SluiceError):
             pass
+        self._reported(before)
 
     def release(self) -> None:
         """The call ended without a verdict (cancelled, or a client error)."""
         if self._breaker.current_state == pybreaker.STATE_HALF_OPEN and self._trial_running:
             self._trial_running = False
             self._breaker.call(_succeed)
+            self._reported(pybreaker.STATE_HALF_OPEN)
         self._trial_running = False
+
+    def open_for(self, seconds: float) -> None:
+        """Open as another process's breaker did, for the time it has left.
+
+        ``_opened_at`` is back-dated so that ``retry_after`` is ``seconds``;
+        pybreaker's own clock never decides anything here, ``allow`` does.
+        """
+        if self._breaker.current_state != pybreaker.STATE_OPEN:
+            self._breaker.open()
+        self._opened_at = time.monotonic() - self._reset_timeout + seconds
+
+    def close(self) -> None:
+        """Close as another process's breaker did: its trial succeeded."""
+        if self._breaker.current_state != pybreaker.STATE_CLOSED:
+            self._breaker.close()
+
+    def _reported(self, before: str) -> None:
+        """Tell ``on_change`` of an opening or a closing; half-open is a local step, not news."""
+        after = self._breaker.current_state
+        if after != before and after != pybreaker.STATE_HALF_OPEN and self._on_change is not None:
+            self._on_change(self)
 
 
 def _succeed() -> None:
@@ -103,20 +140,34 @@ def _fail(error: BaseException) -> None:
 
 
 class Breakers:
-    """One breaker per provider/upstream model, created on first use."""
+    """One breaker per provider/upstream model, created on first use.
+
+    ``on_change``, when set, hears every breaker that this process's own
+    verdicts opened or closed (``proxy.shared_state`` tells the others).
+    """
 
     def __init__(self, config: BreakerConfig) -> None:
         self._config = config
         self._breakers: dict[Target, TargetBreaker] = {}
+        self.on_change: Callable[[TargetBreaker], None] | None = None
 
     def get(self, target: Target) -> TargetBreaker:
         breaker = self._breakers.get(target)
         if breaker is None:
-            breaker = self._breakers[target] = TargetBreaker(target.label, self._config)
+            breaker = self._breakers[target] = TargetBreaker(target.label, self._config, self._changed)
         return breaker
+
+    def by_label(self, label: str) -> TargetBreaker:
+        """The breaker for ``provider/model``, created if this process has not used that target yet."""
+        provider, _, model = label.partition("/")
+        return self.get(Target(provider, model))
 
     def states(self) -> dict[str, str]:
         return {b.label: b.state for b in self._breakers.values()}
+
+    def _changed(self, breaker: TargetBreaker) -> None:
+        if self.on_change is not None:
+            self.on_change(breaker)
 
 
 @dataclass(slots=True)
