@@ -355,3 +355,21 @@ def test_gemini_model_list_follows_pages(client: openai.OpenAI, fake_gemini: Fak
         fake_gemini.max_page_size = FakeGemini.max_page_size
     assert {f"gemini/{m}" for m in fake_gemini.models} <= ids
     assert len(fake_gemini.calls("/models")) == 3
+
+
+# -- fallback across providers -------------------------------------------------------------------
+
+
+def test_alias_falls_over_from_a_failing_gemini_to_ollama(start_proxy, fake_gemini: FakeGemini, fake_ollama: FakeOllama) -> None:
+    alias = {"name": "smart", "targets": [{"provider": "gemini", "model": "gemini-2.5-flash"}, {"provider": "ollama", "model": "llama3.1"}]}
+    proxy = start_proxy(config(fake_gemini, fake_ollama, models=[alias]))
+    unavailable = Reply(status=503, json=error_body(503, "The model is overloaded.", "UNAVAILABLE"))
+    fake_gemini.script(unavailable, unavailable)
+    client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="client-key", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="smart", messages=ask("hello fallback"))
+    assert raw.headers["x-sluice-provider"] == "ollama"
+    assert raw.headers["x-sluice-attempts"] == "3"
+    answer = raw.parse()
+    assert "hello fallback" in (answer.choices[0].message.content or "")
+    assert answer.model == "smart"
+    assert len(fake_gemini.calls(":generateContent")) == 2 and len(fake_ollama.calls("/api/chat")) == 1
