@@ -87,6 +87,7 @@ class Gateway:
         )
 
     async def stop(self) -> None:
+        self.telemetry.access_log.flush()
         for provider in self.providers.values():
             await provider.aclose()
         if self.cache is not None:

@@ -87,6 +87,8 @@ class TargetBreaker(pybreaker.CircuitBreakerListener):
         before = self._breaker.current_state
         if before == pybreaker.STATE_OPEN:
             return  # a call that began before the breaker opened: the open period runs its course
+        if before == pybreaker.STATE_CLOSED and self._breaker.fail_counter == 0:
+            return  # nothing to reset: skip pybreaker's locked call on the hot path
         self._breaker.call(_succeed)
         self._reported(before)
 
