@@ -287,7 +287,10 @@ class _Validator:
         retry = self.retry(self.section(data, "retry", set(RetryConfig.__dataclass_fields__)))
         breaker = self.breaker(self.section(data, "breaker", set(BreakerConfig.__dataclass_fields__)))
         auth = self.auth(self.section(data, "auth", {"keys", "admin_key"}))
-        pricing_file = self.value(data, "pricing_file", "pricing_file", str, "config/prices.yaml")
+        if "pricing_file" in data and data["pricing_file"] is None:
+            pricing_file = None  # an explicit null: no price file, every model free
+        else:
+            pricing_file = self.value(data, "pricing_file", "pricing_file", str, "config/prices.yaml")
         context_windows = self.context_windows(data.get("context_windows"))
         if self.problems:
             raise ConfigError(self.problems)
