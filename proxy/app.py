@@ -85,6 +85,10 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
+        if self.shared is not None and self.config.dedup.enabled:
+            from proxy.remote_flights import RemoteFlights
+
+            self.pipeline.remote_flights = RemoteFlights(self.shared.link, self.config.cache.redis_url)
 
     async def stop(self) -> None:
         self.telemetry.access_log.flush()
@@ -92,6 +96,8 @@ class Gateway:
             await provider.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.pipeline is not None and self.pipeline.remote_flights is not None:
+            await self.pipeline.remote_flights.aclose()
         if self.shared is not None:
             await self.shared.aclose()
 
@@ -116,7 +122,7 @@ class Gateway:
         snapshot = self.telemetry.stats.snapshot(entries, self.breakers.states())
         if self.pipeline is not None:
             flights = self.pipeline.flights
-            snapshot["dedup"].update(in_flight=len(flights), waiting=flights.waiting())
+            snapshot["dedup"].update(in_flight=len(flights), waiting=flights.waiting(), remote_waiting=flights.remote_waiting())
         return _json(snapshot)
 
     async def models(self, request: Request) -> Response:

@@ -37,6 +37,7 @@ class Outcome:
     first_chunk_seconds: float | None = None
     tokens_saved: int = 0
     trimmed_messages: int = 0
+    remote: bool = False  # answered by another process's call (proxy/remote_flights.py)
 
 
 class Flight:
@@ -48,6 +49,7 @@ class Flight:
         self.first_chunk_seconds: float | None = None
         self.tokens_saved = 0
         self.trimmed_messages = 0
+        self.remote = False  # fed from another process's call through Redis
         self._changed = asyncio.Event()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._callers = 0
@@ -147,3 +149,7 @@ class FlightRegistry:
     def waiting(self) -> int:
         """Callers waiting on a flight someone else started."""
         return sum(max(0, flight.callers - 1) for flight in self._flights.values())
+
+    def remote_waiting(self) -> int:
+        """Callers waiting on a flight another process runs (Redis backend)."""
+        return sum(flight.callers for flight in self._flights.values() if flight.remote)

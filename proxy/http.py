@@ -4,14 +4,25 @@ aiohttp is on the hot path because it measured ~5x faster than httpx here
 (ARCHITECTURE.md, bench/RESULTS.md). Everything upstream goes through
 ``UpstreamClient``; providers never touch aiohttp directly, so the transport
 can change without touching translation code.
+
+Two clients sit behind that seam, chosen per provider by ``upstream_client``:
+``UpstreamClient`` (aiohttp, HTTP/1.1) for speed, and ``Http2UpstreamClient``
+(httpx with h2) for ``https://`` upstreams with ``http2: true``, where many
+requests multiplexed over a few TLS connections can be worth its higher cost
+per request (measured in bench/HTTP2.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import ssl
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from typing import Any
 
 import aiohttp
+import h2.errors
+import httpcore
+import httpx
 
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamConnectionError, UpstreamReadTimeout
@@ -149,3 +160,204 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
     return type(exc).__name__
+
+
+# -- HTTP/2 ------------------------------------------------------------------
+#
+# Why a second client: aiohttp speaks only HTTP/1.1. Over TLS, HTTP/2 lets many
+# requests to one provider share a few connections (one TLS handshake each, no
+# wait for a free connection), which is what ``http2: true`` asks for. httpx
+# with h2 provides it, at a per-request cost that bench/HTTP2.md measures; the
+# factory below picks it only for ``https://`` upstreams.
+
+
+class Http2UpstreamResponse:
+    """An upstream answer over HTTP/2 whose body has not been read yet.
+
+    The same surface as ``UpstreamResponse``, so providers cannot tell the
+    transports apart.
+    """
+
+    __slots__ = ("_response", "_client", "status", "headers")
+
+    def __init__(self, response: httpx.Response, client: Http2UpstreamClient) -> None:
+        self._response = response
+        self._client = client
+        self.status: int = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.aread()
+        except httpx.TimeoutException as exc:
+            raise UpstreamReadTimeout("upstream read timed out") from exc
+        except httpx.RequestError as exc:
+            raise UpstreamConnectionError(f"upstream connection failed: {_describe_httpx(exc)}") from exc
+        finally:
+            self.close()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        """Body lines as they arrive, line endings stripped."""
+        buffer = b""
+        async for piece in self._pieces():
+            buffer = buffer + piece if buffer else piece
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                yield line.rstrip(b"\r")
+        if buffer:
+            yield buffer.rstrip(b"\r")
+
+    async def sse_data(self) -> AsyncIterator[bytes]:
+        """The ``data:`` payload of each server-sent event, multi-line data joined."""
+        buffer = b""
+        async for piece in self._pieces():
+            buffer = buffer + piece if buffer else piece
+            if b"\r" in buffer:
+                buffer = buffer.replace(b"\r\n", b"\n")
+            *events, buffer = buffer.split(b"\n\n")
+            for event in events:
+                data = _event_data(event)
+                if data is not None:
+                    yield data
+        data = _event_data(buffer)
+        if data is not None:
+            yield data
+
+    async def _pieces(self) -> AsyncIterator[bytes]:
+        """The decoded body in the pieces it arrives in, errors mapped to Sluice's."""
+        try:
+            async for piece in self._response.aiter_bytes():
+                yield piece
+        except httpx.TimeoutException as exc:
+            raise UpstreamReadTimeout("upstream read timed out mid-stream") from exc
+        except httpx.RequestError as exc:
+            raise UpstreamConnectionError(f"upstream stream broke: {_describe_httpx(exc)}") from exc
+
+    def close(self) -> None:
+        """Cancel the stream if it is unfinished: used when it is abandoned half-read.
+
+        Only this stream ends; the connection stays up for the others. A fully
+        read response is already released, and this costs nothing.
+        """
+        if not self._response.is_closed:
+            _in_background(self._client.release(self._response))
+
+
+class Http2UpstreamClient:
+    """One httpx client per provider: requests multiplexed as streams over few TLS connections.
+
+    Trust is the aiohttp client's: the system's CA store, or ``SSL_CERT_FILE``
+    / ``SSL_CERT_DIR`` when set (``ssl.create_default_context``). Proxy
+    variables in the environment are ignored, as aiohttp ignores them, so
+    both transports reach an upstream the same way.
+    """
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self._transport = httpx.AsyncHTTPTransport(
+            http2=True,
+            verify=ssl.create_default_context(),
+            trust_env=False,
+            limits=httpx.Limits(
+                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
+            ),
+        )
+        self._client = httpx.AsyncClient(
+            transport=self._transport,
+            trust_env=False,
+            # Like aiohttp's: bounded connect and read, unbounded wait for a pooled connection.
+            timeout=httpx.Timeout(connect=config.timeout.connect, read=config.timeout.read, write=None, pool=None),
+        )
+        del self._client.headers["User-Agent"]  # as aiohttp's skip_auto_headers
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> Http2UpstreamResponse:
+        """Send a request and return once the response headers arrived."""
+        request = self._client.build_request(method, url, headers=headers, content=body)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            _in_background(self.release())
+            raise UpstreamReadTimeout("upstream timed out") from exc
+        except httpx.RequestError as exc:
+            raise UpstreamConnectionError(f"upstream connection failed: {_describe_httpx(exc)}") from exc
+        except asyncio.CancelledError:
+            _in_background(self.release())
+            raise
+        return Http2UpstreamResponse(response, self)
+
+    async def release(self, response: httpx.Response | None = None) -> None:
+        """Close ``response``, then reset every stream nobody reads any more (RST_STREAM CANCEL).
+
+        httpcore 1.0 forgets an abandoned HTTP/2 stream without telling the
+        server (encode/httpcore#943, closed as wontfix; #1098): the upstream
+        would go on generating, and billing, an answer nobody reads, which the
+        contract's client-disconnect rule forbids, and its late frames would
+        eat the shared connection's flow-control window. h2 can reset a
+        stream; httpcore keeps its connections private, hence the attribute
+        walk. A stream h2 still holds open but httpcore no longer tracks is
+        one that was abandoned, before or after its headers arrived. Should
+        httpcore change shape, the walk finds nothing: streams are then only
+        released, as before.
+        """
+        if response is not None:
+            await response.aclose()
+        for pooled in getattr(getattr(self._transport, "_pool", None), "connections", ()):
+            connection = getattr(pooled, "_connection", None)
+            h2_state, tracked = getattr(connection, "_h2_state", None), getattr(connection, "_events", None)
+            if h2_state is None or tracked is None:
+                continue  # not connected yet, or HTTP/1.1 (which closes an abandoned connection)
+            abandoned = [sid for sid, stream in list(h2_state.streams.items()) if not stream.closed and sid not in tracked]
+            try:
+                for stream_id in abandoned:
+                    h2_state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                if abandoned:
+                    await connection._write_outgoing_data(_FLUSH)
+            except Exception:  # noqa: BLE001 - the connection is gone, and its streams with it
+                continue
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def upstream_client(config: ProviderConfig) -> UpstreamClient | Http2UpstreamClient:
+    """HTTP/2 when the provider asks for it and TLS can negotiate it, else aiohttp's HTTP/1.1.
+
+    A plain ``http://`` upstream is spoken to over HTTP/1.1 even with
+    ``http2: true`` (CONTRACT §2): servers rarely offer cleartext HTTP/2, and
+    the local upstreams found there (Ollama) gain nothing from multiplexing.
+    """
+    if config.http2 and config.base_url.startswith("https://"):
+        return Http2UpstreamClient(config)
+    return UpstreamClient(config)
+
+
+_FLUSH = httpcore.Request("POST", "https://sluice.invalid/", extensions={"timeout": {"write": 5.0}})
+"""What httpcore's write path reads its timeout from, when a reset is flushed outside any request."""
+
+_background: set[asyncio.Task[None]] = set()
+
+
+def _in_background(work: Coroutine[Any, Any, None]) -> None:
+    """Run cleanup the caller cannot wait for (a synchronous ``close``, a cancelled task)."""
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)  # the loop keeps only a weak reference
+    task.add_done_callback(_background.discard)
+
+
+def _describe_httpx(exc: httpx.RequestError) -> str:
+    """A short reason without URLs' query strings (which may carry keys)."""
+    if isinstance(exc, httpx.ConnectError):
+        url = exc.request.url
+        where = f"cannot connect to {url.host}:{url.port or 443}"
+        return where + (" (TLS certificate not trusted)" if _caused_by(exc, ssl.SSLCertVerificationError) else "")
+    return type(exc).__name__
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, kind):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

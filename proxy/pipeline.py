@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -42,6 +42,9 @@ from proxy.resilience import Attempts, Resilience
 from proxy.routing import Route, Router
 from proxy.telemetry import RequestRecord, Telemetry
 from proxy.tokens import context_window, count_messages, count_text
+
+if TYPE_CHECKING:
+    from proxy.remote_flights import RemoteFlights
 
 Runner = Callable[[Flight], Awaitable[None]]
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -82,6 +85,7 @@ class Pipeline:
         self.prices = prices
         self.telemetry = telemetry
         self.flights = FlightRegistry()
+        self.remote_flights: RemoteFlights | None = None  # set by Gateway with the Redis backend
         self._dedup = config.dedup.enabled
         self._pass_credentials = not config.auth.keys
         self._windows: dict[str, int | None] = {}
@@ -172,6 +176,15 @@ class Pipeline:
 
     async def _run(self, flight: Flight, job: Job, registered: bool) -> None:
         """The upstream side of a flight: runs once, whoever asked."""
+        if registered and self.remote_flights is not None:
+            try:
+                shared = await self.remote_flights.settle(flight, job.cache_key)  # type: ignore[arg-type]
+            except BaseException:
+                self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
+                raise
+            if shared:  # answered by an identical call in another process
+                self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
+                return
         attempts = Attempts()
         started = time.perf_counter()
         try:
@@ -288,6 +301,7 @@ class Pipeline:
 
     def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
         target = outcome.target
+        record.dedup = record.dedup or outcome.remote
         if not record.dedup:  # a joined request made no attempts of its own
             record.attempts, record.retries, record.fallbacks = outcome.attempts, outcome.retries, outcome.fallbacks
         record.upstream_seconds = outcome.upstream_seconds
@@ -349,6 +363,7 @@ class Pipeline:
             return error_response(flight.outcome.error, self._headers(record))
         if flight.target is not None:
             record.provider = flight.target.provider
+        record.dedup = record.dedup or flight.remote
         headers = {**self._headers(record), **SSE_HEADERS}
         return StreamingResponse(
             self._follow(flight, include_usage, record, principal), headers=headers, media_type="text/event-stream"

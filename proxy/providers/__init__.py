@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from proxy.config import ProviderConfig
-from proxy.http import UpstreamClient
+from proxy.http import upstream_client
 from proxy.providers.base import Provider
 from proxy.providers.openai import OpenAIProvider
 
@@ -19,4 +19,4 @@ except ImportError:  # pragma: no cover
 
 
 def build_provider(config: ProviderConfig) -> Provider:
-    return PROVIDER_CLASSES[config.type](config, UpstreamClient(config))
+    return PROVIDER_CLASSES[config.type](config, upstream_client(config))
