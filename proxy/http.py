@@ -253,16 +253,18 @@ class Http2UpstreamClient:
     """
 
     def __init__(self, config: ProviderConfig) -> None:
-        self._transport = httpx.AsyncHTTPTransport(
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl.create_default_context(),
+            max_connections=config.max_connections,
+            max_keepalive_connections=config.max_connections,
+            http1=True,  # for a TLS upstream that does not offer h2 by ALPN
             http2=True,
-            verify=ssl.create_default_context(),
-            trust_env=False,
-            limits=httpx.Limits(
-                max_connections=config.max_connections, max_keepalive_connections=config.max_connections
-            ),
+            network_backend=_AsyncioBackend(),
         )
+        transport = httpx.AsyncHTTPTransport(trust_env=False)
+        transport._pool = self._pool  # httpx has no public way to choose the network backend
         self._client = httpx.AsyncClient(
-            transport=self._transport,
+            transport=transport,
             trust_env=False,
             # Like aiohttp's: bounded connect and read, unbounded wait for a pooled connection.
             timeout=httpx.Timeout(connect=config.timeout.connect, read=config.timeout.read, write=None, pool=None),
@@ -302,12 +304,13 @@ class Http2UpstreamClient:
         """
         if response is not None:
             await response.aclose()
-        for pooled in getattr(getattr(self._transport, "_pool", None), "connections", ()):
+        for pooled in self._pool.connections:
             connection = getattr(pooled, "_connection", None)
             h2_state, tracked = getattr(connection, "_h2_state", None), getattr(connection, "_events", None)
             if h2_state is None or tracked is None:
                 continue  # not connected yet, or HTTP/1.1 (which closes an abandoned connection)
-            abandoned = [sid for sid, stream in list(h2_state.streams.items()) if not stream.closed and sid not in tracked]
+            streams = list(h2_state.streams.items())
+            abandoned = [sid for sid, stream in streams if not stream.closed and sid not in tracked]
             try:
                 for stream_id in abandoned:
                     h2_state.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
@@ -318,6 +321,90 @@ class Http2UpstreamClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class _AsyncioStream(httpcore.AsyncNetworkStream):
+    """A connection on asyncio's own transport (uvloop's, in C, under Sluice), for httpcore.
+
+    Why not httpcore's default (anyio): its TLS runs in Python over memory
+    BIOs, and a task cancelled between encrypting and sending loses TLS
+    records. On HTTP/2 that breaks the connection every other request shares:
+    one client hanging up fails its neighbours (tests/test_http2.py shows
+    it). Here a write hands all its bytes to the transport at
+    once, and a read takes nothing from the buffer until it returns, so
+    cancelling either at any point leaves the connection intact. It is also
+    cheaper per request.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._reader.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout("read timed out") from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc)) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        if self._writer.is_closing():
+            raise httpcore.WriteError("connection closed")
+        try:
+            self._writer.write(buffer)
+            async with asyncio.timeout(timeout):
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout("write timed out") from exc
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc)) from exc
+
+    async def aclose(self) -> None:
+        self._writer.close()
+
+    async def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> _AsyncioStream:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
+        except OSError as exc:  # ssl.SSLError included
+            raise httpcore.ConnectError(str(exc)) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":  # asked of an idle HTTP/1.1 connection: has the server closed it?
+            return self._reader.at_eof() or self._writer.is_closing()
+        return self._writer.get_extra_info(info)
+
+
+class _AsyncioBackend(httpcore.AsyncNetworkBackend):
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> _AsyncioStream:
+        try:
+            async with asyncio.timeout(timeout):
+                local = (local_address, 0) if local_address else None
+                reader, writer = await asyncio.open_connection(host, port, local_addr=local)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout("connect timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        return _AsyncioStream(reader, writer)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
 
 
 def upstream_client(config: ProviderConfig) -> UpstreamClient | Http2UpstreamClient:
