@@ -151,6 +151,17 @@ def run_cache(bench: Bench, backends: list[str]) -> Table:
     """Sluice answering one repeated request from its cache: the first misses, the rest hit."""
     table = Table("cache", f"Cache hits (Sluice only), non-streaming, c={CACHE_CONNECTIONS}")
     print(table.title, file=sys.stderr)
+    with ExitStack() as stack:
+        port = free_port()
+        stack.enter_context(services.ceiling("cache", port))
+        row = "ceiling: bare ASGI app, fixed answer"
+        table.rows[row] = median(
+            [bench.measure(row, services.base_url(port), CACHE_CONNECTIONS, stream=False) for _ in range(bench.repeat)]
+        )
+    table.notes.append(
+        "ceiling: bench/ceiling.py, no framework and no upstream, on uvicorn like Sluice; "
+        "no answer can come faster from one worker here"
+    )
     for backend in backends:
         row = f"sluice, {backend} cache"
         with ExitStack() as stack:

@@ -46,6 +46,11 @@ def floor(label: str, port: int, upstream_port: int) -> Process:
     return Process(f"floor-{label}", argv, PROXY_CORE, tcp_open(port))
 
 
+def ceiling(label: str, port: int) -> Process:
+    argv = [sys.executable, str(BENCH / "ceiling.py"), "--port", str(port)]
+    return Process(f"ceiling-{label}", argv, PROXY_CORE, tcp_open(port))
+
+
 def sluice(label: str, port: int, config: dict[str, Any]) -> Process:
     """Sluice with `config` written to bench/out/sluice-<label>.yaml, one worker."""
     name = f"sluice-{label}"

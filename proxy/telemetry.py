@@ -72,30 +72,34 @@ class RequestRecord:
 class AccessLog:
     """Writes the one line per request, in structlog's JSON shape (or console style).
 
-    Lines are flushed at most ``FLUSH_AFTER`` seconds after they are written
-    rather than one system call each; ``flush`` runs at shutdown too.
+    Lines are collected here and written together at most ``FLUSH_AFTER``
+    seconds later (or once ``FLUSH_BYTES`` have piled up) rather than one
+    system call each. The batching is Sluice's own, not the stream's: with
+    ``PYTHONUNBUFFERED=1`` (common in containers, and set in deploy/Dockerfile)
+    ``sys.stdout.buffer`` is the raw file, and each line would be a write.
+    ``flush`` runs at shutdown too.
     """
 
     FLUSH_AFTER = 0.02
+    FLUSH_BYTES = 64 * 1024
 
     def __init__(self, log_format: str = "json") -> None:
         self._console = log_format == "console"
-        self._out = sys.stderr if self._console else sys.stdout.buffer
+        self._out = (sys.stderr if self._console else sys.stdout).buffer
+        self._lines: list[bytes] = []
+        self._size = 0
         self._flush_pending = False
 
     def flush(self) -> None:
         self._flush_pending = False
+        data = b"".join(self._lines)
+        self._lines.clear()
+        self._size = 0
+        view = memoryview(data)
+        while view:
+            written = self._out.write(view)  # a raw file may take less than all of it
+            view = view[written or 0 :]
         self._out.flush()
-
-    def _schedule_flush(self) -> None:
-        if self._flush_pending:
-            return
-        try:
-            asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
-        except RuntimeError:  # no event loop: write through
-            self._out.flush()
-            return
-        self._flush_pending = True
 
     def write(self, fields: dict[str, Any]) -> None:
         fields["event"] = "request"
@@ -103,10 +107,23 @@ class AccessLog:
         fields["timestamp"] = _utc_now()
         if self._console:
             text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k not in ("event", "level"))
-            self._out.write(f"{fields['timestamp']} [info     ] request {text}\n")
+            line = f"{fields['timestamp']} [info     ] request {text}\n".encode()
         else:
-            self._out.write(orjson.dumps(fields) + b"\n")
-        self._schedule_flush()
+            line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.FLUSH_BYTES:
+            self.flush()
+        elif not self._flush_pending:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
+        except RuntimeError:  # no event loop: write through
+            self.flush()
+            return
+        self._flush_pending = True
 
 
 _second: tuple[int, str] = (-1, "")
