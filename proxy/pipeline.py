@@ -39,7 +39,7 @@ from proxy.requests import (
     request_options,
 )
 from proxy.resilience import Attempts, Resilience
-from proxy.responses import Answer, EventStream
+from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
 from proxy.telemetry import RequestRecord, Telemetry
 from proxy.tokens import context_window, count_messages, count_text
@@ -296,7 +296,7 @@ class Pipeline:
             record.cost_saved_usd = self.prices.cost(answer.provider, model, usage)
         headers = self._headers(record)
         if not parsed.stream:
-            return Response(answer.completion.body, headers=headers, media_type="application/json")
+            return JSONAnswer(answer.completion.body, headers)
         chunks = replay_chunks(answer.completion.data, parsed.include_usage)
         return EventStream(_replay(chunks), {**headers, **SSE_HEADERS})
 
@@ -338,7 +338,7 @@ class Pipeline:
             return error_response(outcome.error, self._headers(record))
         completion = outcome.completion
         assert completion is not None
-        return Response(completion.body, headers=self._headers(record), media_type="application/json")
+        return JSONAnswer(completion.body, self._headers(record))
 
     async def _stream_response(
         self, request: Request, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal

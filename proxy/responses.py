@@ -1,4 +1,8 @@
-"""Server-sent events straight onto ASGI.
+"""The pipeline's answers, straight onto ASGI.
+
+``JSONAnswer`` sends bytes that are already JSON (an upstream's body, a cache
+entry) with Sluice's headers, skipping the header handling of Starlette's
+``Response``, which costs a few microseconds on every request.
 
 Starlette's ``StreamingResponse`` runs every stream in an anyio task group
 with a second task that waits for the client to hang up (uvicorn speaks ASGI
@@ -18,7 +22,25 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.disconnect import DisconnectGuard
 
-_CONTENT_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
+_SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
+_JSON_TYPE = (b"content-type", b"application/json")
+
+
+def _encode(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+
+
+class JSONAnswer:
+    """A complete JSON body and its headers."""
+
+    def __init__(self, body: bytes, headers: Mapping[str, str], status_code: int = 200) -> None:
+        self.body = body
+        self.status_code = status_code
+        self.raw_headers = [_JSON_TYPE, (b"content-length", str(len(body)).encode()), *_encode(headers)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
 
 
 class EventStream:
@@ -32,7 +54,7 @@ class EventStream:
     def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str], status_code: int = 200) -> None:
         self.events = events
         self.status_code = status_code
-        self.raw_headers = [_CONTENT_TYPE, *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())]
+        self.raw_headers = [_SSE_TYPE, *_encode(headers)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
@@ -47,5 +69,5 @@ class EventStream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-Answer = Response | EventStream
+Answer = Response | JSONAnswer | EventStream
 """What an endpoint returns: both are ASGI apps that Starlette awaits."""
