@@ -122,6 +122,14 @@ class HypercornFakeOpenAI(FakeOpenAI):
         config = HypercornConfig()
         config.bind = [f"127.0.0.1:{self.port}"]
         config.loglevel = "WARNING"
+        # hypercorn ends an HTTP/2 connection after keep_alive_max_requests
+        # (1000) streams, and not gracefully: its GOAWAY moves h2's state
+        # machine to CLOSED, which can neither send the rest of the streams in
+        # flight nor accept the client's next frame (hypercorn then drops the
+        # TCP connection), so every request in flight on it fails. The
+        # cancellation test sends ~850-1550 requests over one connection and
+        # would hit that limit, failing for a reason that is not cancellation.
+        config.keep_alive_max_requests = 10**9
         if self.certificates:
             config.certfile, config.keyfile = str(self.certificates["cert"]), str(self.certificates["key"])
         ready = threading.Event()
