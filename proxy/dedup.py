@@ -78,8 +78,8 @@ class Flight:
             self.finish(Outcome(error=SluiceError(f"internal error: {type(exc).__name__}")))
             raise
 
-    def publish(self, chunk: Chunk) -> None:
-        self.chunks.append(chunk)
+    def publish(self, chunks: list[Chunk]) -> None:
+        self.chunks.extend(chunks)
         self._wake()
 
     def finish(self, outcome: Outcome) -> None:

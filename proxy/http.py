@@ -44,7 +44,49 @@ HOP_BY_HOP = frozenset(
 )
 
 
-class UpstreamResponse:
+class StreamedBody:
+    """Splits a streamed body into server-sent events or lines, whichever client reads it.
+
+    Both come in batches: everything complete in what one network read
+    brought. A stream is many small events, and under load several arrive per
+    read; handing them on together costs one hop through the layers above
+    (provider, flight, client) per read instead of one per event.
+    """
+
+    __slots__ = ()
+
+    async def _piece(self) -> bytes:
+        """The next piece of the body as it arrived; empty at its end."""
+        raise NotImplementedError
+
+    async def sse_batches(self) -> AsyncIterator[list[bytes]]:
+        """The ``data:`` payloads of server-sent events (multi-line data joined), per read."""
+        buffer = b""
+        while piece := await self._piece():
+            buffer = buffer + piece if buffer else piece
+            if b"\r" in buffer:
+                buffer = buffer.replace(b"\r\n", b"\n")
+            *events, buffer = buffer.split(b"\n\n")
+            batch = [data for event in events if (data := _event_data(event)) is not None]
+            if batch:
+                yield batch
+        data = _event_data(buffer)
+        if data is not None:
+            yield [data]
+
+    async def line_batches(self) -> AsyncIterator[list[bytes]]:
+        """Body lines, line endings stripped, per read."""
+        buffer = b""
+        while piece := await self._piece():
+            buffer = buffer + piece if buffer else piece
+            *lines, buffer = buffer.split(b"\n")
+            if lines:
+                yield [line.rstrip(b"\r") for line in lines]
+        if buffer:
+            yield [buffer.rstrip(b"\r")]
+
+
+class UpstreamResponse(StreamedBody):
     """An upstream answer whose body has not been read yet."""
 
     __slots__ = ("_response", "status", "headers")
@@ -64,48 +106,13 @@ class UpstreamResponse:
         finally:
             self._response.release()
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """Body lines as they arrive, line endings stripped."""
-        content = self._response.content
+    async def _piece(self) -> bytes:
         try:
-            while True:
-                line = await content.readline()
-                if not line:
-                    return
-                yield line.rstrip(b"\r\n")
+            return await self._response.content.readany()
         except asyncio.TimeoutError as exc:
             raise UpstreamReadTimeout("upstream read timed out mid-stream") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamConnectionError(f"upstream stream broke: {_describe(exc)}") from exc
-
-    async def sse_data(self) -> AsyncIterator[bytes]:
-        """The ``data:`` payload of each server-sent event, multi-line data joined.
-
-        Reads whatever has arrived and splits it on blank lines, rather than
-        awaiting line by line: a stream is many small events.
-        """
-        content = self._response.content
-        buffer = b""
-        try:
-            while True:
-                piece = await content.readany()
-                if not piece:
-                    break
-                buffer = buffer + piece if buffer else piece
-                if b"\r" in buffer:
-                    buffer = buffer.replace(b"\r\n", b"\n")
-                *events, buffer = buffer.split(b"\n\n")
-                for event in events:
-                    data = _event_data(event)
-                    if data is not None:
-                        yield data
-        except asyncio.TimeoutError as exc:
-            raise UpstreamReadTimeout("upstream read timed out mid-stream") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream stream broke: {_describe(exc)}") from exc
-        data = _event_data(buffer)
-        if data is not None:
-            yield data
 
     def close(self) -> None:
         """Drop the connection: used when a stream is abandoned half-read."""
@@ -171,18 +178,19 @@ def _describe(exc: BaseException) -> str:
 # factory below picks it only for ``https://`` upstreams.
 
 
-class Http2UpstreamResponse:
+class Http2UpstreamResponse(StreamedBody):
     """An upstream answer over HTTP/2 whose body has not been read yet.
 
     The same surface as ``UpstreamResponse``, so providers cannot tell the
     transports apart.
     """
 
-    __slots__ = ("_response", "_client", "status", "headers")
+    __slots__ = ("_response", "_client", "_pieces", "status", "headers")
 
     def __init__(self, response: httpx.Response, client: Http2UpstreamClient) -> None:
         self._response = response
         self._client = client
+        self._pieces: AsyncIterator[bytes] | None = None
         self.status: int = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
@@ -196,38 +204,11 @@ class Http2UpstreamResponse:
         finally:
             self.close()
 
-    async def lines(self) -> AsyncIterator[bytes]:
-        """Body lines as they arrive, line endings stripped."""
-        buffer = b""
-        async for piece in self._pieces():
-            buffer = buffer + piece if buffer else piece
-            *lines, buffer = buffer.split(b"\n")
-            for line in lines:
-                yield line.rstrip(b"\r")
-        if buffer:
-            yield buffer.rstrip(b"\r")
-
-    async def sse_data(self) -> AsyncIterator[bytes]:
-        """The ``data:`` payload of each server-sent event, multi-line data joined."""
-        buffer = b""
-        async for piece in self._pieces():
-            buffer = buffer + piece if buffer else piece
-            if b"\r" in buffer:
-                buffer = buffer.replace(b"\r\n", b"\n")
-            *events, buffer = buffer.split(b"\n\n")
-            for event in events:
-                data = _event_data(event)
-                if data is not None:
-                    yield data
-        data = _event_data(buffer)
-        if data is not None:
-            yield data
-
-    async def _pieces(self) -> AsyncIterator[bytes]:
-        """The decoded body in the pieces it arrives in, errors mapped to Sluice's."""
+    async def _piece(self) -> bytes:
+        if self._pieces is None:
+            self._pieces = self._response.aiter_bytes()
         try:
-            async for piece in self._response.aiter_bytes():
-                yield piece
+            return await anext(self._pieces, b"")
         except httpx.TimeoutException as exc:
             raise UpstreamReadTimeout("upstream read timed out mid-stream") from exc
         except httpx.RequestError as exc:

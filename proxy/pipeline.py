@@ -256,11 +256,12 @@ class Pipeline:
         """Forward each chunk to the flight as it arrives; assemble the whole for the cache."""
         assembler = StreamAssembler()
         try:
-            async for chunk in stream:
+            async for batch in stream:
                 if flight.first_chunk_seconds is None:
                     flight.first_chunk_seconds = time.perf_counter() - started
-                assembler.add(chunk.data)
-                flight.publish(chunk)
+                for chunk in batch:
+                    assembler.add(chunk.data)
+                flight.publish(batch)
         finally:
             await stream.aclose()
         completion = assembler.completion()

@@ -262,7 +262,7 @@ def _apply(flight: Flight, fields: dict[bytes, bytes]) -> bool:
             flight.target = Target(fields[b"p"].decode(), fields[b"m"].decode())
         if flight.streaming:  # a JSON flight needs only the final answer: nothing is sent before it
             body = fields[b"c"]
-            flight.publish(Chunk(body, orjson.loads(body)))
+            flight.publish([Chunk(body, orjson.loads(body))])
         return False
     if kind == b"abandon":
         raise _Vanished
@@ -296,8 +296,7 @@ def _apply(flight: Flight, fields: dict[bytes, bytes]) -> bool:
         body = fields[b"body"]
         outcome.completion = Completion(body, orjson.loads(body))
         if flight.streaming and not flight.chunks:  # the leader answered as JSON: stream it as a replay
-            for chunk in replay_chunks(outcome.completion.data, True):
-                flight.publish(chunk)
+            flight.publish(replay_chunks(outcome.completion.data, True))
     if flight.target is None:
         flight.target = target
     flight.first_chunk_seconds = outcome.first_chunk_seconds

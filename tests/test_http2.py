@@ -324,7 +324,7 @@ async def test_cancelled_requests_leave_the_shared_connection_intact(tls_upstrea
             try:
                 response = await client.request("POST", url, {"content-type": "application/json"}, body)
                 try:
-                    events = [data async for data in response.sse_data()]
+                    events = [data async for batch in response.sse_batches() for data in batch]
                 finally:
                     response.close()
                 assert events[-1] == b"[DONE]"

@@ -41,17 +41,17 @@ class Call:
 
 
 class ChunkStream:
-    """An opened upstream stream: iterate for chunks, ``aclose`` to release it.
+    """An opened upstream stream: iterate for chunks (in batches, as they were read), ``aclose`` to release it.
 
     Returned only after the upstream answered with success headers, so
     retries happen before any byte reaches the client.
     """
 
-    def __init__(self, response: UpstreamResponse, chunks: AsyncIterator[Chunk]) -> None:
+    def __init__(self, response: UpstreamResponse, chunks: AsyncIterator[list[Chunk]]) -> None:
         self._response = response
         self._chunks = chunks
 
-    def __aiter__(self) -> AsyncIterator[Chunk]:
+    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return self._chunks
 
     async def aclose(self) -> None:

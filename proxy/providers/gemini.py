@@ -507,9 +507,11 @@ def _client_model(call: Call) -> str:
     return str(call.body.get("model") or call.model)
 
 
-async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[Chunk]:
-    async for data in response.sse_data():
-        for chunk in stream.feed(t.parse_json(data)):
-            yield Chunk.from_data(chunk)
-    for chunk in stream.close():
-        yield Chunk.from_data(chunk)
+async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[list[Chunk]]:
+    async for batch in response.sse_batches():
+        chunks = [Chunk.from_data(chunk) for data in batch for chunk in stream.feed(t.parse_json(data))]
+        if chunks:
+            yield chunks
+    last = [Chunk.from_data(chunk) for chunk in stream.close()]
+    if last:
+        yield last

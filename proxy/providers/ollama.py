@@ -349,10 +349,11 @@ def _client_model(call: Call) -> str:
     return str(call.body.get("model") or call.model)
 
 
-async def _chunks(response: UpstreamResponse, stream: OllamaStream) -> AsyncIterator[Chunk]:
-    async for line in response.lines():
-        if line.strip():
-            for chunk in stream.feed(t.parse_json(line)):
-                yield Chunk.from_data(chunk)
-    for chunk in stream.close():
-        yield Chunk.from_data(chunk)
+async def _chunks(response: UpstreamResponse, stream: OllamaStream) -> AsyncIterator[list[Chunk]]:
+    async for lines in response.line_batches():
+        chunks = [Chunk.from_data(chunk) for line in lines if line.strip() for chunk in stream.feed(t.parse_json(line))]
+        if chunks:
+            yield chunks
+    last = [Chunk.from_data(chunk) for chunk in stream.close()]
+    if last:
+        yield last

@@ -89,13 +89,21 @@ def _completion(body: bytes) -> Completion:
     return Completion(body, _parse(body))
 
 
-async def _chunks(response: UpstreamResponse) -> AsyncIterator[Chunk]:
-    async for data in response.sse_data():
-        if data == b"[DONE]":
-            return
-        parsed = _parse(data)
-        if "error" in parsed and "choices" not in parsed:
-            error = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
-            raise UpstreamConnectionError(f"upstream stream failed: {error.get('message', 'unknown error')}")
-        yield Chunk(data, parsed)
+async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+    async for batch in response.sse_batches():
+        chunks: list[Chunk] = []
+        for data in batch:
+            if data == b"[DONE]":
+                if chunks:
+                    yield chunks
+                return
+            parsed = _parse(data)
+            if "error" in parsed and "choices" not in parsed:
+                if chunks:  # what came before the error still reaches the client
+                    yield chunks
+                error = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
+                raise UpstreamConnectionError(f"upstream stream failed: {error.get('message', 'unknown error')}")
+            chunks.append(Chunk(data, parsed))
+        if chunks:
+            yield chunks
     raise UpstreamConnectionError("upstream stream ended before [DONE]")
