@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -18,6 +20,7 @@ from proxy.completions import StreamAssembler
 from proxy.errors import InvalidRequest, UpstreamConnectionError
 from proxy.providers import gemini, ollama
 from proxy.providers import translate as t
+from proxy.providers.base import translated
 from tests.fakes.gemini import candidate, response, usage_metadata
 from tests.fakes.ollama import done_line, message_line
 
@@ -766,3 +769,20 @@ def test_ollama_embeddings_and_models() -> None:
     CreateEmbeddingResponse.model_validate(answer)
     assert answer["data"][0]["embedding"] == [0.1, 0.2] and answer["usage"]["prompt_tokens"] == 2
     assert ollama.model_ids({"models": [{"name": "llama3.1:latest"}, {"model": "nameless"}]}) == ["llama3.1:latest"]
+
+
+async def test_a_failing_event_lets_the_chunks_before_it_in_its_batch_through() -> None:
+    """Events read together are translated together: an error in the middle of a
+    batch must not swallow the chunks that came before it."""
+
+    async def batches() -> AsyncIterator[list[bytes]]:
+        yield [b'{"text": "a"}', b'{"text": "b"}', b"not json", b'{"text": "never"}']
+
+    def translate(data: bytes) -> list[dict[str, Any]]:
+        return [{"object": "chat.completion.chunk", "text": t.parse_json(data)["text"]}]
+
+    received: list[list[str]] = []
+    with pytest.raises(UpstreamConnectionError, match="not JSON"):
+        async for chunks in translated(batches(), translate):
+            received.append([chunk.data["text"] for chunk in chunks])
+    assert received == [["a", "b"]]

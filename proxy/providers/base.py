@@ -8,7 +8,7 @@ cache, dedup, accounting) never knows which wire format was spoken.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -18,7 +18,7 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import UpstreamHTTPError
+from proxy.errors import SluiceError, UpstreamHTTPError
 from proxy.http import UpstreamClient, UpstreamResponse
 
 
@@ -59,6 +59,28 @@ class ChunkStream:
             await self._chunks.aclose()  # type: ignore[attr-defined]
         finally:
             self._response.close()
+
+
+async def translated(
+    batches: AsyncIterator[list[bytes]], translate: Callable[[bytes], Iterable[dict[str, Any]]]
+) -> AsyncIterator[list[Chunk]]:
+    """Each batch of upstream events as a batch of ``chat.completion.chunk``s.
+
+    When an event in a batch fails (an error mid-stream, broken JSON), the
+    chunks before it still go out first, as they would had they arrived in
+    reads of their own.
+    """
+    async for batch in batches:
+        chunks: list[Chunk] = []
+        try:
+            for item in batch:
+                chunks.extend(map(Chunk.from_data, translate(item)))
+        except SluiceError:
+            if chunks:
+                yield chunks
+            raise
+        if chunks:
+            yield chunks
 
 
 class Provider(abc.ABC):

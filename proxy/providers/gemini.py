@@ -28,7 +28,7 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamConnectionError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error
+from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
 
 PROVIDER = "Gemini"
 
@@ -508,10 +508,8 @@ def _client_model(call: Call) -> str:
 
 
 async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[list[Chunk]]:
-    async for batch in response.sse_batches():
-        chunks = [Chunk.from_data(chunk) for data in batch for chunk in stream.feed(t.parse_json(data))]
-        if chunks:
-            yield chunks
+    async for chunks in translated(response.sse_batches(), lambda data: stream.feed(t.parse_json(data))):
+        yield chunks
     last = [Chunk.from_data(chunk) for chunk in stream.close()]
     if last:
         yield last

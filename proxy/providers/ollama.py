@@ -23,7 +23,7 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamConnectionError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error
+from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
 
 PROVIDER = "Ollama"
 
@@ -350,10 +350,11 @@ def _client_model(call: Call) -> str:
 
 
 async def _chunks(response: UpstreamResponse, stream: OllamaStream) -> AsyncIterator[list[Chunk]]:
-    async for lines in response.line_batches():
-        chunks = [Chunk.from_data(chunk) for line in lines if line.strip() for chunk in stream.feed(t.parse_json(line))]
-        if chunks:
-            yield chunks
+    def feed(line: bytes) -> list[dict[str, Any]]:
+        return stream.feed(t.parse_json(line)) if line.strip() else []
+
+    async for chunks in translated(response.line_batches(), feed):
+        yield chunks
     last = [Chunk.from_data(chunk) for chunk in stream.close()]
     if last:
         yield last
