@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import AsyncIterator
-from typing import Any
 
 import orjson
 import pytest
 from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from proxy.completions import StreamAssembler
+from proxy.completions import Chunk, StreamAssembler
 from proxy.errors import InvalidRequest, UpstreamConnectionError
 from proxy.providers import gemini, ollama
 from proxy.providers import translate as t
@@ -778,8 +777,8 @@ async def test_a_failing_event_lets_the_chunks_before_it_in_its_batch_through() 
     async def batches() -> AsyncIterator[list[bytes]]:
         yield [b'{"text": "a"}', b'{"text": "b"}', b"not json", b'{"text": "never"}']
 
-    def translate(data: bytes) -> list[dict[str, Any]]:
-        return [{"object": "chat.completion.chunk", "text": t.parse_json(data)["text"]}]
+    def translate(data: bytes) -> list[Chunk]:
+        return [Chunk.from_data({"object": "chat.completion.chunk", "text": t.parse_json(data)["text"]})]
 
     received: list[list[str]] = []
     with pytest.raises(UpstreamConnectionError, match="not JSON"):

@@ -62,7 +62,7 @@ class ChunkStream:
 
 
 async def translated(
-    batches: AsyncIterator[list[bytes]], translate: Callable[[bytes], Iterable[dict[str, Any]]]
+    batches: AsyncIterator[list[bytes]], translate: Callable[[bytes], Iterable[Chunk]]
 ) -> AsyncIterator[list[Chunk]]:
     """Each batch of upstream events as a batch of ``chat.completion.chunk``s.
 
@@ -74,7 +74,7 @@ async def translated(
         chunks: list[Chunk] = []
         try:
             for item in batch:
-                chunks.extend(map(Chunk.from_data, translate(item)))
+                chunks.extend(translate(item))
         except SluiceError:
             if chunks:
                 yield chunks

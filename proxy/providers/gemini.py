@@ -508,7 +508,10 @@ def _client_model(call: Call) -> str:
 
 
 async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[list[Chunk]]:
-    async for chunks in translated(response.sse_batches(), lambda data: stream.feed(t.parse_json(data))):
+    def feed(data: bytes) -> list[Chunk]:
+        return [Chunk.from_data(chunk) for chunk in stream.feed(t.parse_json(data))]
+
+    async for chunks in translated(response.sse_batches(), feed):
         yield chunks
     last = [Chunk.from_data(chunk) for chunk in stream.close()]
     if last:

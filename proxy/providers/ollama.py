@@ -350,8 +350,8 @@ def _client_model(call: Call) -> str:
 
 
 async def _chunks(response: UpstreamResponse, stream: OllamaStream) -> AsyncIterator[list[Chunk]]:
-    def feed(line: bytes) -> list[dict[str, Any]]:
-        return stream.feed(t.parse_json(line)) if line.strip() else []
+    def feed(line: bytes) -> list[Chunk]:
+        return [Chunk.from_data(chunk) for chunk in stream.feed(t.parse_json(line))] if line.strip() else []
 
     async for chunks in translated(response.line_batches(), feed):
         yield chunks

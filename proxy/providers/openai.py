@@ -15,7 +15,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamConnectionError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error
+from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
 
 
 class OpenAIProvider(Provider):
@@ -90,20 +90,22 @@ def _completion(body: bytes) -> Completion:
 
 
 async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
-    async for batch in response.sse_batches():
-        chunks: list[Chunk] = []
-        for data in batch:
-            if data == b"[DONE]":
-                if chunks:
-                    yield chunks
-                return
-            parsed = _parse(data)
-            if "error" in parsed and "choices" not in parsed:
-                if chunks:  # what came before the error still reaches the client
-                    yield chunks
-                error = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
-                raise UpstreamConnectionError(f"upstream stream failed: {error.get('message', 'unknown error')}")
-            chunks.append(Chunk(data, parsed))
-        if chunks:
-            yield chunks
-    raise UpstreamConnectionError("upstream stream ended before [DONE]")
+    done = False
+
+    def chunk(data: bytes) -> list[Chunk]:
+        nonlocal done
+        if done or data == b"[DONE]":
+            done = True
+            return []
+        parsed = _parse(data)
+        if "error" in parsed and "choices" not in parsed:
+            error = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
+            raise UpstreamConnectionError(f"upstream stream failed: {error.get('message', 'unknown error')}")
+        return [Chunk(data, parsed)]
+
+    async for chunks in translated(response.sse_batches(), chunk):
+        yield chunks
+        if done:
+            return
+    if not done:
+        raise UpstreamConnectionError("upstream stream ended before [DONE]")
