@@ -32,6 +32,7 @@ from proxy.resilience import Breakers, Resilience
 from proxy.responses import Answer
 from proxy.routing import Router
 from proxy.telemetry import Telemetry, configure_logging
+from proxy.tokens import use_encodings
 
 if TYPE_CHECKING:
     from proxy.shared_state import SharedState
@@ -68,6 +69,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
 
     async def start(self) -> None:
+        use_encodings(self.config.token_encodings)
         self.providers = {p.name: build_provider(p) for p in self.config.providers}
         self.cache = build_cache(self.config)
         limiter = Limiter(self.config.auth)

@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import yaml
 
+from proxy.tokens import ENCODINGS
+
 DEFAULT_CONFIG_PATH = "config/sluice.yaml"
 PROVIDER_TYPES = ("openai", "gemini", "ollama")
 COMPRESSION_MODES = ("off", "safe", "aggressive")
@@ -143,6 +145,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     pricing_file: str | None = "config/prices.yaml"
     context_windows: dict[str, int] = field(default_factory=dict)
+    token_encodings: dict[str, str] = field(default_factory=dict)
 
     def provider(self, name: str) -> ProviderConfig | None:
         for provider in self.providers:
@@ -292,6 +295,7 @@ class _Validator:
         else:
             pricing_file = self.value(data, "pricing_file", "pricing_file", str, "config/prices.yaml")
         context_windows = self.context_windows(data.get("context_windows"))
+        token_encodings = self.token_encodings(data.get("token_encodings"))
         if self.problems:
             raise ConfigError(self.problems)
         return Config(
@@ -307,6 +311,7 @@ class _Validator:
             auth=auth,
             pricing_file=pricing_file or None,
             context_windows=context_windows,
+            token_encodings=token_encodings,
         )
 
     def server(self, data: dict[str, Any]) -> ServerConfig:
@@ -514,6 +519,20 @@ class _Validator:
             value = self.value(data, model, f"context_windows.{model}", int, None, _positive)
             if value is not None:
                 result[str(model)] = value
+        return result
+
+    def token_encodings(self, data: Any) -> dict[str, str]:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            self.fail("token_encodings", "must be a mapping of model name to tiktoken encoding")
+            return {}
+        result: dict[str, str] = {}
+        for model, encoding in data.items():
+            if encoding not in ENCODINGS:
+                self.fail(f"token_encodings.{model}", f"must be one of {', '.join(ENCODINGS)}")
+            else:
+                result[str(model)] = encoding
         return result
 
 

@@ -112,6 +112,19 @@ _COUNTS_KEPT = 16384
 _counts: dict[tuple[int, int, str], int] = {}
 
 
+ENCODINGS = (O200K_BASE, CL100K_BASE)
+"""The encodings Sluice ships, the only values ``token_encodings`` may name."""
+
+_configured_encodings: dict[str, str] = {}
+
+
+def use_encodings(overrides: Mapping[str, str]) -> None:
+    """Extend ``MODEL_ENCODINGS`` with the config's ``token_encodings`` (once, at startup)."""
+    _configured_encodings.clear()
+    _configured_encodings.update((name.lower(), encoding) for name, encoding in overrides.items())
+    encoding_name.cache_clear()
+
+
 @functools.lru_cache(maxsize=4096)
 def encoding_name(model: str) -> str:
     """The tiktoken encoding ``model`` is counted with: ``MODEL_ENCODINGS``'s, else cl100k_base.
@@ -119,11 +132,17 @@ def encoding_name(model: str) -> str:
     Case-insensitive; the whole name, then without each leading ``provider/``
     part and a fine-tune's ``ft:``; an exact entry, else the longest entry
     that is a prefix followed by one of ``- : @ _ .`` ("gpt-4o-mini" and
-    "openai/gpt-4o" are gpt-4o, "gpt-4-turbo" is gpt-4).
+    "openai/gpt-4o" are gpt-4o, "gpt-4-turbo" is gpt-4). The config's
+    ``token_encodings`` extend the table and win over it at equal length.
     """
     name = model.lower()
     while True:
-        _, found = _match(name.removeprefix("ft:"), MODEL_ENCODINGS, _ENCODING_SEPARATORS)
+        bare = name.removeprefix("ft:")
+        length, found = _match(bare, MODEL_ENCODINGS, _ENCODING_SEPARATORS)
+        if _configured_encodings:
+            configured_length, configured = _match(bare, _configured_encodings, _ENCODING_SEPARATORS)
+            if configured is not None and configured_length >= length:
+                return configured
         if found is not None:
             return found
         _, slash, name = name.partition("/")

@@ -52,6 +52,7 @@ def test_check_config_names_every_bad_field_and_exits_2(tmp_path) -> None:
         "  - {name: broken, type: grpc, base_url: 'ftp://nowhere'}\n"
         "cache: {ttl_seconds: -1}\n"
         "retry: {max_attempts: two}\n"
+        "token_encodings: {gpt-6: p50k_base}\n"
     )
     result = run_cli("check-config", str(path))
     assert result.returncode == 2
@@ -60,6 +61,7 @@ def test_check_config_names_every_bad_field_and_exits_2(tmp_path) -> None:
     assert any(line.startswith("providers[1].base_url:") for line in lines)
     assert any(line.startswith("cache.ttl_seconds:") for line in lines)
     assert any(line.startswith("retry.max_attempts:") for line in lines)
+    assert any(line.startswith("token_encodings.gpt-6:") for line in lines)
 
 
 def test_check_config_uses_env_var_path_and_missing_file_exits_2(tmp_path) -> None:

@@ -318,3 +318,17 @@ def test_the_table_ships_as_package_data() -> None:
     table = tokens.builtin_context_windows()
     assert table["gpt-4"] == 8192 and table["gemini-2.5-flash"] == 1048576
     assert all(isinstance(tokens_, int) and tokens_ > 0 for tokens_ in table.values())
+
+
+def test_configured_encodings_extend_the_table() -> None:
+    """``token_encodings`` names a model's encoding: a new model, or one the table gets wrong."""
+    try:
+        tokens.use_encodings({"gpt-6": "o200k_base", "gpt-4o-legacy": "cl100k_base"})
+        assert tokens.encoding_name("gpt-6-mini") == "o200k_base"  # a prefix, as for the table
+        assert tokens.encoding_name("openai/gpt-6") == "o200k_base"
+        assert tokens.encoding_name("gpt-4o-legacy") == "cl100k_base"  # longer than the table's gpt-4o
+        assert tokens.encoding_name("gpt-4o-mini") == "o200k_base"  # the table still applies elsewhere
+        assert count_text("नमस्ते दुनिया", "gpt-6") == 5
+    finally:
+        tokens.use_encodings({})
+    assert tokens.encoding_name("gpt-6") == "cl100k_base"
