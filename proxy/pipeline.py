@@ -42,7 +42,7 @@ from proxy.resilience import Attempts, Resilience
 from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
 from proxy.telemetry import RequestRecord, Telemetry
-from proxy.tokens import context_window, count_messages, count_text
+from proxy.tokens import context_window, count_messages, count_text, load_encoding
 
 if TYPE_CHECKING:
     from proxy.remote_flights import RemoteFlights
@@ -186,6 +186,9 @@ class Pipeline:
             if shared:  # answered by an identical call in another process
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
                 return
+        if job.kind == CHAT:  # compression, trimming and answers without usage count tokens
+            for target in job.route.targets:
+                await load_encoding(target.model)
         attempts = Attempts()
         started = time.perf_counter()
         try:

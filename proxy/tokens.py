@@ -21,6 +21,7 @@ get fixed estimates (``NON_TEXT_TOKENS``).
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import functools
 import gzip
@@ -153,6 +154,25 @@ def encoding_name(model: str) -> str:
 def encoding_for(model: str) -> tiktoken.Encoding:
     """The encoder ``model``'s text is counted with, loaded on first use and kept."""
     return _encoding(encoding_name(model))
+
+
+_loads: dict[str, asyncio.Future[Any]] = {}
+
+
+async def load_encoding(model: str) -> None:
+    """Make ``model``'s encoding ready without stalling the event loop.
+
+    Building an encoder takes 0.1-0.25 s; done inside a count, on the event
+    loop, every request in flight would wait for it. The request path awaits
+    this before it may count: the first one builds the encoder in a thread
+    (callers at the same time share that work), later ones return at once.
+    """
+    name = encoding_name(model)
+    load = _loads.get(name)
+    if load is None:
+        load = _loads[name] = asyncio.ensure_future(asyncio.to_thread(_encoding, name))
+    if not load.done():
+        await asyncio.shield(load)
 
 
 @functools.cache

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import socket
+import threading
 
 import pytest
 import tiktoken
@@ -332,3 +334,19 @@ def test_configured_encodings_extend_the_table() -> None:
     finally:
         tokens.use_encodings({})
     assert tokens.encoding_name("gpt-6") == "cl100k_base"
+
+
+async def test_encodings_are_built_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building an encoder takes a quarter of a second: never on the loop, and once for concurrent callers."""
+    built_in: list[str] = []
+
+    def build(name: str) -> str:
+        built_in.append(threading.current_thread().name)
+        return name
+
+    monkeypatch.setattr(tokens, "_encoding", build)
+    monkeypatch.setattr(tokens, "_loads", {})
+    await asyncio.gather(*(tokens.load_encoding("gpt-4o") for _ in range(5)))
+    await tokens.load_encoding("gpt-4o-mini")  # the same encoding: already there
+    assert built_in and threading.main_thread().name not in built_in
+    assert len(built_in) == 1
