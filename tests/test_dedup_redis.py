@@ -206,7 +206,8 @@ async def test_followers_take_over_when_the_leader_gives_up(pair, fake_openai) -
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             leader = asyncio.create_task(client.post(f"{a.url}/v1/chat/completions", json=body))
-            await until_waiting((a,), callers=1, remote=0)
+            leading = lambda: len(fake_openai.calls("/chat/completions")) == 1  # noqa: E731
+            await until(leading, message="the leader's call reached the upstream")
             follower = asyncio.create_task(client.post(f"{b.url}/v1/chat/completions", json=body))
             await until_waiting((b,), callers=1, remote=1)
             leader.cancel()  # the client disconnects
