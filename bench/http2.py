@@ -6,7 +6,7 @@
 
 One fake OpenAI upstream over TLS offers ``h2`` and ``http/1.1`` by ALPN; two
 Sluice processes forward to it, one with ``http2: true`` (httpx + h2, streams
-multiplexed over few connections), one with ``http2: false`` (aiohttp,
+multiplexed over few connections), one with ``http2: false`` (Http1Client,
 HTTP/1.1, a connection per request in flight). wrk loads Sluice over plain
 HTTP/1.1, as in bench/run.py, with the same pinning: Sluice alone on core 0,
 upstream and wrk on core 1. Sluice trusts the upstream's throwaway CA through
@@ -68,7 +68,7 @@ WORKLOADS = [
     Workload("c16", "Non-streaming, no delay, c=16", 16, 0),
     Workload("stream16", "Streaming (20 chunks + usage), no delay, c=16", 16, 0, stream=True),
 ]
-TARGETS = {"http2: false (aiohttp, HTTP/1.1)": False, "http2: true (httpx + h2, HTTP/2)": True}
+TARGETS = {"http2: false (Http1Client, HTTP/1.1)": False, "http2: true (httpx + h2, HTTP/2)": True}
 
 
 # -- the TLS upstream ----------------------------------------------------------

@@ -1,15 +1,23 @@
-"""The one upstream HTTP client seam: pooled aiohttp sessions, one per provider.
+"""The one upstream HTTP client seam: one pooled client per provider.
 
-aiohttp is on the hot path because it measured ~5x faster than httpx here
-(ARCHITECTURE.md, bench/RESULTS.md). Everything upstream goes through
-``UpstreamClient``; providers never touch aiohttp directly, so the transport
-can change without touching translation code.
+Everything upstream goes through the client ``upstream_client`` builds;
+providers never touch a transport directly (only the ``UpstreamClient`` and
+``UpstreamResponse`` surfaces below), so the transport can change without
+touching translation code.
 
 Two clients sit behind that seam, chosen per provider by ``upstream_client``:
-``UpstreamClient`` (aiohttp, HTTP/1.1) for speed, and ``Http2UpstreamClient``
-(httpx with h2) for ``https://`` upstreams with ``http2: true``, where many
-requests multiplexed over a few TLS connections can be worth its higher cost
-per request (measured in bench/HTTP2.md).
+``Http1Client`` (proxy/http1.py: Sluice's own HTTP/1.1 client on asyncio
+protocols and httptools) for speed, and ``Http2UpstreamClient`` (httpx with
+h2) for ``https://`` upstreams with ``http2: true``, where many requests
+multiplexed over a few TLS connections can be worth its higher cost per
+request (measured in bench/HTTP2.md).
+
+Why a client of our own on the HTTP/1.1 path: aiohttp, used here before, was
+~5x faster than httpx, but its ``ClientSession.request`` plus reading the
+answer still measured ~55-60 µs per proxied request on the bench machine, a
+quarter of Sluice's whole cost per request. ``Http1Client`` does only what
+Sluice needs and measured ~13 µs for the same work (bench/upstream_clients.py).
+aiohttp stays a dependency for the bench floor (bench/floor.py).
 """
 
 from __future__ import annotations
@@ -17,9 +25,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
 import h2.errors
 import httpcore
 import httpx
@@ -86,72 +93,6 @@ class StreamedBody:
             yield [buffer.rstrip(b"\r")]
 
 
-class UpstreamResponse(StreamedBody):
-    """An upstream answer whose body has not been read yet."""
-
-    __slots__ = ("_response", "status", "headers")
-
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self.status: int = response.status
-        self.headers: Mapping[str, str] = response.headers
-
-    async def read(self) -> bytes:
-        try:
-            return await self._response.read()
-        except asyncio.TimeoutError as exc:
-            raise UpstreamReadTimeout("upstream read timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream connection failed: {_describe(exc)}") from exc
-        finally:
-            self._response.release()
-
-    async def _piece(self) -> bytes:
-        try:
-            return await self._response.content.readany()
-        except asyncio.TimeoutError as exc:
-            raise UpstreamReadTimeout("upstream read timed out mid-stream") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream stream broke: {_describe(exc)}") from exc
-
-    def close(self) -> None:
-        """Drop the connection: used when a stream is abandoned half-read."""
-        self._response.close()
-
-
-class UpstreamClient:
-    """A pooled connection set to one provider, built once in the app's lifespan."""
-
-    def __init__(self, config: ProviderConfig) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=config.max_connections, limit_per_host=config.max_connections, ttl_dns_cache=300
-        )
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=config.timeout.connect, sock_read=config.timeout.read
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=True,
-        )
-
-    async def request(
-        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
-    ) -> UpstreamResponse:
-        """Send a request and return once the status line and headers arrived."""
-        try:
-            response = await self._session.request(method, url, headers=headers, data=body)
-        except asyncio.TimeoutError as exc:
-            raise UpstreamReadTimeout("upstream timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamConnectionError(f"upstream connection failed: {_describe(exc)}") from exc
-        return UpstreamResponse(response)
-
-    async def aclose(self) -> None:
-        await self._session.close()
-
-
 def _event_data(event: bytes) -> bytes | None:
     """The joined ``data:`` lines of one SSE event; None for comments and empty events."""
     if event.startswith(b"data: ") and b"\n" not in event:
@@ -160,18 +101,34 @@ def _event_data(event: bytes) -> bytes | None:
     return b"\n".join(lines) if lines else None
 
 
-def _describe(exc: BaseException) -> str:
-    """A short reason without URLs' query strings (which may carry keys)."""
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"HTTP {exc.status}"
-    return type(exc).__name__
+class UpstreamResponse(Protocol):
+    """What providers may use of an answer, whichever transport brought it."""
+
+    status: int
+    headers: Mapping[str, str]  # looked up without regard to case
+
+    async def read(self) -> bytes: ...
+
+    def sse_batches(self) -> AsyncIterator[list[bytes]]: ...
+
+    def line_batches(self) -> AsyncIterator[list[bytes]]: ...
+
+    def close(self) -> None: ...
+
+
+class UpstreamClient(Protocol):
+    """What providers may use of a client: ``Http1Client`` and ``Http2UpstreamClient`` both offer it."""
+
+    async def request(
+        self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
+    ) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
 
 
 # -- HTTP/2 ------------------------------------------------------------------
 #
-# Why a second client: aiohttp speaks only HTTP/1.1. Over TLS, HTTP/2 lets many
+# Why a second client: Http1Client speaks only HTTP/1.1. Over TLS, HTTP/2 lets many
 # requests to one provider share a few connections (one TLS handshake each, no
 # wait for a free connection), which is what ``http2: true`` asks for. httpx
 # with h2 provides it, at a per-request cost that bench/HTTP2.md measures; the
@@ -181,8 +138,8 @@ def _describe(exc: BaseException) -> str:
 class Http2UpstreamResponse(StreamedBody):
     """An upstream answer over HTTP/2 whose body has not been read yet.
 
-    The same surface as ``UpstreamResponse``, so providers cannot tell the
-    transports apart.
+    The same surface as ``Http1Response`` (``UpstreamResponse``), so providers
+    cannot tell the transports apart.
     """
 
     __slots__ = ("_response", "_client", "_pieces", "status", "headers")
@@ -227,10 +184,10 @@ class Http2UpstreamResponse(StreamedBody):
 class Http2UpstreamClient:
     """One httpx client per provider: requests multiplexed as streams over few TLS connections.
 
-    Trust is the aiohttp client's: the system's CA store, or ``SSL_CERT_FILE``
+    Trust is the HTTP/1.1 client's: the system's CA store, or ``SSL_CERT_FILE``
     / ``SSL_CERT_DIR`` when set (``ssl.create_default_context``). Proxy
-    variables in the environment are ignored, as aiohttp ignores them, so
-    both transports reach an upstream the same way.
+    variables in the environment are ignored, as ``Http1Client`` ignores them,
+    so both transports reach an upstream the same way.
     """
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -247,10 +204,10 @@ class Http2UpstreamClient:
         self._client = httpx.AsyncClient(
             transport=transport,
             trust_env=False,
-            # Like aiohttp's: bounded connect and read, unbounded wait for a pooled connection.
+            # Like Http1Client's: bounded connect and read, unbounded wait for a pooled connection.
             timeout=httpx.Timeout(connect=config.timeout.connect, read=config.timeout.read, write=None, pool=None),
         )
-        del self._client.headers["User-Agent"]  # as aiohttp's skip_auto_headers
+        del self._client.headers["User-Agent"]  # Http1Client sends none either
 
     async def request(
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
@@ -388,8 +345,8 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-def upstream_client(config: ProviderConfig) -> UpstreamClient | Http2UpstreamClient:
-    """HTTP/2 when the provider asks for it and TLS can negotiate it, else aiohttp's HTTP/1.1.
+def upstream_client(config: ProviderConfig) -> UpstreamClient:
+    """HTTP/2 when the provider asks for it and TLS can negotiate it, else ``Http1Client``.
 
     A plain ``http://`` upstream is spoken to over HTTP/1.1 even with
     ``http2: true`` (CONTRACT §2): servers rarely offer cleartext HTTP/2, and
@@ -397,7 +354,9 @@ def upstream_client(config: ProviderConfig) -> UpstreamClient | Http2UpstreamCli
     """
     if config.http2 and config.base_url.startswith("https://"):
         return Http2UpstreamClient(config)
-    return UpstreamClient(config)
+    from proxy.http1 import Http1Client  # here, not at the top: proxy.http1 builds on StreamedBody above
+
+    return Http1Client(config)
 
 
 _FLUSH = httpcore.Request("POST", "https://sluice.invalid/", extensions={"timeout": {"write": 5.0}})

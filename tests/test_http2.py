@@ -30,6 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from proxy.config import ProviderConfig
 from proxy.http import Http2UpstreamClient, UpstreamClient, upstream_client
+from proxy.http1 import Http1Client
 from tests.conftest import openai_config
 from tests.fakes.openai import FakeOpenAI, stream_chunks
 from tests.fakes.server import Reply
@@ -269,7 +270,7 @@ async def test_factory_picks_the_transport_by_scheme_and_setting() -> None:
         client("http://127.0.0.1:11434", True),
     ]
     try:
-        assert [type(c) for c in chosen] == [Http2UpstreamClient, UpstreamClient, UpstreamClient]
+        assert [type(c) for c in chosen] == [Http2UpstreamClient, Http1Client, Http1Client]
     finally:
         for c in chosen:
             await c.aclose()
