@@ -294,8 +294,10 @@ class _Validator:
             pricing_file = None  # an explicit null: no price file, every model free
         else:
             pricing_file = self.value(data, "pricing_file", "pricing_file", str, "config/prices.yaml")
-        context_windows = self.context_windows(data.get("context_windows"))
-        token_encodings = self.token_encodings(data.get("token_encodings"))
+        context_windows = self.model_table(data.get("context_windows"), "context_windows", "token count", int, _positive)
+        token_encodings = self.model_table(
+            data.get("token_encodings"), "token_encodings", "tiktoken encoding", str, _one_of(ENCODINGS)
+        )
         if self.problems:
             raise ConfigError(self.problems)
         return Config(
@@ -508,33 +510,19 @@ class _Validator:
             )
         return AuthConfig(keys=tuple(keys), admin_key=self.value(data, "admin_key", "auth.admin_key", str, ""))
 
-    def context_windows(self, data: Any) -> dict[str, int]:
+    def model_table(self, data: Any, key: str, what: str, kind: type, check: Callable[[Any], str | None]) -> dict[str, Any]:
+        """A mapping of model name (or prefix) to a value, as ``context_windows`` and ``token_encodings`` are."""
         if data is None:
             return {}
         if not isinstance(data, dict):
-            self.fail("context_windows", "must be a mapping of model name to token count")
+            self.fail(key, f"must be a mapping of model name to {what}")
             return {}
-        result: dict[str, int] = {}
-        for model, size in data.items():
-            value = self.value(data, model, f"context_windows.{model}", int, None, _positive)
+        result: dict[str, Any] = {}
+        for model in data:
+            value = self.value(data, model, f"{key}.{model}", kind, None, check)
             if value is not None:
                 result[str(model)] = value
         return result
-
-    def token_encodings(self, data: Any) -> dict[str, str]:
-        if data is None:
-            return {}
-        if not isinstance(data, dict):
-            self.fail("token_encodings", "must be a mapping of model name to tiktoken encoding")
-            return {}
-        result: dict[str, str] = {}
-        for model, encoding in data.items():
-            if encoding not in ENCODINGS:
-                self.fail(f"token_encodings.{model}", f"must be one of {', '.join(ENCODINGS)}")
-            else:
-                result[str(model)] = encoding
-        return result
-
 
 _DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",

@@ -48,7 +48,6 @@ if TYPE_CHECKING:
     from proxy.remote_flights import RemoteFlights
 
 Runner = Callable[[Flight], Awaitable[None]]
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @dataclass(slots=True)
@@ -186,12 +185,12 @@ class Pipeline:
             if shared:  # answered by an identical call in another process
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
                 return
-        if job.kind == CHAT:  # compression, trimming and answers without usage count tokens
-            for target in job.route.targets:
-                await load_encoding(target.model)
         attempts = Attempts()
-        started = time.perf_counter()
         try:
+            if job.kind == CHAT:  # compression, trimming and answers without usage count tokens
+                for target in job.route.targets:
+                    await load_encoding(target.model)
+            started = time.perf_counter()
             if flight.streaming:
                 result = await self.resilience.run(
                     job.route.targets, lambda target: self._open_stream(flight, job, target), attempts
@@ -302,7 +301,7 @@ class Pipeline:
         if not parsed.stream:
             return JSONAnswer(answer.completion.body, headers)
         chunks = replay_chunks(answer.completion.data, parsed.include_usage)
-        return EventStream(_replay(chunks), {**headers, **SSE_HEADERS})
+        return EventStream(_replay(chunks), headers)
 
     def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
         target = outcome.target
@@ -357,7 +356,7 @@ class Pipeline:
                 return error_response(outcome.error, self._headers(record))
             assert outcome.completion is not None
             chunks = replay_chunks(outcome.completion.data, include_usage)
-            return EventStream(_replay(chunks), {**self._headers(record), **SSE_HEADERS})
+            return EventStream(_replay(chunks), self._headers(record))
         if not await _wait_started(request, flight):
             return Response(status_code=499)
         if not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
@@ -369,7 +368,7 @@ class Pipeline:
             record.provider = flight.target.provider
         record.dedup = record.dedup or flight.remote
         events = self._follow(flight, include_usage, record, principal)
-        return EventStream(events, {**self._headers(record), **SSE_HEADERS})
+        return EventStream(events, self._headers(record))
 
     async def _follow(
         self, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal

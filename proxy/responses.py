@@ -22,7 +22,11 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.disconnect import DisconnectGuard
 
-_SSE_TYPE = (b"content-type", b"text/event-stream; charset=utf-8")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx and friends: pass each event on, do not buffer
+]
 _JSON_TYPE = (b"content-type", b"application/json")
 
 
@@ -54,7 +58,7 @@ class EventStream:
     def __init__(self, events: AsyncGenerator[bytes, None], headers: Mapping[str, str], status_code: int = 200) -> None:
         self.events = events
         self.status_code = status_code
-        self.raw_headers = [_SSE_TYPE, *_encode(headers)]
+        self.raw_headers = [*_SSE_HEADERS, *_encode(headers)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})

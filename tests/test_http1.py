@@ -116,6 +116,15 @@ async def wait_for_close(reader: asyncio.StreamReader) -> None:
         pass
 
 
+async def hang_or_ok(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """``/v1/hang`` never answers (until the client goes); anything else is ``OK``."""
+    if request.target == "/v1/hang":
+        await wait_for_close(reader)
+        return False
+    writer.write(OK)
+    return True
+
+
 def client_for(base_url: str, *, connect: float = 5.0, read: float = 5.0, max_connections: int = 10) -> Http1Client:
     config = ProviderConfig(
         name="p", type="openai", base_url=base_url, timeout=Timeout(connect=connect, read=read),
@@ -472,14 +481,7 @@ async def test_a_stream_that_keeps_trickling_does_not_time_out(start) -> None:  
 
 
 async def test_cancelled_while_waiting_for_headers_frees_the_slot_and_closes_the_connection(start) -> None:  # type: ignore[no-untyped-def]
-    async def answer(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if request.target == "/v1/hang":
-            await wait_for_close(reader)
-            return False
-        writer.write(OK)
-        return True
-
-    upstream, client = await start(answer, max_connections=1)
+    upstream, client = await start(hang_or_ok, max_connections=1)
     task = asyncio.create_task(client.request("POST", f"{upstream.url()}/v1/hang", {}, b"{}"))
     await upstream.arrived.get()
     task.cancel()
@@ -530,14 +532,7 @@ async def test_cancelled_mid_read_and_dropped_unread_answers_free_their_slots(st
 
 
 async def test_aclose_closes_every_connection(start) -> None:  # type: ignore[no-untyped-def]
-    async def answer(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if request.target == "/v1/hang":
-            await wait_for_close(reader)
-            return False
-        writer.write(OK)
-        return True
-
-    upstream, client = await start(answer)
+    upstream, client = await start(hang_or_ok)
     hanging = asyncio.create_task(client.request("POST", f"{upstream.url()}/v1/hang", {}, b"{}"))  # one busy
     await upstream.arrived.get()
     await (await client.request("POST", f"{upstream.url()}/v1/x", {}, b"{}")).read()  # one idle
