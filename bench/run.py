@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # ~10 s per measurement, writes bench/RESULTS.md
     .venv/bin/python bench/run.py --quick    # ~2 s per measurement, prints only
     .venv/bin/python bench/run.py --repeat 3 # median of 3 interleaved rounds
+    .venv/bin/python bench/run.py --only cache c16   # some workloads, prints only
 
 The proxy under test runs alone on core 0; the fake upstream (and redis) share
 core 1 with wrk. For each workload the three targets are measured back to back
@@ -255,6 +256,12 @@ def parse_args() -> argparse.Namespace:
         default=60,
         help=f"seconds to wait for other work to drop under {QUIET:.0%} CPU before each measurement",
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=[w.key for w in WORKLOADS] + ["cache"],
+        help="measure only these workloads (implies --print-only)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
     parser.add_argument(
         "--print-only", action="store_true", help="do not write the report file (implied by --quick)"
@@ -278,16 +285,19 @@ def main() -> int:
         bench = Bench(args.duration, args.warmup, args.repeat, args.quiet_wait)
     tables: list[Table] = []
     backends = ["memory"] + (["redis"] if args.redis or shutil.which("redis-server") else [])
+    chosen = set(args.only or [w.key for w in WORKLOADS] + ["cache"])
+    workloads = [w for w in WORKLOADS if w.key in chosen]
     try:
-        for delay_ms in sorted({workload.delay_ms for workload in WORKLOADS}):
-            tables += run_workloads(bench, delay_ms, [w for w in WORKLOADS if w.delay_ms == delay_ms])
-        tables.append(run_cache(bench, backends))
+        for delay_ms in sorted({workload.delay_ms for workload in workloads}):
+            tables += run_workloads(bench, delay_ms, [w for w in workloads if w.delay_ms == delay_ms])
+        if "cache" in chosen:
+            tables.append(run_cache(bench, backends))
     except StartError as exc:
         sys.exit(f"the benchmark's own servers did not start: {exc}")
 
     section = render(tables, context(bench, load_before), bench.problems)
     print(section)
-    if not (args.print_only or args.quick):
+    if not (args.print_only or args.quick or args.only):
         write_section(args.output, section, owner="bench/run.py")
         print(f"written to {args.output}", file=sys.stderr)
     return 1 if bench.problems else 0

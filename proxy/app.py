@@ -23,9 +23,11 @@ from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.memory import MemoryCache
 from proxy.config import Config, load_config
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
+from proxy.hit_lane import HitLane
 from proxy.limits import Limiter
 from proxy.middleware import RequestMiddleware
 from proxy.pipeline import Pipeline
+from proxy.protocol import LANE_STATE
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
 from proxy.resilience import Breakers, Resilience
@@ -89,13 +91,15 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
+        if isinstance(self.cache, MemoryCache):
+            self.pipeline.lane = HitLane(self.cache, self.telemetry)
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights
 
             self.pipeline.remote_flights = RemoteFlights(self.shared.link, self.config.cache.redis_url)
 
     async def stop(self) -> None:
-        self.telemetry.access_log.flush()
+        self.telemetry.flush()
         for provider in self.providers.values():
             await provider.aclose()
         if self.cache is not None:
@@ -115,6 +119,7 @@ class Gateway:
         return _json({"status": "ready", "providers": providers, "breakers": self.breakers.states()})
 
     async def metrics(self, request: Request) -> Response:
+        self.telemetry.flush()
         self.telemetry.breaker_states(self.breakers.states())
         return Response(self.telemetry.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -123,6 +128,7 @@ class Gateway:
         if self.cache is not None:
             with contextlib.suppress(Exception):
                 entries = await self.cache.entries()
+        self.telemetry.flush()
         snapshot = self.telemetry.stats.snapshot(entries, self.breakers.states())
         if self.pipeline is not None:
             flights = self.pipeline.flights
@@ -152,6 +158,8 @@ class Gateway:
             supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             if not hmac.compare_digest(supplied.encode(), admin_key.encode()):
                 raise InvalidAPIKey("This endpoint needs the admin key: 'Authorization: Bearer <admin_key>'.")
+        if self.pipeline is not None and self.pipeline.lane is not None:
+            self.pipeline.lane.clear()
         try:
             cleared = await self.cache.clear() if self.cache is not None else 0
         except CacheUnavailable:
@@ -224,14 +232,15 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         return endpoint
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, object]]:
         await gateway.start()
         # Everything built so far lives as long as the process: keep it out of
         # the collector's way, so collections scan only per-request garbage.
         gc.collect()
         gc.freeze()
         try:
-            yield
+            lane = gateway.pipeline.lane if gateway.pipeline is not None else None
+            yield {LANE_STATE: lane} if lane is not None else {}
         finally:
             await gateway.stop()
 

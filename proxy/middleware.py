@@ -8,8 +8,8 @@ record to telemetry once the last byte is sent.
 
 from __future__ import annotations
 
-import os
 import time
+from random import getrandbits
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,7 +21,9 @@ _log = structlog.get_logger("sluice")
 
 
 def new_request_id() -> str:
-    return "req_" + os.urandom(12).hex()
+    """96 random bits from ``random`` (seeded from the OS, reseeded in forked children):
+    ``os.urandom`` is a system call per request."""
+    return f"req_{getrandbits(96):024x}"
 
 
 class RequestMiddleware:
@@ -33,10 +35,10 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _client_request_id(scope) or new_request_id()
+        request_id = client_request_id(_header(scope, b"x-request-id")) or new_request_id()
         record = RequestRecord(request_id, scope["method"], scope["path"], time.perf_counter())
         scope.setdefault("state", {})["record"] = record
-        id_header = (b"x-request-id", request_id.encode())
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
         started = False
 
         async def send_wrapper(message: Message) -> None:
@@ -61,10 +63,16 @@ class RequestMiddleware:
             self.telemetry.finish(record)
 
 
-def _client_request_id(scope: Scope) -> str | None:
+def client_request_id(value: bytes | None) -> str | None:
+    """The client's ``X-Request-ID`` when it is fit to echo and log, else None (a new one is made)."""
+    if value is None:
+        return None
+    text = value.decode("latin-1").strip()
+    return text if 0 < len(text) <= 200 and text.isprintable() else None
+
+
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text = value.decode("latin-1").strip()
-            if 0 < len(text) <= 200 and text.isprintable():
-                return text
+        if name == wanted:
+            return value
     return None

@@ -25,11 +25,13 @@ from proxy.config import Config, Target
 from proxy.dedup import Flight, FlightRegistry, Outcome
 from proxy.disconnect import DisconnectGuard
 from proxy.errors import SluiceError, error_event, error_response
-from proxy.limits import Limiter, Principal
+from proxy.hit_lane import HitLane, lane_key
+from proxy.limits import Limiter, Principal, has_limits
 from proxy.providers.base import Call, ChunkStream, Provider
 from proxy.requests import (
     CHAT,
     EMBEDDINGS,
+    ClientHeaders,
     ParsedRequest,
     RequestOptions,
     parse_chat,
@@ -86,6 +88,7 @@ class Pipeline:
         self.telemetry = telemetry
         self.flights = FlightRegistry()
         self.remote_flights: RemoteFlights | None = None  # set by Gateway with the Redis backend
+        self.lane: HitLane | None = None  # set by Gateway with the memory backend
         self._dedup = config.dedup.enabled
         self._pass_credentials = not config.auth.keys
         self._windows: dict[str, int | None] = {}
@@ -120,7 +123,11 @@ class Pipeline:
 
         answer = await self._lookup(job, record)
         if answer is not None:
-            return self._cached_response(answer, route, parsed, record)
+            response, payload = self._cached_response(answer, route, parsed, record)
+            if self.lane is not None and _lane_may_serve(headers, principal):
+                key = lane_key(request.scope["path"], headers.authorization, headers.compression, raw)
+                self.lane.learn(key, job.cache_key, answer, response.raw_headers, payload, parsed.stream, record)  # type: ignore[arg-type]
+            return response
 
         flight, run = self._flight_for(job, parsed.stream, record)
         if parsed.stream:
@@ -290,7 +297,8 @@ class Pipeline:
 
     def _cached_response(
         self, answer: CachedAnswer, route: Route, parsed: ParsedRequest, record: RequestRecord
-    ) -> Answer:
+    ) -> tuple[JSONAnswer | EventStream, bytes]:
+        """The answer for a cache hit, and its body (a whole SSE stream for a streaming client)."""
         record.provider = answer.provider
         usage = answer.completion.usage
         if usage:
@@ -299,9 +307,9 @@ class Pipeline:
             record.cost_saved_usd = self.prices.cost(answer.provider, model, usage)
         headers = self._headers(record)
         if not parsed.stream:
-            return JSONAnswer(answer.completion.body, headers)
-        chunks = replay_chunks(answer.completion.data, parsed.include_usage)
-        return EventStream(_replay(chunks), headers)
+            return JSONAnswer(answer.completion.body, headers), answer.completion.body
+        payload = _sse_payload(replay_chunks(answer.completion.data, parsed.include_usage))
+        return EventStream(_once(payload), headers), payload
 
     def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
         target = outcome.target
@@ -355,8 +363,8 @@ class Pipeline:
                 record.error_code = outcome.error.code
                 return error_response(outcome.error, self._headers(record))
             assert outcome.completion is not None
-            chunks = replay_chunks(outcome.completion.data, include_usage)
-            return EventStream(_replay(chunks), self._headers(record))
+            payload = _sse_payload(replay_chunks(outcome.completion.data, include_usage))
+            return EventStream(_once(payload), self._headers(record))
         if not await _wait_started(request, flight):
             return Response(status_code=499)
         if not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
@@ -422,9 +430,19 @@ def _max_output_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
-async def _replay(chunks: list[Chunk]) -> AsyncGenerator[bytes, None]:
+def _sse_payload(chunks: list[Chunk]) -> bytes:
+    return b"".join(chunk.sse for chunk in chunks) + SSE_DONE
+
+
+async def _once(payload: bytes) -> AsyncGenerator[bytes, None]:
     """A whole stream already at hand: one write."""
-    yield b"".join(chunk.sse for chunk in chunks) + SSE_DONE
+    yield payload
+
+
+def _lane_may_serve(headers: ClientHeaders, principal: Principal) -> bool:
+    """Whether the hit lane would answer these request bytes as the full path just did."""
+    key = principal.key
+    return not headers.cache_control and headers.cache_ttl is None and (key is None or not has_limits(key))
 
 
 async def _outcome(request: Request, flight: Flight, run: Runner | None) -> Outcome | None:

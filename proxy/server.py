@@ -16,6 +16,7 @@ import uvicorn
 
 from proxy.app import create_app
 from proxy.config import Config
+from proxy.protocol import SluiceProtocol
 
 
 class _DrainingServer(uvicorn.Server):
@@ -31,7 +32,7 @@ def _uvicorn_options(config: Config) -> dict:
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http="httptools",
+        http=SluiceProtocol,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=config.server.drain_seconds,

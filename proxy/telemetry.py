@@ -17,7 +17,9 @@ import asyncio
 import os
 import sys
 import time
+from bisect import bisect_left
 from collections import deque
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,8 +86,8 @@ class AccessLog:
     FLUSH_BYTES = 64 * 1024
 
     def __init__(self, log_format: str = "json") -> None:
-        self._console = log_format == "console"
-        self._out = (sys.stderr if self._console else sys.stdout).buffer
+        self.console = log_format == "console"
+        self._out = (sys.stderr if self.console else sys.stdout).buffer
         self._lines: list[bytes] = []
         self._size = 0
         self._flush_pending = False
@@ -105,11 +107,15 @@ class AccessLog:
         fields["event"] = "request"
         fields["level"] = "info"
         fields["timestamp"] = _utc_now()
-        if self._console:
+        if self.console:
             text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k not in ("event", "level"))
             line = f"{fields['timestamp']} [info     ] request {text}\n".encode()
         else:
             line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+        self.add(line)
+
+    def add(self, line: bytes) -> None:
+        """A whole line, already rendered."""
         self._lines.append(line)
         self._size += len(line)
         if self._size >= self.FLUSH_BYTES:
@@ -237,38 +243,41 @@ class Stats:
         self.latencies: deque[float] = deque(maxlen=window)
         self.ttfts: deque[float] = deque(maxlen=window)
 
-    def add(self, record: RequestRecord, latency: float) -> None:
-        self.requests += 1
+    def add(self, record: RequestRecord, latencies: Sequence[float]) -> None:
+        """Count ``len(latencies)`` requests like ``record``, one latency each (seconds)."""
+        n = len(latencies)
+        self.requests += n
         failed = record.status >= 400
-        self.errors += failed
+        self.errors += failed * n
         if record.cache == "hit":
-            self.cache_hits += 1
+            self.cache_hits += n
         elif record.cache == "miss":
-            self.cache_misses += 1
-        self.dedup_joined += record.dedup
-        self.retries += record.retries
-        self.fallbacks += record.fallbacks
-        self.tokens["prompt"] += record.prompt_tokens
-        self.tokens["completion"] += record.completion_tokens
-        self.tokens["saved_by_compression"] += record.tokens_saved
-        self.tokens["saved_by_cache"] += record.tokens_saved_cache
-        self.cost["spent"] += record.cost_usd
-        self.cost["saved"] += record.cost_saved_usd
+            self.cache_misses += n
+        self.dedup_joined += record.dedup * n
+        self.retries += record.retries * n
+        self.fallbacks += record.fallbacks * n
+        tokens = self.tokens
+        tokens["prompt"] += record.prompt_tokens * n
+        tokens["completion"] += record.completion_tokens * n
+        tokens["saved_by_compression"] += record.tokens_saved * n
+        tokens["saved_by_cache"] += record.tokens_saved_cache * n
+        self.cost["spent"] += record.cost_usd * n
+        self.cost["saved"] += record.cost_saved_usd * n
         if record.provider:
             provider = self.providers.setdefault(record.provider, {"requests": 0, "errors": 0})
-            provider["requests"] += 1
-            provider["errors"] += failed
+            provider["requests"] += n
+            provider["errors"] += failed * n
         if record.key_name:
             key = self.keys.setdefault(
                 record.key_name, {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
             )
-            key["requests"] += 1
-            key["prompt_tokens"] += record.prompt_tokens
-            key["completion_tokens"] += record.completion_tokens
-            key["cost_usd"] += record.cost_usd
-        self.latencies.append(latency * 1000)
+            key["requests"] += n
+            key["prompt_tokens"] += record.prompt_tokens * n
+            key["completion_tokens"] += record.completion_tokens * n
+            key["cost_usd"] += record.cost_usd * n
+        self.latencies.extend(latency * 1000 for latency in latencies)
         if record.ttft_seconds is not None:
-            self.ttfts.append(record.ttft_seconds * 1000)
+            self.ttfts.extend([record.ttft_seconds * 1000] * n)
 
     def snapshot(self, cache_entries: int, breakers: dict[str, str]) -> dict[str, Any]:
         lookups = self.cache_hits + self.cache_misses
@@ -295,6 +304,104 @@ class Stats:
         }
 
 
+def log_fields(record: RequestRecord, request_id: str, latency: float) -> dict[str, Any]:
+    """The request's log line, before ``AccessLog`` adds event, level and timestamp."""
+    return dict(
+        request_id=request_id,
+        method=record.method,
+        path=record.path,
+        status=record.status,
+        model=record.model,
+        provider=record.provider,
+        upstream_model=record.upstream_model,
+        key=record.key_name,
+        stream=record.stream,
+        cache=record.cache,
+        dedup=record.dedup,
+        attempts=record.attempts,
+        prompt_tokens=record.prompt_tokens,
+        completion_tokens=record.completion_tokens,
+        tokens_saved=record.tokens_saved,
+        cost_usd=round(record.cost_usd, 8),
+        latency_ms=round(latency * 1000, 3),
+        upstream_ms=round(record.upstream_seconds * 1000, 3),
+        overhead_ms=round(max(0.0, latency - record.upstream_seconds) * 1000, 3),
+        bytes_in=record.bytes_in,
+        bytes_out=record.bytes_out,
+        error=record.error_code,
+    )
+
+
+_PER_REQUEST_FIELDS = ("request_id", "latency_ms", "overhead_ms")
+
+
+class Repeat:
+    """``Telemetry.finish`` for many requests that differ only in id and latency.
+
+    The log line's other fields are serialized once; each request adds its
+    own id, latency and timestamp to those bytes. Its metrics and /stats
+    counts are gathered here and added in one go at most
+    ``Telemetry.FLUSH_AFTER`` later, or as soon as /metrics or /stats is
+    read. The record must have no upstream time (its latency is all
+    overhead), as a cache hit has none.
+    """
+
+    __slots__ = ("_telemetry", "_record", "_line_head", "_latencies")
+
+    def __init__(self, telemetry: Telemetry, record: RequestRecord) -> None:
+        self._telemetry = telemetry
+        self._record = record
+        fields = log_fields(record, "", 0.0)
+        for name in _PER_REQUEST_FIELDS:
+            del fields[name]
+        fields["event"], fields["level"] = "request", "info"
+        self._line_head = orjson.dumps(fields)[:-1] + b","
+        self._latencies: list[float] = []
+
+    def report(self, request_id: str, latency: float) -> None:
+        telemetry = self._telemetry
+        record = self._record
+        if record.tracked:
+            if not self._latencies:
+                telemetry._pending(self)
+            self._latencies.append(latency)
+        log = telemetry.access_log
+        if log.console:
+            log.write(log_fields(record, request_id, latency))
+            return
+        ms = round(latency * 1000, 3)
+        log.add(b'%b"request_id":%b,"latency_ms":%r,"overhead_ms":%r,"timestamp":"%b"}\n' % (
+            self._line_head, orjson.dumps(request_id), ms, ms, _utc_now().encode()
+        ))
+
+    def flush(self) -> None:
+        latencies, self._latencies = self._latencies, []
+        if latencies:
+            self._telemetry.stats.add(self._record, latencies)
+            self._telemetry._observe(self._record, latencies)
+
+
+def observe_all(histogram: Any, values: Sequence[float]) -> None:
+    """``histogram.observe`` for each value, sorted into buckets first.
+
+    prometheus-client has no public call that adds observations in bulk, so
+    this adds to the child's own bucket and sum values (``_upper_bounds``,
+    ``_buckets``, ``_sum``: the same since 0.1; tests/test_telemetry.py
+    checks the rendered histogram against ``observe``).
+    """
+    if len(values) == 1:
+        histogram.observe(values[0])
+        return
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1
+    histogram._sum.inc(sum(values))
+    for bucket, count in zip(histogram._buckets, counts):
+        if count:
+            bucket.inc(count)
+
+
 def _percentiles(values: deque[float]) -> dict[str, float]:
     if not values:
         return {"p50": 0.0, "p95": 0.0, "p99": 0.0}
@@ -308,73 +415,77 @@ def _percentiles(values: deque[float]) -> dict[str, float]:
 
 
 class Telemetry:
+    FLUSH_AFTER = 0.5
+    """How stale the metrics and /stats may be about ``Repeat`` requests between reads."""
+
     def __init__(self, log_format: str = "json") -> None:
         self.metrics = Metrics()
         self.stats = Stats()
         self.access_log = AccessLog(log_format)
+        self._dirty: list[Repeat] = []
+        self._flush_pending = False
 
     def finish(self, record: RequestRecord) -> None:
+        """The request's last byte is out: its log line, its metrics, its place in /stats."""
         latency = time.perf_counter() - record.started
         if record.tracked:
-            self.stats.add(record, latency)
-            self._observe(record, latency)
-        self.access_log.write(dict(
-            request_id=record.request_id,
-            method=record.method,
-            path=record.path,
-            status=record.status,
-            model=record.model,
-            provider=record.provider,
-            upstream_model=record.upstream_model,
-            key=record.key_name,
-            stream=record.stream,
-            cache=record.cache,
-            dedup=record.dedup,
-            attempts=record.attempts,
-            prompt_tokens=record.prompt_tokens,
-            completion_tokens=record.completion_tokens,
-            tokens_saved=record.tokens_saved,
-            cost_usd=round(record.cost_usd, 8),
-            latency_ms=round(latency * 1000, 3),
-            upstream_ms=round(record.upstream_seconds * 1000, 3),
-            overhead_ms=round(max(0.0, latency - record.upstream_seconds) * 1000, 3),
-            bytes_in=record.bytes_in,
-            bytes_out=record.bytes_out,
-            error=record.error_code,
-        ))
+            latencies = (latency,)
+            self.stats.add(record, latencies)
+            self._observe(record, latencies)
+        self.access_log.write(log_fields(record, record.request_id, latency))
 
-    def _observe(self, record: RequestRecord, latency: float) -> None:
+    def repeat(self, record: RequestRecord) -> Repeat:
+        """``finish`` prepared once for requests alike but for their id and latency (``proxy.hit_lane``)."""
+        return Repeat(self, record)
+
+    def flush(self) -> None:
+        """Bring the metrics and /stats up to date with every ``Repeat``; write pending log lines."""
+        self._flush_pending = False
+        repeats, self._dirty = self._dirty, []
+        for repeat in repeats:
+            repeat.flush()
+        self.access_log.flush()
+
+    def _pending(self, repeat: Repeat) -> None:
+        self._dirty.append(repeat)
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)
+
+    def _observe(self, record: RequestRecord, latencies: Sequence[float]) -> None:
+        """The metrics of ``len(latencies)`` requests like ``record``, one latency each."""
         m = self.metrics
+        n = len(latencies)
         provider = record.provider or "none"
         requests, duration, upstream = m.request_children(provider, record.model or "", record.status, record.cache or "none")
-        requests.inc()
-        duration.observe(latency)
+        requests.inc(n)
+        observe_all(duration, latencies)
         if record.upstream_seconds:
-            upstream.observe(record.upstream_seconds)
+            observe_all(upstream, [record.upstream_seconds] * n)
         if record.ttft_seconds is not None:
-            m.ttft.labels(provider).observe(record.ttft_seconds)
+            observe_all(m.ttft.labels(provider), [record.ttft_seconds] * n)
         cache_event = m.cache_event.get(record.cache or "")
         if cache_event is not None:
-            cache_event.inc()
+            cache_event.inc(n)
         tokens = m.token_kinds
         if record.prompt_tokens:
-            tokens["prompt"].inc(record.prompt_tokens)
+            tokens["prompt"].inc(record.prompt_tokens * n)
         if record.completion_tokens:
-            tokens["completion"].inc(record.completion_tokens)
+            tokens["completion"].inc(record.completion_tokens * n)
         if record.tokens_saved:
-            tokens["saved_compression"].inc(record.tokens_saved)
+            tokens["saved_compression"].inc(record.tokens_saved * n)
         if record.tokens_saved_cache:
-            tokens["saved_cache"].inc(record.tokens_saved_cache)
+            tokens["saved_cache"].inc(record.tokens_saved_cache * n)
         if record.cost_usd:
-            m.cost_spent.inc(record.cost_usd)
+            m.cost_spent.inc(record.cost_usd * n)
         if record.cost_saved_usd:
-            m.cost_saved.inc(record.cost_saved_usd)
+            m.cost_saved.inc(record.cost_saved_usd * n)
         if record.dedup:
-            m.dedup_joined.inc()
+            m.dedup_joined.inc(n)
         if record.retries:
-            m.retries.labels(provider).inc(record.retries)
+            m.retries.labels(provider).inc(record.retries * n)
         if record.fallbacks:
-            m.fallbacks.inc(record.fallbacks)
+            m.fallbacks.inc(record.fallbacks * n)
 
     def breaker_states(self, states: dict[str, str]) -> None:
         for label, state in states.items():

@@ -22,8 +22,14 @@ class MemoryCache(CacheBackend):
         )
 
     async def get(self, key: str) -> CachedAnswer | None:
-        entry = self._cache.get(key)
-        return entry[0] if entry is not None else None
+        return self.get_nowait(key)
+
+    def get_nowait(self, key: str) -> CachedAnswer | None:
+        """The live entry for ``key``, for callers that cannot await (``proxy.hit_lane``)."""
+        try:
+            return self._cache[key][0]  # not .get(): its timer context costs as much again
+        except KeyError:
+            return None
 
     async def set(self, key: str, answer: CachedAnswer, ttl: float) -> None:
         try:

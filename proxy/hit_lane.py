@@ -1,0 +1,177 @@
+"""The hit lane: repeated cache hits answered before ASGI, from bytes prepared once.
+
+A cache hit through the full path costs ~100 µs of one core, against ~27 µs
+for the fastest answer a bare ASGI app on uvicorn can give here (the
+benchmark's "ceiling" row). Most of that is work whose result cannot change
+between two byte-identical requests: JSON parsing and validation, routing,
+the canonical cache key, the response headers, and uvicorn's task per
+request with its ASGI messages.
+
+So the first hit for a request, served by the full path, teaches the lane
+the answer it gave (``learn``); the lane remembers it under the request's
+exact bytes (path, ``Authorization``, ``X-Sluice-Compression``, body). When
+the same bytes come again, ``proxy.protocol`` asks the lane (``lookup``)
+before starting any ASGI task, and the lane answers only if the cache still
+holds the very entry it learned from: an expired, evicted, cleared or
+refreshed entry sends the request down the full path, which learns anew.
+
+Only what the full path would answer the same way for the same bytes goes
+in the lane: memory backend only (a Redis lookup is a network round trip
+anyway), no ``Cache-Control`` or ``X-Sluice-Cache-TTL`` (those change what
+the full path does), and only keys without rpm, tpm or budget limits (a
+limited key must be counted and may be refused). Every lane answer gets its
+own ``X-Request-ID`` and ``X-Sluice-Overhead-Ms``, its log line, its
+metrics and its place in ``/stats``, like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proxy.cache.base import CachedAnswer
+from proxy.cache.memory import MemoryCache
+from proxy.middleware import client_request_id, new_request_id
+from proxy.telemetry import Repeat, RequestRecord, Telemetry
+
+MAX_BODY = 64 * 1024
+"""Larger request bodies take the full path (uvicorn stops reading at this size until
+the app asks for more, so the lane could not wait for them anyway)."""
+
+MAX_BYTES = 32 * 1024 * 1024
+"""What the lane's requests and prepared answers may hold in memory, all entries together."""
+
+PATHS = frozenset({b"/v1/chat/completions", b"/v1/embeddings"})
+
+LaneKey = tuple[bytes, bytes | None, bytes | None, bytes]
+"""Path, ``Authorization``, ``X-Sluice-Compression`` and body, exactly as received."""
+
+_OFF_LANE_HEADERS = frozenset({b"cache-control", b"x-sluice-cache-ttl"})
+_OVERHEAD_HEADER = b"x-sluice-overhead-ms"
+
+
+@dataclass(slots=True)
+class LaneEntry:
+    """One learned answer: the cache entry it stands for and its response, ready to write."""
+
+    cache_key: str
+    answer: CachedAnswer
+    head: bytes
+    """Status line and the fixed headers, each ending in CRLF."""
+    body: bytes
+    """The body as it goes on the wire (chunk-framed for a stream)."""
+    telemetry: Repeat
+    """What each answer adds to the log, the metrics and /stats."""
+    size: int
+
+
+@dataclass(slots=True)
+class LaneHit:
+    entry: LaneEntry
+    request_id: str
+
+
+class HitLane:
+    """Learned answers by request bytes; answers a repeat while the cache entry lives."""
+
+    def __init__(self, cache: MemoryCache, telemetry: Telemetry, max_bytes: int = MAX_BYTES) -> None:
+        self._cache = cache
+        self._telemetry = telemetry
+        self._max_bytes = max_bytes
+        self._entries: dict[LaneKey, LaneEntry] = {}
+        self._size = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- the full path teaches --
+
+    def learn(
+        self,
+        key: LaneKey,
+        cache_key: str,
+        answer: CachedAnswer,
+        headers: Iterable[tuple[bytes, bytes]],
+        payload: bytes,
+        stream: bool,
+        record: RequestRecord,
+    ) -> None:
+        """Remember the hit the full path just served (``headers`` as sent, ``payload`` unframed)."""
+        lines = [b"HTTP/1.1 200 OK\r\n"]
+        lines += [name + b": " + value + b"\r\n" for name, value in headers if name != _OVERHEAD_HEADER]
+        if stream:
+            lines.append(b"transfer-encoding: chunked\r\n")
+            body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(payload), payload)
+        else:
+            body = payload
+        template = copy.copy(record)
+        template.status, template.bytes_out, template.error_code = 200, len(payload), None
+        entry = LaneEntry(
+            cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), len(key[3]) + len(body) + 512
+        )
+        if entry.size > self._max_bytes // 64:
+            return
+        self._discard(key)
+        while self._entries and self._size + entry.size > self._max_bytes:
+            self._discard(next(iter(self._entries)))  # the oldest learned first
+        self._entries[key] = entry
+        self._size += entry.size
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._size = 0
+
+    def _discard(self, key: LaneKey) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._size -= entry.size
+
+    # -- the protocol asks --
+
+    def lookup(self, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> LaneHit | None:
+        """The learned answer for these request bytes, if its cache entry still stands."""
+        authorization = compression = request_id = None
+        for name, value in headers:
+            if name == b"authorization":
+                authorization = value
+            elif name == b"x-sluice-compression":
+                compression = value
+            elif name == b"x-request-id" and request_id is None:
+                request_id = value
+            elif name in _OFF_LANE_HEADERS:
+                return None
+        key = (path, authorization, compression, body)
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._cache.get_nowait(entry.cache_key) is not entry.answer:
+            self._discard(key)  # expired, evicted, cleared or refreshed: the full path decides
+            return None
+        return LaneHit(entry, client_request_id(request_id) or new_request_id())
+
+    def response(self, hit: LaneHit, started: float, date_headers: bytes, keep_alive: bool) -> bytes:
+        entry = hit.entry
+        overhead = (time.perf_counter() - started) * 1000
+        return b"".join((
+            entry.head,
+            date_headers,
+            b"x-request-id: %b\r\nx-sluice-overhead-ms: %.3f\r\n" % (hit.request_id.encode(), overhead),
+            b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
+            entry.body,
+        ))
+
+    def finish(self, hit: LaneHit, started: float) -> None:
+        """The answer is written: log, count and time it like any other request."""
+        hit.entry.telemetry.report(hit.request_id, time.perf_counter() - started)
+
+
+def lane_key(path: str, authorization: str | None, compression: str | None, raw: bytes) -> LaneKey:
+    """The key for a request the full path read (its headers as decoded strings)."""
+    return (
+        path.encode("latin-1"),
+        authorization.encode("latin-1") if authorization is not None else None,
+        compression.encode("latin-1") if compression is not None else None,
+        raw,
+    )
