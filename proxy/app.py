@@ -133,6 +133,8 @@ class Gateway:
         if self.pipeline is not None:
             flights = self.pipeline.flights
             snapshot["dedup"].update(in_flight=len(flights), waiting=flights.waiting(), remote_waiting=flights.remote_waiting())
+            if self.pipeline.lane is not None:
+                snapshot["cache"].update(lane_hits=self.pipeline.lane.hits, lane_entries=len(self.pipeline.lane))
         return _json(snapshot)
 
     async def models(self, request: Request) -> Response:

@@ -82,6 +82,7 @@ class HitLane:
         self._max_bytes = max_bytes
         self._entries: dict[LaneKey, LaneEntry] = {}
         self._size = 0
+        self.hits = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -164,6 +165,7 @@ class HitLane:
 
     def finish(self, hit: LaneHit, started: float) -> None:
         """The answer is written: log, count and time it like any other request."""
+        self.hits += 1
         hit.entry.telemetry.report(hit.request_id, time.perf_counter() - started)
 
 

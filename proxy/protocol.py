@@ -1,17 +1,18 @@
 """uvicorn's httptools protocol with one addition: the hit lane (``proxy.hit_lane``).
 
-uvicorn starts an ASGI task as soon as a request's headers are in. For a
-``POST`` to one of the two API paths, this protocol holds that task back
-until the body is in too, then asks the lane: a learned cache hit is written
-straight to the socket, and the task is never created; anything else starts
-the task exactly as uvicorn would have. A body larger than the lane takes, a
-request that expects ``100 Continue``, a pipelined request and any error in
-the lane all take the ordinary path.
+For a ``POST`` to one of the two API paths, this protocol holds the request
+back from uvicorn until its body is in, then asks the lane: a learned cache
+hit is written straight to the socket, with no request-response cycle, no
+ASGI task and no ASGI messages. Anything else is handed to uvicorn exactly
+as it arrived (headers, then the body so far), and from then on uvicorn
+alone serves it. A body larger than the lane takes, a request that expects
+``100 Continue``, one pipelined behind a request still in progress, a server
+shutting down and any error in the lane all take uvicorn's path.
 
-It relies on uvicorn's ``HttpToolsProtocol`` internals (``_start_asgi_task``,
+It relies on ``HttpToolsProtocol`` internals (its parser callbacks,
 ``cycle``, ``on_response_complete``), so pyproject pins uvicorn's minor
-version and ``tests/test_hit_lane.py`` exercises every branch here against
-the real server.
+version and ``tests/test_hit_lane.py`` runs each branch here in the real
+server.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import time
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.hit_lane import MAX_BODY, PATHS, HitLane
 
@@ -32,8 +33,11 @@ _log = logging.getLogger("sluice")
 
 class SluiceProtocol(HttpToolsProtocol):
     _lane: HitLane | None = None
-    _hold: bool = False
-    _held: tuple[RequestResponseCycle, Any] | None = None
+    _held: list[bytes] | None = None
+    """The body so far of a request held for the lane; None when none is held."""
+    _held_size = 0
+    _date_source: object = None
+    _date = b""
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -43,61 +47,73 @@ class SluiceProtocol(HttpToolsProtocol):
         self._held = None
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        if self._held is not None:
+            self._release()  # uvicorn finishes it, then closes the connection
+        super().shutdown()
+
     def on_headers_complete(self) -> None:
-        self._hold = (
+        self._unset_keepalive_if_required()  # an earlier lane answer in this same read armed it
+        if (
             self._lane is not None
             and self.url in PATHS
             and not self.expect_100_continue
+            and (self.cycle is None or self.cycle.response_complete)
             and self.parser.get_method() == b"POST"
-        )
-        try:
-            super().on_headers_complete()
-        finally:
-            self._hold = False
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        if self._hold:
-            self._held = (cycle, app)
+        ):
+            self._held, self._held_size = [], 0
             return
-        super()._start_asgi_task(cycle, app)
+        super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        super().on_body(body)
-        if self._held is not None and len(self.cycle.body) > MAX_BODY:
+        held = self._held
+        if held is None:
+            super().on_body(body)
+            return
+        held.append(body)
+        self._held_size += len(body)
+        if self._held_size > MAX_BODY:
             self._release()
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
-        if self._held is None:
-            return
-        started = time.perf_counter()
-        cycle = self._held[0]
-        try:
-            answered = self._answer_from_lane(cycle, started)
-        except Exception:  # noqa: BLE001 - the lane is an optimisation: never a reason to fail
-            _log.exception("hit lane failed; serving this request the ordinary way")
-            answered = False
-        if not answered:
+        if self._held is not None:
+            try:
+                answered = self._answer_from_lane(time.perf_counter())
+            except Exception:  # noqa: BLE001 - the lane is an optimisation: never a reason to fail
+                _log.exception("hit lane failed; serving this request the ordinary way")
+                answered = False
+            if answered:
+                return
             self._release()
+        super().on_message_complete()
 
-    def _answer_from_lane(self, cycle: RequestResponseCycle, started: float) -> bool:
-        assert self._lane is not None
-        hit = self._lane.lookup(self.url, cycle.scope["headers"], bytes(cycle.body))
+    def _answer_from_lane(self, started: float) -> bool:
+        assert self._lane is not None and self._held is not None
+        body = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        hit = self._lane.lookup(self.url, self.headers, body)
         if hit is None:
             return False
         self._held = None
-        date = b"".join(name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers)
-        self.transport.write(self._lane.response(hit, started, date, cycle.keep_alive))
-        cycle.response_started = cycle.response_complete = True
-        cycle.body = bytearray()
-        if not cycle.keep_alive:
+        parser = self.parser
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        self.transport.write(self._lane.response(hit, started, self._date_headers(), keep_alive))
+        if not keep_alive:
             self.transport.close()
         self.on_response_complete()
         self._lane.finish(hit, started)
         return True
 
     def _release(self) -> None:
-        """Start the held request's ASGI task: it takes the ordinary path."""
+        """Hand the held request to uvicorn as if it had just arrived: headers, then the body so far."""
         held, self._held = self._held, None
-        if held is not None:
-            super()._start_asgi_task(*held)
+        super().on_headers_complete()
+        for piece in held or ():
+            super().on_body(piece)
+
+    def _date_headers(self) -> bytes:
+        """uvicorn's default headers (``date``, changed each second), serialized once per change."""
+        source = self.server_state.default_headers
+        if source is not self._date_source:
+            self._date = b"".join(name + b": " + value + b"\r\n" for name, value in source)
+            self._date_source = source
+        return self._date
