@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -81,6 +82,7 @@ class HitLane:
         self._telemetry = telemetry
         self._max_bytes = max_bytes
         self._entries: dict[LaneKey, LaneEntry] = {}
+        self._body_sizes: Counter[int] = Counter()  # a first check that costs nothing per byte
         self._size = 0
         self.hits = 0
 
@@ -118,21 +120,29 @@ class HitLane:
         while self._entries and self._size + entry.size > self._max_bytes:
             self._discard(next(iter(self._entries)))  # the oldest learned first
         self._entries[key] = entry
+        self._body_sizes[len(key[3])] += 1
         self._size += entry.size
 
     def clear(self) -> None:
         self._entries.clear()
+        self._body_sizes.clear()
         self._size = 0
 
     def _discard(self, key: LaneKey) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._size -= entry.size
+            body_size = len(key[3])
+            self._body_sizes[body_size] -= 1
+            if not self._body_sizes[body_size]:
+                del self._body_sizes[body_size]
 
     # -- the protocol asks --
 
     def lookup(self, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> LaneHit | None:
         """The learned answer for these request bytes, if its cache entry still stands."""
+        if len(body) not in self._body_sizes:
+            return None
         authorization = compression = request_id = None
         for name, value in headers:
             if name == b"authorization":

@@ -6,12 +6,13 @@ hit is written straight to the socket, with no request-response cycle, no
 ASGI task and no ASGI messages. Anything else is handed to uvicorn exactly
 as it arrived (headers, then the body so far), and from then on uvicorn
 alone serves it. A body larger than the lane takes, a request that expects
-``100 Continue``, one pipelined behind a request still in progress, a server
-shutting down and any error in the lane all take uvicorn's path.
+``100 Continue`` or an upgrade, one pipelined behind a request still in
+progress, a server shutting down and any error in the lane all take
+uvicorn's path.
 
-It relies on ``HttpToolsProtocol`` internals (its parser callbacks,
-``cycle``, ``on_response_complete``), so pyproject pins uvicorn's minor
-version and ``tests/test_hit_lane.py`` runs each branch here in the real
+It relies on ``HttpToolsProtocol`` internals (its parser callbacks, ``url``,
+``headers``, ``cycle``, ``on_response_complete``), so pyproject pins uvicorn's minor
+version and ``tests/test_hit_lane.py`` exercises each branch here, most in the real
 server.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from proxy.hit_lane import MAX_BODY, PATHS, HitLane
+from proxy.hit_lane import MAX_BODY, PATHS, HitLane, LaneHit
 
 LANE_STATE = "sluice.hit_lane"
 """The key under which the app's lifespan state holds the lane."""
@@ -58,6 +59,7 @@ class SluiceProtocol(HttpToolsProtocol):
             self._lane is not None
             and self.url in PATHS
             and not self.expect_100_continue
+            and not self.parser.should_upgrade()
             and (self.cycle is None or self.cycle.response_complete)
             and self.parser.get_method() == b"POST"
         ):
@@ -77,31 +79,40 @@ class SluiceProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         if self._held is not None:
+            started = time.perf_counter()
             try:
-                answered = self._answer_from_lane(time.perf_counter())
+                answer = self._lane_answer(started)
             except Exception:  # noqa: BLE001 - the lane is an optimisation: never a reason to fail
                 _log.exception("hit lane failed; serving this request the ordinary way")
-                answered = False
-            if answered:
+                answer = None
+            if answer is not None:
+                self._send(*answer, started)
                 return
             self._release()
         super().on_message_complete()
 
-    def _answer_from_lane(self, started: float) -> bool:
+    def _lane_answer(self, started: float) -> tuple[LaneHit, bytes, bool] | None:
+        """The lane's hit for the held request, its response bytes and keep-alive; None for a miss."""
         assert self._lane is not None and self._held is not None
         body = self._held[0] if len(self._held) == 1 else b"".join(self._held)
         hit = self._lane.lookup(self.url, self.headers, body)
         if hit is None:
-            return False
-        self._held = None
+            return None
         parser = self.parser
         keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
-        self.transport.write(self._lane.response(hit, started, self._date_headers(), keep_alive))
+        return hit, self._lane.response(hit, started, self._date_headers(), keep_alive), keep_alive
+
+    def _send(self, hit: LaneHit, response: bytes, keep_alive: bool, started: float) -> None:
+        self._held = None
+        self.transport.write(response)
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()
-        self._lane.finish(hit, started)
-        return True
+        assert self._lane is not None
+        try:
+            self._lane.finish(hit, started)
+        except Exception:  # noqa: BLE001 - answered already; only its telemetry is lost
+            _log.exception("hit lane telemetry failed")
 
     def _release(self) -> None:
         """Hand the held request to uvicorn as if it had just arrived: headers, then the body so far."""
