@@ -1,10 +1,10 @@
-"""The ceiling: the fastest any answer can come from one uvicorn worker here.
+"""The ceiling: the fastest any ASGI app can answer from one uvicorn worker here.
 
 A bare ASGI app (no framework, no upstream) that reads the request and sends
 a fixed chat.completion, run as Sluice runs: uvicorn, uvloop + httptools, one
-worker, no access log. No cache hit can be served faster than this, so the
-cache-hit table shows it next to Sluice's hits: it is what the cache targets
-are measured against in practice.
+worker, no access log. No hit served through ASGI can be faster than this,
+so the cache-hit table shows it next to Sluice's hits; Sluice's hit lane
+answers below ASGI, in uvicorn's protocol, and can beat it.
 
     python bench/ceiling.py --port 9200
 """

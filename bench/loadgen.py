@@ -68,8 +68,10 @@ def body_file(stream: bool) -> Path:
     return path
 
 
-def wrk(url: str, connections: int, seconds: int, stream: bool) -> WrkResult:
+def wrk(url: str, connections: int, seconds: int, stream: bool, headers: dict[str, str] | None = None) -> WrkResult:
     argv = ["taskset", "-c", str(LOAD_CORE), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
     argv += ["--timeout", "10s", "-s", str(LUA), url + CHAT_PATH, "--", str(body_file(stream))]
     run = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     line = next((line for line in run.stdout.splitlines() if line.startswith("WRK_RESULT ")), None)
@@ -84,12 +86,15 @@ def wrk(url: str, connections: int, seconds: int, stream: bool) -> WrkResult:
     )
 
 
-def check_answer(url: str, stream: bool) -> dict[str, str]:
+def check_answer(url: str, stream: bool, headers: dict[str, str] | None = None) -> dict[str, str]:
     """One request first: a target that answers errors fast would otherwise look fast.
 
     Returns the response headers (lower-cased), so callers can check Sluice's own."""
     request = urllib.request.Request(
-        url + CHAT_PATH, data=chat_body(stream), headers={"Content-Type": "application/json"}, method="POST"
+        url + CHAT_PATH,
+        data=chat_body(stream),
+        headers={"Content-Type": "application/json", **(headers or {})},
+        method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

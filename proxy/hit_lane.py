@@ -114,7 +114,7 @@ class HitLane:
         entry = LaneEntry(
             cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), len(key[3]) + len(body) + 512
         )
-        if entry.size > self._max_bytes // 64:
+        if entry.size > self._max_bytes // 64:  # one entry may not crowd out the rest
             return
         self._discard(key)
         while self._entries and self._size + entry.size > self._max_bytes:
@@ -168,7 +168,7 @@ class HitLane:
         return b"".join((
             entry.head,
             date_headers,
-            b"x-request-id: %b\r\nx-sluice-overhead-ms: %.3f\r\n" % (hit.request_id.encode(), overhead),
+            b"x-request-id: %b\r\nx-sluice-overhead-ms: %.3f\r\n" % (hit.request_id.encode("latin-1"), overhead),
             b"\r\n" if keep_alive else b"connection: close\r\n\r\n",
             entry.body,
         ))
