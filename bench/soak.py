@@ -1,11 +1,15 @@
 """Soak test: many requests through Sluice to an upstream that keeps failing.
 
-    .venv/bin/python bench/soak.py       # 10,000 requests, concurrency 64, 20% chaos
+    .venv/bin/python bench/soak.py                # 10,000 requests, concurrency 64, 20% chaos
+    .venv/bin/python bench/soak.py --prompts 50   # the same with cache and dedup on, 50 prompts
 
 The fake upstream fails 20% of calls at random (429, 500, 503, connection
 resets, slow answers; seeded), Sluice retries (3 attempts, 10-200 ms backoff)
 with its breaker set too high to open, and cache and dedup are off; every body
-is unique, so every request is a real upstream call. Checks, each printed:
+is unique, so every request is a real upstream call. With ``--prompts N``,
+cache and dedup are on and the bodies are N prompts over and over, so misses,
+joined flights, full-path hits and hit-lane hits mix under the same chaos.
+Checks, each printed:
 
 - every request ends in a correct chat.completion or a well-formed OpenAI error;
 - none hangs (each has a timeout; the count is bounded);
@@ -64,6 +68,7 @@ class Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     attempts: Counter[str] = field(default_factory=Counter)
+    cache: Counter[str] = field(default_factory=Counter)
     samples: list[Sample] = field(default_factory=list)
     examples: dict[str, str] = field(default_factory=dict)
 
@@ -86,9 +91,10 @@ def footprint(pid: int, done: int) -> Sample:
     return Sample(done, rss_kb, len(targets), sum(target.startswith("socket:") for target in targets))
 
 
-def body(index: int) -> bytes:
-    """A unique request, so neither cache nor dedup could answer it."""
-    question = f"Request {index} ({uuid.uuid4().hex}): summarise the water level report in one line."
+def body(index: int, prompts: int) -> bytes:
+    """A unique request (neither cache nor dedup could answer it), or one of ``prompts`` when > 0."""
+    tag = index % prompts if prompts else uuid.uuid4().hex
+    question = f"Request {tag}: summarise the water level report in one line."
     return orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]})
 
 
@@ -111,7 +117,7 @@ def classify(status: int, payload: bytes) -> str:
     return "error" if isinstance(error, dict) and error.keys() >= ERROR_FIELDS else "malformed"
 
 
-async def load(url: str, pid: int, requests: int, concurrency: int, timeout: float) -> Tally:
+async def load(url: str, pid: int, requests: int, concurrency: int, timeout: float, prompts: int) -> Tally:
     """`requests` POSTs from `concurrency` workers, sampling Sluice every thousand."""
     tally = Tally()
     indices = iter(range(requests))
@@ -120,12 +126,14 @@ async def load(url: str, pid: int, requests: int, concurrency: int, timeout: flo
     async def one(session: aiohttp.ClientSession, index: int) -> None:
         try:
             async with session.post(
-                url, data=body(index), headers={"Content-Type": "application/json"}
+                url, data=body(index, prompts), headers={"Content-Type": "application/json"}
             ) as response:
                 payload = await response.read()
                 outcome = classify(response.status, payload)
                 tally.statuses[response.status] += 1
                 tally.attempts[response.headers.get("X-Sluice-Attempts", "?")] += 1
+                joined = "+joined" if response.headers.get("X-Sluice-Dedup") else ""
+                tally.cache[response.headers.get("X-Sluice-Cache", "?") + joined] += 1
         except TimeoutError:
             outcome, payload = "hung", b""
         except aiohttp.ClientError as exc:
@@ -146,7 +154,7 @@ async def load(url: str, pid: int, requests: int, concurrency: int, timeout: flo
     return tally
 
 
-async def upstream_stats(url: str) -> dict:
+async def get_json(url: str) -> dict:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         return await response.json()
 
@@ -179,18 +187,25 @@ def checks(tally: Tally, requests: int, upstream_calls: int) -> list[tuple[str, 
 
 
 def render(
-    tally: Tally, upstream: dict, args: argparse.Namespace, seconds: float, results: list[tuple[str, bool]]
+    tally: Tally,
+    upstream: dict,
+    sluice_cache: dict,
+    args: argparse.Namespace,
+    seconds: float,
+    results: list[tuple[str, bool]],
 ) -> str:
     """The soak's markdown section: what happened, the checks, Sluice's footprint over time."""
     lines = [
         "## Latest soak run",
         "",
         f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.requests:,} requests at concurrency "
-        f"{args.concurrency}, chaos {args.chaos} (seed {args.seed}), in {seconds:.1f} s "
+        f"{args.concurrency}, chaos {args.chaos} (seed {args.seed}), "
+        f"{f'{args.prompts} prompts with cache and dedup on' if args.prompts else 'unique bodies'}, in {seconds:.1f} s "
         f"({args.requests / seconds:,.0f} req/s)",
         f"- client outcomes: {_counts(tally.outcomes)}",
         f"- HTTP statuses: {_counts(tally.statuses)}",
         f"- X-Sluice-Attempts: {_counts(tally.attempts)}",
+        f"- X-Sluice-Cache (+ X-Sluice-Dedup): {_counts(tally.cache)}; Sluice's /stats cache: {sluice_cache}",
         f"- upstream calls: {upstream['calls']:,} ({_counts(Counter(upstream['outcomes']))})",
         *[f"- first {outcome}: `{example}`" for outcome, example in tally.examples.items()],
         "",
@@ -220,6 +235,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chaos", type=float, default=0.2, help="share of upstream calls that go wrong")
     parser.add_argument("--seed", type=int, default=7, help="seed of the upstream's chaos")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds before a request counts as hung")
+    parser.add_argument(
+        "--prompts", type=int, default=0, help="cache and dedup on, bodies from this many prompts (0: unique)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
     parser.add_argument("--print-only", action="store_true", help="do not write the report file")
     args = parser.parse_args()
@@ -238,21 +256,24 @@ def main() -> int:
         retry={"max_attempts": MAX_ATTEMPTS, "initial_backoff_ms": 10, "max_backoff_ms": 200},
         breaker={"failure_threshold": 1000},
     )
+    if args.prompts:
+        sluice_config.update(cache={"enabled": True, "backend": "memory"}, dedup={"enabled": True})
     try:
         with ExitStack() as stack:
             stack.enter_context(services.upstream("soak", upstream_port, chaos=args.chaos, seed=args.seed))
             sluice = stack.enter_context(services.sluice("soak", sluice_port, sluice_config))
             url = f"{services.base_url(sluice_port)}/v1/chat/completions"
             started = time.monotonic()
-            tally = asyncio.run(load(url, sluice.pid, args.requests, args.concurrency, args.timeout))
+            tally = asyncio.run(load(url, sluice.pid, args.requests, args.concurrency, args.timeout, args.prompts))
             seconds = time.monotonic() - started
-            upstream = asyncio.run(upstream_stats(f"{services.base_url(upstream_port)}/__stats"))
+            upstream = asyncio.run(get_json(f"{services.base_url(upstream_port)}/__stats"))
+            sluice_cache = asyncio.run(get_json(f"{services.base_url(sluice_port)}/stats"))["cache"]
     except StartError as exc:
         print(f"did not start: {exc}", file=sys.stderr)
         return 2
 
     results = checks(tally, args.requests, upstream["calls"])
-    section = render(tally, upstream, args, seconds, results)
+    section = render(tally, upstream, sluice_cache, args, seconds, results)
     print(section)
     if not args.print_only:
         write_section(args.output, section, owner="bench/soak.py")

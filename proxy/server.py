@@ -38,6 +38,7 @@ def _uvicorn_options(config: Config) -> dict:
         timeout_graceful_shutdown=config.server.drain_seconds,
         timeout_keep_alive=30,
         server_header=False,
+        proxy_headers=False,  # Sluice reads neither the client's address nor the scheme: skip the rewrite per request
     )
 
 
