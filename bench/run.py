@@ -180,17 +180,15 @@ def run_cache(bench: Bench, backends: list[str]) -> Table:
                 table.rows[row] = "Sluice did not start"
                 continue
             table.rows[row] = _measure_hits(bench, row, url)
-            if backend == "memory":
-                table.rows[FULL_PATH_ROW] = _measure_hits(bench, FULL_PATH_ROW, url, OFF_LANE)
+            table.rows[f"{row}, full path"] = _measure_hits(bench, f"{row}, full path", url, OFF_LANE)
             table.notes.append(f"{row}: {_cache_stats(url)}")
     table.notes.append(
-        f"{FULL_PATH_ROW}: the same hits sent with `X-Sluice-Cache-TTL`, which keeps them off the hit lane: "
+        "full path: the same hits sent with `X-Sluice-Cache-TTL`, which keeps them off the hit lane: "
         "what a hit costs when its bytes differ from the request that taught the lane"
     )
     return table
 
 
-FULL_PATH_ROW = "sluice, memory cache, full path"
 OFF_LANE = {"X-Sluice-Cache-TTL": "3600"}
 
 

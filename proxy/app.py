@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.memory import MemoryCache
+from proxy.cache.redis import RedisCache
 from proxy.config import Config, load_config
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
@@ -51,9 +52,9 @@ def build_cache(config: Config) -> CacheBackend | None:
     if not config.cache.enabled:
         return None
     if config.cache.backend == "redis":
-        from proxy.cache.redis import RedisCache
-
-        return RedisCache(config.cache.redis_url)
+        return RedisCache(
+            config.cache.redis_url, near_entries=config.cache.max_entries, near_bytes=config.cache.max_bytes
+        )
     return MemoryCache(config.cache.max_entries, config.cache.max_bytes)
 
 
@@ -74,6 +75,8 @@ class Gateway:
         use_encodings(self.config.token_encodings)
         self.providers = {p.name: build_provider(p) for p in self.config.providers}
         self.cache = build_cache(self.config)
+        if self.cache is not None:
+            await self.cache.start()
         limiter = Limiter(self.config.auth)
         if self.config.cache.enabled and self.config.cache.backend == "redis":
             from proxy.shared_state import SharedState
@@ -91,7 +94,7 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
-        if isinstance(self.cache, MemoryCache):
+        if self.cache is not None:
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights
@@ -135,6 +138,8 @@ class Gateway:
             snapshot["dedup"].update(in_flight=len(flights), waiting=flights.waiting(), remote_waiting=flights.remote_waiting())
             if self.pipeline.lane is not None:
                 snapshot["cache"].update(lane_hits=self.pipeline.lane.hits, lane_entries=len(self.pipeline.lane))
+        if isinstance(self.cache, RedisCache):
+            snapshot["cache"].update(near_entries=len(self.cache.near), near_live=self.cache.near.live)
         return _json(snapshot)
 
     async def models(self, request: Request) -> Response:

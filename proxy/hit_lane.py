@@ -12,14 +12,16 @@ the answer it gave (``learn``); the lane remembers it under the request's
 exact bytes (path, ``Authorization``, ``X-Sluice-Compression``, body). When
 the same bytes come again, ``proxy.protocol`` asks the lane (``lookup``)
 before starting any ASGI task, and the lane answers only if the cache still
-holds the very entry it learned from: an expired, evicted, cleared or
-refreshed entry sends the request down the full path, which learns anew.
+holds the very entry it learned from, in this process and without I/O
+(``CacheBackend.get_nowait``: the memory backend always, the Redis backend
+while its near copy, ``proxy.cache.near``, hears Redis's invalidations): an
+expired, evicted, cleared or refreshed entry sends the request down the
+full path, which learns anew.
 
 Only what the full path would answer the same way for the same bytes goes
-in the lane: memory backend only (a Redis lookup is a network round trip
-anyway), no ``Cache-Control`` or ``X-Sluice-Cache-TTL`` (those change what
-the full path does), and only keys without rpm, tpm or budget limits (a
-limited key must be counted and may be refused). Every lane answer gets its
+in the lane: no ``Cache-Control`` or ``X-Sluice-Cache-TTL`` (those change
+what the full path does), and only keys without rpm, tpm or budget limits
+(a limited key must be counted and may be refused). Every lane answer gets its
 own ``X-Request-ID`` and ``X-Sluice-Overhead-Ms``, its log line, its
 metrics and its place in ``/stats``, like any other.
 """
@@ -32,8 +34,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from proxy.cache.base import CachedAnswer
-from proxy.cache.memory import MemoryCache
+from proxy.cache.base import CacheBackend, CachedAnswer
 from proxy.middleware import client_request_id, new_request_id
 from proxy.telemetry import Repeat, RequestRecord, Telemetry
 
@@ -77,7 +78,7 @@ class LaneHit:
 class HitLane:
     """Learned answers by request bytes; answers a repeat while the cache entry lives."""
 
-    def __init__(self, cache: MemoryCache, telemetry: Telemetry, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, cache: CacheBackend, telemetry: Telemetry, max_bytes: int = MAX_BYTES) -> None:
         self._cache = cache
         self._telemetry = telemetry
         self._max_bytes = max_bytes

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from proxy.cache.base import CachedAnswer, CacheUnavailable
+from proxy.cache.near import NearCache
 from proxy.cache.redis import KEY_PREFIX, RedisCache
 from proxy.completions import Completion
 from tests.conftest import openai_config
@@ -124,6 +125,106 @@ async def test_hung_redis_costs_one_timeout_then_nothing(redis_server: RedisServ
     assert second < 0.05, "during the backoff Redis is not even tried"
 
 
+# -- the near copy (proxy/cache/near.py), kept coherent by Redis's invalidations --
+
+
+@pytest.fixture
+async def tracked(redis_server: RedisServer) -> AsyncIterator[RedisCache]:  # noqa: F811
+    cache = RedisCache(redis_server.url, backoff=0.05)
+    await cache.start()
+    await until(lambda: cache.near.live, "the invalidation connection to come up")
+    yield cache
+    await cache.aclose()
+
+
+async def until(condition: Callable[[], bool], message: str, timeout: float = 5.0) -> None:
+    """Redis's messages come on their own connection, in their own time: wait for their effect."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout}s for {message}"
+        await asyncio.sleep(0.01)
+
+
+async def write(cache: RedisCache, key: str, answer: CachedAnswer, ttl: float) -> None:
+    """``cache.set``, then wait for Redis's own message about it: a read that overlaps one is not kept.
+
+    The epoch moves twice: once as ``set`` drops the near copy, once for the message."""
+    target = cache.near.epoch + 2
+    await cache.set(key, answer, ttl)
+    await until(lambda: cache.near.epoch >= target, f"Redis's invalidation of {key}")
+
+
+def stored(content: str) -> bytes:
+    body = Completion.from_data({"id": content, "object": "chat.completion", "choices": []}).body
+    return b"6:openai" + body
+
+
+async def test_a_read_is_kept_near_until_any_process_changes_the_key(tracked: RedisCache, redis_server: RedisServer) -> None:  # noqa: F811
+    other = redis_server.client()
+    epoch = tracked.near.epoch
+    other.set(KEY_PREFIX + "k", stored("first"), px=60_000)
+    await until(lambda: tracked.near.epoch != epoch, "the invalidation of the new key")  # else the read is not kept
+    first = await tracked.get("k")
+    assert first is not None and first.completion.data["id"] == "first"
+    assert tracked.get_nowait("k") is first, "kept near: the same object, without Redis"
+
+    other.set(KEY_PREFIX + "k", stored("second"), px=60_000)  # another process refreshes the entry
+    await until(lambda: tracked.get_nowait("k") is None, "the invalidation of the overwritten key")
+    second = await tracked.get("k")
+    assert tracked.get_nowait("k") is second
+    assert second is not None and second.completion.data["id"] == "second"
+
+    other.delete(KEY_PREFIX + "k")
+    await until(lambda: tracked.get_nowait("k") is None, "the invalidation of the deleted key")
+    assert await tracked.get("k") is None
+
+
+async def test_a_near_copy_ends_with_its_ttl_and_with_a_clear(tracked: RedisCache) -> None:
+    await write(tracked, "short", ANSWER, ttl=1.0)
+    await write(tracked, "long", ANSWER, ttl=60)
+    assert await tracked.get("short") is not None and await tracked.get("long") is not None
+    assert tracked.get_nowait("short") is not None and tracked.get_nowait("long") is not None
+    await until(lambda: tracked.get_nowait("short") is None, "the near copy of the short entry to end")
+    assert tracked.get_nowait("long") is not None
+    assert await tracked.clear() == 1, "the short entry has expired in Redis too"
+    assert tracked.get_nowait("long") is None and await tracked.get("long") is None
+
+
+async def test_its_own_write_replaces_the_near_copy_at_once(tracked: RedisCache) -> None:
+    await write(tracked, "k", ANSWER, ttl=60)
+    assert await tracked.get("k") == ANSWER and tracked.get_nowait("k") is not None
+    newer = CachedAnswer(Completion.from_data({"id": "newer", "choices": []}), "openai")
+    await tracked.set("k", newer, ttl=60)
+    assert tracked.get_nowait("k") is None
+    assert (await tracked.get("k")) == newer
+
+
+async def test_no_near_copy_while_the_invalidations_cannot_be_heard(tracked: RedisCache, redis_server: RedisServer) -> None:  # noqa: F811
+    await write(tracked, "k", ANSWER, ttl=60)
+    assert await tracked.get("k") is not None and tracked.get_nowait("k") is not None
+    redis_server.pause()  # hung, not gone: only the missing answer to a ping tells
+    try:
+        await until(lambda: not tracked.near.live, "the near copy to be given up")
+        assert tracked.get_nowait("k") is None
+    finally:
+        redis_server.resume()
+    await until(lambda: tracked.near.live, "the invalidation connection to come back")
+    assert tracked.get_nowait("k") is None, "nothing kept from before: messages may have been missed"
+
+
+def test_a_read_that_overlaps_an_invalidation_is_not_kept() -> None:
+    near = NearCache(max_entries=10, max_bytes=10**6)
+    near.reset(live=True)
+    epoch = near.epoch
+    near.invalidate(["k"])  # arrives while the read of "k" is in flight
+    near.keep("k", ANSWER, ttl_ms=60_000, epoch=epoch)
+    assert near.get("k") is None
+    near.keep("k", ANSWER, ttl_ms=60_000, epoch=near.epoch)
+    assert near.get("k") is ANSWER
+    near.reset(live=False)
+    assert near.get("k") is None
+
+
 # -- through the real proxy --
 
 
@@ -179,7 +280,9 @@ def test_redis_outage_bypasses_then_heals(start_proxy, fake_openai, redis_server
     redis_server.stop()
     started = time.perf_counter()
     outage = [ask(proxy) for _ in range(5)]
-    assert [r.headers["x-sluice-cache"] for r in outage] == ["bypass"] * 5
+    # The first may still come from the near copy, if the request is read before the closed
+    # invalidation connection is; after that, nothing is answered from it.
+    assert [r.headers["x-sluice-cache"] for r in outage][1:] == ["bypass"] * 4
     assert all(r.json()["choices"][0]["message"]["content"] == "echo: hello" for r in outage)
     assert time.perf_counter() - started < 3, "a Redis outage must not slow requests down"
 
@@ -190,3 +293,20 @@ def test_redis_outage_bypasses_then_heals(start_proxy, fake_openai, redis_server
     assert events.count("cache_unavailable") == 1, "an outage is logged once per interval, not per request"
     assert "cache_recovered" in events
     assert redis_server.password not in proxy.logs()
+
+
+def test_the_hit_lane_serves_redis_hits_and_hears_another_process_refresh_them(start_proxy, fake_openai, redis_server) -> None:  # noqa: F811
+    config = redis_config(fake_openai, redis_server)
+    a, b = start_proxy(config), start_proxy(config)
+    first = ask(a).json()["id"]
+    assert [ask(a).json()["id"] for _ in range(3)] == [first] * 3
+    assert httpx.get(f"{a.url}/stats").json()["cache"]["lane_hits"] == 2
+
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
+    fresh = httpx.post(f"{b.url}/v1/chat/completions", json=body, headers={"Cache-Control": "no-cache"}).json()["id"]
+    assert fresh != first
+    wait_for(lambda: ask(a).json()["id"] == fresh, message="process a answering with b's refreshed entry")
+
+    assert httpx.post(f"{b.url}/admin/cache/clear").json()["cleared"] == 1
+    wait_for(lambda: ask(a).headers["x-sluice-cache"] == "miss", message="process a missing after b cleared the cache")
+    assert len(fake_openai.calls("/chat/completions")) == 3

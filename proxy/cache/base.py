@@ -24,6 +24,14 @@ class CacheBackend(abc.ABC):
     @abc.abstractmethod
     async def get(self, key: str) -> CachedAnswer | None: ...
 
+    def get_nowait(self, key: str) -> CachedAnswer | None:
+        """The entry for ``key`` if this process holds it now, without I/O; None when it cannot tell.
+
+        The hit lane (``proxy.hit_lane``) answers only while this returns the very
+        object it learned from, so a backend must return the same object for an
+        unchanged entry."""
+        return None
+
     @abc.abstractmethod
     async def set(self, key: str, answer: CachedAnswer, ttl: float) -> None: ...
 
@@ -33,6 +41,10 @@ class CacheBackend(abc.ABC):
 
     @abc.abstractmethod
     async def entries(self) -> int: ...
+
+    async def start(self) -> None:
+        """Begin any background work; called once the event loop runs."""
+        return None
 
     async def aclose(self) -> None:
         return None

@@ -25,7 +25,6 @@ class MemoryCache(CacheBackend):
         return self.get_nowait(key)
 
     def get_nowait(self, key: str) -> CachedAnswer | None:
-        """The live entry for ``key``, for callers that cannot await (``proxy.hit_lane``)."""
         try:
             return self._cache[key][0]  # not .get(): its timer context costs as much again
         except KeyError:

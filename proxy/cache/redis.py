@@ -10,10 +10,18 @@ again, so the cache comes back by itself when Redis does.
 An entry is ``sluice:cache:<request hash>`` → ``<n>:<provider><body>`` (``n``
 the provider name's length in bytes), expired by Redis itself (``SET ... PX``)
 so a TTL holds for every process that reads it.
+
+Once started, each process keeps a near copy of what it read
+(``proxy.cache.near``), dropped key by key as Redis reports changes on a
+connection of its own (``CLIENT TRACKING`` in broadcast mode on Sluice's
+prefix, redirected to a subscriber of ``__redis__:invalidate``). A hit on
+the near copy costs no round trip, and the hit lane can serve it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -22,15 +30,18 @@ from typing import TypeVar
 import orjson
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import Connection, parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
+from proxy.cache.near import NearCache
 from proxy.completions import Completion
 
 KEY_PREFIX = "sluice:cache:"
+INVALIDATIONS = "__redis__:invalidate"
+HEARTBEAT = 0.5  # seconds of quiet before the invalidation connection is pinged; as long again for the answer
 _MATCH = KEY_PREFIX + "*"
 _SCAN_COUNT = 1000  # keys per SCAN page, and so per UNLINK in clear()
 _ENTRIES_MAX_AGE = 5.0  # seconds: counting walks the keyspace, and the dashboard polls /stats every 2 s
@@ -41,9 +52,20 @@ T = TypeVar("T")
 
 class RedisCache(CacheBackend):
     """``timeout``: socket connect and read, seconds; ``backoff``: how long Redis is left alone
-    after a failure; ``log_interval``: at most one warning per this many seconds of outage."""
+    after a failure; ``log_interval``: at most one warning per this many seconds of outage;
+    ``near_entries``, ``near_bytes``: the bounds of the near copy (``proxy.cache.near``),
+    which ``start`` turns on."""
 
-    def __init__(self, url: str, *, timeout: float = 0.25, backoff: float = 1.0, log_interval: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 0.25,
+        backoff: float = 1.0,
+        log_interval: float = 30.0,
+        near_entries: int = 10_000,
+        near_bytes: int = 256 * 1024 * 1024,
+    ) -> None:
         self._url = url
         self._timeout = timeout
         self._backoff = backoff
@@ -56,18 +78,39 @@ class RedisCache(CacheBackend):
         self._failures = 0  # since the last warning
         self._outage_reported = False
         self._entries: tuple[float, int] | None = None  # (when counted, count)
+        self.near = NearCache(near_entries, near_bytes)
+        self._follower: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._follower = asyncio.get_running_loop().create_task(self._follow_invalidations())
 
     async def get(self, key: str) -> CachedAnswer | None:
-        value = await self._run(lambda redis: redis.get(KEY_PREFIX + key))
-        return _decode(value) if value is not None else None
+        near = self.near
+        answer = near.get(key)
+        if answer is not None:
+            return answer
+        if not near.live:
+            value = await self._run(lambda redis: redis.get(KEY_PREFIX + key))
+            return _decode(value) if value is not None else None
+        epoch = near.epoch
+        value, ttl_ms = await self._run(lambda redis: _get_with_ttl(redis, KEY_PREFIX + key))
+        answer = _decode(value) if value is not None else None
+        if answer is not None:
+            near.keep(key, answer, ttl_ms, epoch)
+        return answer
+
+    def get_nowait(self, key: str) -> CachedAnswer | None:
+        return self.near.get(key)
 
     async def set(self, key: str, answer: CachedAnswer, ttl: float) -> None:
         value = _encode(answer)
+        self.near.invalidate((key,))  # this process reads its own write from now on, not after Redis says so
         await self._run(lambda redis: redis.set(KEY_PREFIX + key, value, px=max(1, round(ttl * 1000))))
 
     async def clear(self) -> int:
         """Unlink Sluice's keys page by page; other keys in the same database stay."""
         self._entries = None
+        self.near.invalidate(None)
         return await self._run(_unlink_all)
 
     async def entries(self) -> int:
@@ -77,9 +120,69 @@ class RedisCache(CacheBackend):
         return self._entries[1]
 
     async def aclose(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+            self._follower = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+    async def _follow_invalidations(self) -> None:
+        """One connection that hears Redis name every changed cache key; the near copy lives while it does."""
+        # RESP2 (pub/sub replies as plain arrays), on a pool of its own: redis-py's RESP3
+        # connections consume pushed messages themselves.
+        client = Redis.from_url(
+            self._url, protocol=2, socket_connect_timeout=self._timeout, socket_timeout=self._timeout
+        )
+        try:
+            await self._follow_on(client)
+        finally:
+            await client.aclose()
+
+    async def _follow_on(self, client: Redis) -> None:
+        while True:
+            connection = client.connection_pool.make_connection()
+            try:
+                await connection.connect()
+                await connection.send_command("CLIENT", "ID")
+                client_id = await connection.read_response()
+                await connection.send_command(
+                    "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", "PREFIX", KEY_PREFIX
+                )
+                await connection.read_response()
+                await connection.send_command("SUBSCRIBE", INVALIDATIONS)
+                await connection.read_response()
+                self.near.reset(live=True)
+                await self._listen(connection)
+            except ResponseError as exc:  # no client tracking here (Redis before 6, or an ACL): no near copy
+                _log.info("cache_near_copy_off", backend="redis", redis=self._where, reason=str(exc))
+                return
+            except (RedisError, OSError):
+                pass  # an outage: the cache's own calls notice and report it
+            finally:
+                self.near.reset(live=False)
+                await connection.disconnect()
+            await asyncio.sleep(self._backoff)
+
+    async def _listen(self, connection: Connection) -> None:
+        """Apply each invalidation; a quiet connection is pinged, and one that stays quiet is given up."""
+        pinged = False
+        while True:
+            message = await connection.read_response(timeout=HEARTBEAT)
+            if message is None:
+                if pinged:
+                    raise TimeoutError("redis did not answer a ping on the invalidation connection")
+                await connection.send_command("PING")
+                pinged = True
+                continue
+            pinged = False
+            if message[0] == b"message":
+                keys = message[2]
+                self.near.invalidate(
+                    None if keys is None else [key.decode().removeprefix(KEY_PREFIX) for key in keys]
+                )
 
     def _redis(self) -> Redis:
         """The client, built on first use: the app is built before its event loop runs."""
@@ -124,6 +227,13 @@ class RedisCache(CacheBackend):
             retry_after_s=self._backoff,
         )
         self._logged_at, self._failures, self._outage_reported = now, 0, True
+
+
+async def _get_with_ttl(redis: Redis, key: str) -> tuple[bytes | None, int]:
+    """The value and its remaining milliseconds, read together."""
+    async with redis.pipeline(transaction=True) as pipe:
+        value, ttl_ms = await pipe.get(key).pttl(key).execute()
+    return value, ttl_ms
 
 
 async def _unlink_all(redis: Redis) -> int:
