@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/soak.py                # 10,000 requests, concurrency 64, 20% chaos
     .venv/bin/python bench/soak.py --prompts 50   # the same with cache and dedup on, 50 prompts
+    .venv/bin/python bench/soak.py --prompts 50 --backend redis
 
 The fake upstream fails 20% of calls at random (429, 500, 503, connection
 resets, slow answers; seeded), Sluice retries (3 attempts, 10-200 ms backoff)
@@ -200,7 +201,8 @@ def render(
         "",
         f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {args.requests:,} requests at concurrency "
         f"{args.concurrency}, chaos {args.chaos} (seed {args.seed}), "
-        f"{f'{args.prompts} prompts with cache and dedup on' if args.prompts else 'unique bodies'}, in {seconds:.1f} s "
+        f"{f'{args.prompts} prompts with cache ({args.backend}) and dedup on' if args.prompts else 'unique bodies'}, "
+        f"in {seconds:.1f} s "
         f"({args.requests / seconds:,.0f} req/s)",
         f"- client outcomes: {_counts(tally.outcomes)}",
         f"- HTTP statuses: {_counts(tally.statuses)}",
@@ -238,6 +240,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--prompts", type=int, default=0, help="cache and dedup on, bodies from this many prompts (0: unique)"
     )
+    parser.add_argument(
+        "--backend", choices=("memory", "redis"), default="memory", help="the cache backend with --prompts"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
     parser.add_argument("--print-only", action="store_true", help="do not write the report file")
     args = parser.parse_args()
@@ -256,10 +261,15 @@ def main() -> int:
         retry={"max_attempts": MAX_ATTEMPTS, "initial_backoff_ms": 10, "max_backoff_ms": 200},
         breaker={"failure_threshold": 1000},
     )
+    cache: dict = {"enabled": True, "backend": args.backend}
     if args.prompts:
-        sluice_config.update(cache={"enabled": True, "backend": "memory"}, dedup={"enabled": True})
+        sluice_config.update(cache=cache, dedup={"enabled": True})
     try:
         with ExitStack() as stack:
+            if args.prompts and args.backend == "redis":
+                redis_port = free_port()
+                stack.enter_context(services.redis("soak", redis_port))
+                cache["redis_url"] = f"redis://127.0.0.1:{redis_port}/0"
             stack.enter_context(services.upstream("soak", upstream_port, chaos=args.chaos, seed=args.seed))
             sluice = stack.enter_context(services.sluice("soak", sluice_port, sluice_config))
             url = f"{services.base_url(sluice_port)}/v1/chat/completions"
