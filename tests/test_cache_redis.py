@@ -212,15 +212,25 @@ async def test_no_near_copy_while_the_invalidations_cannot_be_heard(tracked: Red
     assert tracked.get_nowait("k") is None, "nothing kept from before: messages may have been missed"
 
 
-def test_a_read_that_overlaps_an_invalidation_is_not_kept() -> None:
+def test_a_read_that_overlaps_an_invalidation_of_its_key_is_not_kept() -> None:
     near = NearCache(max_entries=10, max_bytes=10**6)
     near.reset(live=True)
-    epoch = near.epoch
-    near.invalidate(["k"])  # arrives while the read of "k" is in flight
+    epoch = near.epoch  # reads of "k" and "j" begin
+    near.invalidate(["k"])  # arrives while they are in flight
     near.keep("k", ANSWER, ttl_ms=60_000, epoch=epoch)
-    assert near.get("k") is None
+    near.keep("j", ANSWER, ttl_ms=60_000, epoch=epoch)
+    assert near.get("k") is None, "the message may have been about the value read"
+    assert near.get("j") is ANSWER, "another key's message says nothing about this read"
+
+    epoch = near.epoch
+    near.keep("k", ANSWER, ttl_ms=60_000, epoch=epoch)
+    assert near.get("k") is ANSWER, "a read that began after the message is kept"
+
+    epoch = near.epoch
+    near.invalidate(None)  # everything changed (FLUSHDB) while a read was in flight
+    near.keep("k", ANSWER, ttl_ms=60_000, epoch=epoch)
+    assert near.get("k") is None and near.get("j") is None
     near.keep("k", ANSWER, ttl_ms=60_000, epoch=near.epoch)
-    assert near.get("k") is ANSWER
     near.reset(live=False)
     assert near.get("k") is None
 

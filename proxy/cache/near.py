@@ -11,8 +11,10 @@ deletes or expires a key, Redis names it, and its copy is dropped here.
 The copy is trusted only while those messages can be heard (``live``): it
 is emptied whenever the following connection is lost or Redis stops
 answering its pings, and each entry also ends at its own TTL. A read that
-overlaps an invalidation (``epoch`` moved while it was in flight) is not
-kept, since the message may have been about the value it brought back.
+overlaps an invalidation of its key, or of everything, is not kept, since
+the message may have been about the value it brought back: each message
+moves ``epoch``, a read notes the epoch it began at, and the epoch of each
+key's last invalidation is remembered for as long as reads can be in flight.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Iterable
 from proxy.cache.base import CachedAnswer
 
 _ENTRY_OVERHEAD = 256
+_CHANGED_MAX = 10_000
+"""Keys whose last invalidation is remembered; past this, all are forgotten, and reads in flight not kept."""
 
 
 class NearCache:
@@ -34,6 +38,8 @@ class NearCache:
         self.live = False
         self.epoch = 0
         """Moves on every invalidation and reset."""
+        self._changed: dict[str, int] = {}  # key → the epoch its last invalidation moved to
+        self._flushed = 0  # the epoch the last invalidation of everything moved to
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,7 +57,7 @@ class NearCache:
 
     def keep(self, key: str, answer: CachedAnswer, ttl_ms: int, epoch: int) -> None:
         """Keep what a read that began at ``epoch`` found, for the ``ttl_ms`` Redis gave it."""
-        if not self.live or epoch != self.epoch or ttl_ms <= 0:
+        if not self.live or ttl_ms <= 0 or self._flushed > epoch or self._changed.get(key, -1) > epoch:
             return
         size = len(answer.completion.body) + _ENTRY_OVERHEAD
         if size > self._max_bytes:
@@ -65,12 +71,15 @@ class NearCache:
     def invalidate(self, keys: Iterable[str] | None) -> None:
         """Redis says these keys changed (None: all of them)."""
         self.epoch += 1
-        if keys is None:
+        if keys is None or len(self._changed) >= _CHANGED_MAX:
             self._entries.clear()
             self._size = 0
+            self._changed.clear()
+            self._flushed = self.epoch
             return
         for key in keys:
             self._drop(key)
+            self._changed[key] = self.epoch
 
     def reset(self, live: bool) -> None:
         """Empty, and trust what is kept from now on only if ``live``."""
