@@ -26,7 +26,7 @@ from proxy.cache.base import CachedAnswer
 
 _ENTRY_OVERHEAD = 256
 _CHANGED_MAX = 10_000
-"""Keys whose last invalidation is remembered; past this, all are forgotten, and reads in flight not kept."""
+"""Keys whose last invalidation is remembered; past this they are forgotten, and no read then in flight is kept."""
 
 
 class NearCache:
@@ -71,13 +71,13 @@ class NearCache:
     def invalidate(self, keys: Iterable[str] | None) -> None:
         """Redis says these keys changed (None: all of them)."""
         self.epoch += 1
-        if keys is None or len(self._changed) >= _CHANGED_MAX:
+        if keys is None:
             self._entries.clear()
             self._size = 0
+        if keys is None or len(self._changed) >= _CHANGED_MAX:
             self._changed.clear()
-            self._flushed = self.epoch
-            return
-        for key in keys:
+            self._flushed = self.epoch  # no read in flight now is kept
+        for key in keys or ():
             self._drop(key)
             self._changed[key] = self.epoch
 
