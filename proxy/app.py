@@ -52,9 +52,8 @@ def build_cache(config: Config) -> CacheBackend | None:
     if not config.cache.enabled:
         return None
     if config.cache.backend == "redis":
-        return RedisCache(
-            config.cache.redis_url, near_entries=config.cache.max_entries, near_bytes=config.cache.max_bytes
-        )
+        near = (config.cache.max_entries, config.cache.max_bytes) if config.cache.near_copy else None
+        return RedisCache(config.cache.redis_url, near=near)
     return MemoryCache(config.cache.max_entries, config.cache.max_bytes)
 
 
@@ -94,7 +93,7 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
-        if self.cache is not None:
+        if self.cache is not None and self.config.cache.hit_lane:
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights

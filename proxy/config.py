@@ -89,6 +89,8 @@ class CacheConfig:
     ttl_seconds: float = 3600.0
     max_entries: int = 10000
     max_bytes: int = 256 * 1024 * 1024
+    hit_lane: bool = True  # extension: repeated hits answered before ASGI (proxy/hit_lane.py)
+    near_copy: bool = True  # extension: with Redis, each process keeps what it read (proxy/cache/near.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +442,8 @@ class _Validator:
             ttl_seconds=self.value(data, "ttl_seconds", "cache.ttl_seconds", float, d.ttl_seconds, _positive),
             max_entries=self.value(data, "max_entries", "cache.max_entries", int, d.max_entries, _positive),
             max_bytes=self.value(data, "max_bytes", "cache.max_bytes", int, d.max_bytes, _positive),
+            hit_lane=self.value(data, "hit_lane", "cache.hit_lane", bool, d.hit_lane),
+            near_copy=self.value(data, "near_copy", "cache.near_copy", bool, d.near_copy),
         )
 
     def compression(self, data: dict[str, Any]) -> CompressionConfig:

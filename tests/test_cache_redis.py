@@ -320,3 +320,12 @@ def test_the_hit_lane_serves_redis_hits_and_hears_another_process_refresh_them(s
     assert httpx.post(f"{b.url}/admin/cache/clear").json()["cleared"] == 1
     wait_for(lambda: ask(a).headers["x-sluice-cache"] == "miss", message="process a missing after b cleared the cache")
     assert len(fake_openai.calls("/chat/completions")) == 3
+
+
+def test_with_the_near_copy_off_every_hit_reads_redis(start_proxy, fake_openai, redis_server) -> None:  # noqa: F811
+    config = redis_config(fake_openai, redis_server)
+    config["cache"]["near_copy"] = False
+    proxy = start_proxy(config)
+    assert [ask(proxy).headers["x-sluice-cache"] for _ in range(4)] == ["miss", "hit", "hit", "hit"]
+    cache = httpx.get(f"{proxy.url}/stats").json()["cache"]
+    assert (cache["near_live"], cache["near_entries"], cache["lane_hits"]) == (False, 0, 0)

@@ -324,6 +324,14 @@ def test_bodies_larger_than_the_lane_takes_are_served_by_the_full_path(proxy, fa
     assert len(fake_openai.calls(CHAT)) == 1
 
 
+def test_with_the_lane_off_every_hit_takes_the_full_path(start_proxy, fake_openai) -> None:
+    proxy = start_proxy(openai_config(fake_openai, cache={"hit_lane": False}))
+    body = body_for("no lane")
+    assert [post(proxy, body).headers["x-sluice-cache"] for _ in range(4)] == ["miss", "hit", "hit", "hit"]
+    assert "lane_hits" not in cache_stats(proxy)
+    assert len(fake_openai.calls(CHAT)) == 1
+
+
 # -- the protocol, driven directly --
 
 

@@ -53,8 +53,8 @@ T = TypeVar("T")
 class RedisCache(CacheBackend):
     """``timeout``: socket connect and read, seconds; ``backoff``: how long Redis is left alone
     after a failure; ``log_interval``: at most one warning per this many seconds of outage;
-    ``near_entries``, ``near_bytes``: the bounds of the near copy (``proxy.cache.near``),
-    which ``start`` turns on."""
+    ``near``: the near copy's bounds, entries and bytes (``proxy.cache.near``), which
+    ``start`` turns on; None for no near copy."""
 
     def __init__(
         self,
@@ -63,8 +63,7 @@ class RedisCache(CacheBackend):
         timeout: float = 0.25,
         backoff: float = 1.0,
         log_interval: float = 30.0,
-        near_entries: int = 10_000,
-        near_bytes: int = 256 * 1024 * 1024,
+        near: tuple[int, int] | None = (10_000, 256 * 1024 * 1024),
     ) -> None:
         self._url = url
         self._timeout = timeout
@@ -78,11 +77,13 @@ class RedisCache(CacheBackend):
         self._failures = 0  # since the last warning
         self._outage_reported = False
         self._entries: tuple[float, int] | None = None  # (when counted, count)
-        self.near = NearCache(near_entries, near_bytes)
+        self._near_copy = near is not None
+        self.near = NearCache(*(near or (0, 0)))  # never live without a follower
         self._follower: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._follower = asyncio.get_running_loop().create_task(self._follow_invalidations())
+        if self._near_copy:
+            self._follower = asyncio.get_running_loop().create_task(self._follow_invalidations())
 
     async def get(self, key: str) -> CachedAnswer | None:
         near = self.near
