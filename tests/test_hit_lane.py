@@ -173,6 +173,16 @@ def test_streaming_repeats_replay_through_the_lane_for_the_sdk(proxy, fake_opena
     assert cache_stats(proxy)["lane_hits"] == 3
 
 
+def test_embeddings_repeats_are_answered_by_the_lane(proxy, fake_openai) -> None:
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client", max_retries=0)
+    answers = [client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=["a", "b"]) for _ in range(3)]
+    assert [a.headers["x-sluice-cache"] for a in answers] == ["miss", "hit", "hit"]
+    vectors = [[item.embedding for item in a.parse().data] for a in answers]
+    assert vectors[0] == vectors[1] == vectors[2] and len(vectors[0]) == 2
+    assert cache_stats(proxy)["lane_hits"] == 1
+    assert len(fake_openai.calls("/embeddings")) == 1
+
+
 def test_the_lane_echoes_a_client_request_id_and_replaces_an_unfit_one(proxy) -> None:
     body = body_for("ids")
     learned(proxy, body)
