@@ -7,9 +7,11 @@ between two byte-identical requests: JSON parsing and validation, routing,
 the canonical cache key, the response headers, and uvicorn's task per
 request with its ASGI messages.
 
-So the first hit for a request, served by the full path, teaches the lane
-the answer it gave (``learn``); the lane remembers it under the request's
-exact bytes (path, ``Authorization``, ``X-Sluice-Compression``, body). When
+So a hit served by the full path teaches the lane the answer it gave
+(``learn``), once the same bytes have been hit twice (one-off requests would
+cost the learning and push repeated ones out). The lane remembers it under
+the request's exact bytes (path, ``Authorization``, ``X-Sluice-Compression``,
+body). When
 the same bytes come again, ``proxy.protocol`` asks the lane (``lookup``)
 before starting any ASGI task, and the lane answers only if the cache still
 holds the very entry it learned from, in this process and without I/O
@@ -44,6 +46,9 @@ the app asks for more, so the lane could not wait for them anyway)."""
 
 MAX_BYTES = 32 * 1024 * 1024
 """What the lane's requests and prepared answers may hold in memory, all entries together."""
+
+SEEN_MAX = 8192
+"""Request bytes answered once by the full path, remembered by hash, to learn on their second hit."""
 
 PATHS = frozenset({b"/v1/chat/completions", b"/v1/embeddings"})
 
@@ -84,6 +89,7 @@ class HitLane:
         self._max_bytes = max_bytes
         self._entries: dict[LaneKey, LaneEntry] = {}
         self._body_sizes: Counter[int] = Counter()  # a first check that costs nothing per byte
+        self._seen: dict[int, None] = {}  # hashes of keys hit once, oldest first
         self._size = 0
         self.hits = 0
 
@@ -102,7 +108,10 @@ class HitLane:
         stream: bool,
         record: RequestRecord,
     ) -> None:
-        """Remember the hit the full path just served (``headers`` as sent, ``payload`` unframed)."""
+        """Remember the hit the full path just served (``headers`` as sent, ``payload`` unframed),
+        if these bytes were hit before."""
+        if not self._seen_before(key):
+            return
         lines = [b"HTTP/1.1 200 OK\r\n"]
         lines += [name + b": " + value + b"\r\n" for name, value in headers if name != _OVERHEAD_HEADER]
         if stream:
@@ -127,7 +136,19 @@ class HitLane:
     def clear(self) -> None:
         self._entries.clear()
         self._body_sizes.clear()
+        self._seen.clear()
         self._size = 0
+
+    def _seen_before(self, key: LaneKey) -> bool:
+        """Whether the full path answered these bytes before; notes them if not."""
+        digest = hash(key)
+        if digest in self._seen:
+            del self._seen[digest]
+            return True
+        if len(self._seen) >= SEEN_MAX:
+            del self._seen[next(iter(self._seen))]
+        self._seen[digest] = None
+        return False
 
     def _discard(self, key: LaneKey) -> None:
         entry = self._entries.pop(key, None)
@@ -159,7 +180,8 @@ class HitLane:
         if entry is None:
             return None
         if self._cache.get_nowait(entry.cache_key) is not entry.answer:
-            self._discard(key)  # expired, evicted, cleared or refreshed: the full path decides
+            self._discard(key)  # expired, evicted, cleared or refreshed: the full path decides,
+            self._seen[hash(key)] = None  # and these bytes are known: its next hit teaches the lane
             return None
         return LaneHit(entry, client_request_id(request_id) or new_request_id())
 

@@ -49,8 +49,9 @@ def cache_stats(proxy) -> dict[str, Any]:  # type: ignore[no-untyped-def]
 
 
 def learned(proxy, body: dict[str, Any], **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
-    """A miss, then a hit through the full path, which teaches the lane."""
+    """A miss, then two hits through the full path: the second time the same bytes hit teaches the lane."""
     assert post(proxy, body, **kwargs).headers["x-sluice-cache"] == "miss"
+    assert post(proxy, body, **kwargs).headers["x-sluice-cache"] == "hit"
     assert post(proxy, body, **kwargs).headers["x-sluice-cache"] == "hit"
 
 
@@ -117,11 +118,12 @@ def raw_post(body: bytes, headers: dict[str, str] | None = None, version: str = 
 
 def test_a_repeat_is_answered_by_the_lane_exactly_as_the_full_path_answers_it(proxy, fake_openai) -> None:
     body = body_for("lane me")
-    learned(proxy, body)
-    full = post(proxy, body)  # the full path's second hit, for comparison with the lane's
-    assert cache_stats(proxy)["lane_hits"] == 1, "the full path's first hit taught the lane, which served this one"
+    assert post(proxy, body).headers["x-sluice-cache"] == "miss"
+    assert post(proxy, body).headers["x-sluice-cache"] == "hit"  # the full path: bytes noted
+    full = post(proxy, body)  # the full path again, which teaches the lane
+    assert cache_stats(proxy)["lane_hits"] == 0
     lane = post(proxy, body)
-    assert cache_stats(proxy)["lane_hits"] == 2
+    assert cache_stats(proxy)["lane_hits"] == 1
     assert len(fake_openai.calls(CHAT)) == 1
 
     assert lane.status_code == 200 and lane.content == full.content
@@ -159,26 +161,26 @@ def test_streaming_repeats_replay_through_the_lane_for_the_sdk(proxy, fake_opena
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         answers.append((text, chunks[-1].usage.total_tokens if chunks[-1].usage else None))
     assert answers == [("echo: stream me", 18)] * 4
-    assert cache_stats(proxy)["lane_hits"] == 2
+    assert cache_stats(proxy)["lane_hits"] == 1
     assert len(fake_openai.calls(CHAT)) == 1
 
     body = {"model": "gpt-4o-mini", "messages": messages, "stream": True, "stream_options": {"include_usage": True}}
     streams = []
-    for _ in range(2):  # other bytes than the SDK's: the full path first, then the lane
+    for _ in range(3):  # other bytes than the SDK's: the full path twice, then the lane
         with httpx.stream("POST", f"{proxy.url}{CHAT}", json=body, headers={"Authorization": "Bearer sk-client"}) as response:
             assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
             assert response.headers["transfer-encoding"] == "chunked"
             streams.append([line for line in response.iter_lines() if line])
-    assert streams[0] == streams[1] and streams[1][-1] == "data: [DONE]"
-    assert cache_stats(proxy)["lane_hits"] == 3
+    assert streams[0] == streams[1] == streams[2] and streams[2][-1] == "data: [DONE]"
+    assert cache_stats(proxy)["lane_hits"] == 2
 
 
 def test_embeddings_repeats_are_answered_by_the_lane(proxy, fake_openai) -> None:
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client", max_retries=0)
-    answers = [client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=["a", "b"]) for _ in range(3)]
-    assert [a.headers["x-sluice-cache"] for a in answers] == ["miss", "hit", "hit"]
+    answers = [client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=["a", "b"]) for _ in range(4)]
+    assert [a.headers["x-sluice-cache"] for a in answers] == ["miss", "hit", "hit", "hit"]
     vectors = [[item.embedding for item in a.parse().data] for a in answers]
-    assert vectors[0] == vectors[1] == vectors[2] and len(vectors[0]) == 2
+    assert vectors[0] == vectors[1] == vectors[2] == vectors[3] and len(vectors[0]) == 2
     assert cache_stats(proxy)["lane_hits"] == 1
     assert len(fake_openai.calls("/embeddings")) == 1
 
@@ -246,7 +248,7 @@ def test_keys_with_limits_are_counted_on_every_hit(start_proxy, fake_openai) -> 
     statuses = [post(proxy, body, headers=limited).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     free = {"Authorization": "Bearer sk-free"}
-    assert [post(proxy, body, headers=free).headers["x-sluice-cache"] for _ in range(3)] == ["miss", "hit", "hit"]
+    assert [post(proxy, body, headers=free).headers["x-sluice-cache"] for _ in range(4)] == ["miss", "hit", "hit", "hit"]
     assert cache_stats(proxy)["lane_hits"] == 1, "only the key without limits is served by the lane"
     assert post(proxy, body, headers={"Authorization": "Bearer sk-wrong"}).status_code == 401
     assert post(proxy, body).status_code == 401
@@ -331,6 +333,13 @@ def test_bodies_larger_than_the_lane_takes_are_served_by_the_full_path(proxy, fa
     again = post(proxy, body)
     assert again.headers["x-sluice-cache"] == "hit" and again.json()["choices"][0]["message"]["content"].startswith("echo: big")
     assert cache_stats(proxy)["lane_hits"] == 0
+    assert len(fake_openai.calls(CHAT)) == 1
+
+
+def test_bytes_that_never_repeat_are_not_learned(proxy, fake_openai) -> None:
+    answers = [post(proxy, body_for("one-offs", user=f"user-{n}")) for n in range(5)]  # `user` is not in the cache key
+    assert [a.headers["x-sluice-cache"] for a in answers] == ["miss", "hit", "hit", "hit", "hit"]
+    assert cache_stats(proxy)["lane_entries"] == 0, "each body was hit once: nothing worth preparing"
     assert len(fake_openai.calls(CHAT)) == 1
 
 
