@@ -18,10 +18,10 @@ server.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
+import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from proxy.hit_lane import MAX_BODY, PATHS, HitLane, LaneHit
@@ -29,7 +29,7 @@ from proxy.hit_lane import MAX_BODY, PATHS, HitLane, LaneHit
 LANE_STATE = "sluice.hit_lane"
 """The key under which the app's lifespan state holds the lane."""
 
-_log = logging.getLogger("sluice")
+_log = structlog.get_logger("sluice")
 
 
 class SluiceProtocol(HttpToolsProtocol):
@@ -82,8 +82,8 @@ class SluiceProtocol(HttpToolsProtocol):
             started = time.perf_counter()
             try:
                 answer = self._lane_answer(started)
-            except Exception:  # noqa: BLE001 - the lane is an optimisation: never a reason to fail
-                _log.exception("hit lane failed; serving this request the ordinary way")
+            except Exception as exc:  # noqa: BLE001 - the lane is an optimisation: never a reason to fail
+                _log.error("hit_lane_failed", error=type(exc).__name__, exc_info=exc)  # served the ordinary way
                 answer = None
             if answer is not None:
                 self._send(*answer, started)
@@ -111,8 +111,8 @@ class SluiceProtocol(HttpToolsProtocol):
         assert self._lane is not None
         try:
             self._lane.finish(hit, started)
-        except Exception:  # noqa: BLE001 - answered already; only its telemetry is lost
-            _log.exception("hit lane telemetry failed")
+        except Exception as exc:  # noqa: BLE001 - answered already; only its telemetry is lost
+            _log.error("hit_lane_telemetry_failed", error=type(exc).__name__, exc_info=exc)
 
     def _release(self) -> None:
         """Hand the held request to uvicorn as if it had just arrived: headers, then the body so far."""
