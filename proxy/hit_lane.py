@@ -36,6 +36,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from starlette.types import Scope
+
 from proxy.cache.base import CacheBackend, CachedAnswer
 from proxy.middleware import client_request_id, new_request_id
 from proxy.telemetry import Repeat, RequestRecord, Telemetry
@@ -100,7 +102,8 @@ class HitLane:
 
     def learn(
         self,
-        key: LaneKey,
+        scope: Scope,
+        raw: bytes,
         cache_key: str,
         answer: CachedAnswer,
         headers: Iterable[tuple[bytes, bytes]],
@@ -108,8 +111,12 @@ class HitLane:
         stream: bool,
         record: RequestRecord,
     ) -> None:
-        """Remember the hit the full path just served (``headers`` as sent, ``payload`` unframed),
-        if these bytes were hit before."""
+        """Remember the hit the full path just served for this request (its ``headers`` as
+        sent, ``payload`` unframed), if its bytes were hit before and the lane may answer them."""
+        found = _request_key(scope["raw_path"], scope["headers"], raw)
+        if found is None:
+            return
+        key = found[0]
         if not self._seen_before(key):
             return
         lines = [b"HTTP/1.1 200 OK\r\n"]
@@ -165,17 +172,10 @@ class HitLane:
         """The learned answer for these request bytes, if its cache entry still stands."""
         if len(body) not in self._body_sizes:
             return None
-        authorization = compression = request_id = None
-        for name, value in headers:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"x-sluice-compression":
-                compression = value
-            elif name == b"x-request-id" and request_id is None:
-                request_id = value
-            elif name in _OFF_LANE_HEADERS:
-                return None
-        key = (path, authorization, compression, body)
+        found = _request_key(path, headers, body)
+        if found is None:
+            return None
+        key, request_id = found
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -202,11 +202,18 @@ class HitLane:
         hit.entry.telemetry.report(hit.request_id, time.perf_counter() - started)
 
 
-def lane_key(path: str, authorization: str | None, compression: str | None, raw: bytes) -> LaneKey:
-    """The key for a request the full path read (its headers as decoded strings)."""
-    return (
-        path.encode("latin-1"),
-        authorization.encode("latin-1") if authorization is not None else None,
-        compression.encode("latin-1") if compression is not None else None,
-        raw,
-    )
+def _request_key(
+    path: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> tuple[LaneKey, bytes | None] | None:
+    """A request's lane key and its ``X-Request-ID``; None when a header keeps it off the lane."""
+    authorization = compression = request_id = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"x-sluice-compression":
+            compression = value
+        elif name == b"x-request-id" and request_id is None:
+            request_id = value
+        elif name in _OFF_LANE_HEADERS:
+            return None
+    return (path, authorization, compression, body), request_id

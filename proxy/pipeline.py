@@ -25,13 +25,12 @@ from proxy.config import Config, Target
 from proxy.dedup import Flight, FlightRegistry, Outcome
 from proxy.disconnect import DisconnectGuard
 from proxy.errors import SluiceError, error_event, error_response
-from proxy.hit_lane import HitLane, lane_key
+from proxy.hit_lane import HitLane
 from proxy.limits import Limiter, Principal, has_limits
 from proxy.providers.base import Call, ChunkStream, Provider
 from proxy.requests import (
     CHAT,
     EMBEDDINGS,
-    ClientHeaders,
     ParsedRequest,
     RequestOptions,
     parse_chat,
@@ -124,9 +123,9 @@ class Pipeline:
         answer = await self._lookup(job, record)
         if answer is not None:
             response, payload = self._cached_response(answer, route, parsed, record)
-            if self.lane is not None and _lane_may_serve(headers, principal):
-                key = lane_key(request.scope["path"], headers.authorization, headers.compression, raw)
-                self.lane.learn(key, job.cache_key, answer, response.raw_headers, payload, parsed.stream, record)  # type: ignore[arg-type]
+            if self.lane is not None and (principal.key is None or not has_limits(principal.key)):
+                # a key with limits must be counted, and may be refused, on every request
+                self.lane.learn(request.scope, raw, job.cache_key, answer, response.raw_headers, payload, parsed.stream, record)  # type: ignore[arg-type]
             return response
 
         flight, run = self._flight_for(job, parsed.stream, record)
@@ -437,12 +436,6 @@ def _sse_payload(chunks: list[Chunk]) -> bytes:
 async def _once(payload: bytes) -> AsyncGenerator[bytes, None]:
     """A whole stream already at hand: one write."""
     yield payload
-
-
-def _lane_may_serve(headers: ClientHeaders, principal: Principal) -> bool:
-    """Whether the hit lane would answer these request bytes as the full path just did."""
-    key = principal.key
-    return not headers.cache_control and headers.cache_ttl is None and (key is None or not has_limits(key))
 
 
 async def _outcome(request: Request, flight: Flight, run: Runner | None) -> Outcome | None:

@@ -275,7 +275,8 @@ class Stats:
             key["prompt_tokens"] += record.prompt_tokens * n
             key["completion_tokens"] += record.completion_tokens * n
             key["cost_usd"] += record.cost_usd * n
-        self.latencies.extend(latency * 1000 for latency in latencies)
+        for latency in latencies:
+            self.latencies.append(latency * 1000)
         if record.ttft_seconds is not None:
             self.ttfts.extend([record.ttft_seconds * 1000] * n)
 
@@ -461,9 +462,12 @@ class Telemetry:
         requests.inc(n)
         observe_all(duration, latencies)
         if record.upstream_seconds:
-            observe_all(upstream, [record.upstream_seconds] * n)
+            for _ in range(n):
+                upstream.observe(record.upstream_seconds)
         if record.ttft_seconds is not None:
-            observe_all(m.ttft.labels(provider), [record.ttft_seconds] * n)
+            ttft = m.ttft.labels(provider)
+            for _ in range(n):
+                ttft.observe(record.ttft_seconds)
         cache_event = m.cache_event.get(record.cache or "")
         if cache_event is not None:
             cache_event.inc(n)
