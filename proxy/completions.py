@@ -34,10 +34,16 @@ class Completion:
 
 @dataclass(slots=True)
 class Chunk:
-    """One ``chat.completion.chunk`` event: its JSON bytes and parsed data."""
+    """One stream event: its JSON bytes and parsed data.
+
+    A hub chunk is a ``chat.completion.chunk``; a native stream's event (a
+    Responses or Messages event) also keeps its whole SSE ``frame``, event
+    line included, to be passed on as it came.
+    """
 
     body: bytes
     data: dict[str, Any]
+    frame: bytes | None = None
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Chunk:
@@ -50,7 +56,7 @@ class Chunk:
 
     @property
     def sse(self) -> bytes:
-        return b"data: " + self.body + b"\n\n"
+        return self.frame if self.frame is not None else b"data: " + self.body + b"\n\n"
 
 
 SSE_DONE = b"data: [DONE]\n\n"

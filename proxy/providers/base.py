@@ -37,7 +37,7 @@ class Call:
     raw: bytes | None = None
     authorization: str | None = None
     request_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)  # client headers this upstream type takes as sent (anthropic-beta, openai-beta…)
 
 
 class ChunkStream:
@@ -111,6 +111,23 @@ class Provider(abc.ABC):
     @abc.abstractmethod
     async def list_models(self, authorization: str | None) -> list[str]:
         """The upstream's model ids, without the provider prefix."""
+
+    def speaks(self, api: str) -> bool:
+        """Whether this upstream serves the client API ``api`` (a surface's ``api``) itself."""
+        return False
+
+    async def native(self, api: str, call: Call) -> Completion:
+        """``call.body`` in the API's own format, sent as is (model rewritten); the answer as the upstream sent it."""
+        raise NotImplementedError(api)
+
+    async def native_stream(self, api: str, call: Call) -> ChunkStream:
+        """The streamed form of ``native``: each chunk one upstream event, ``Chunk.frame`` its SSE bytes."""
+        raise NotImplementedError(api)
+
+    async def forward(self, method: str, path: str, call: Call) -> tuple[int, bytes]:
+        """Another route of a native API (``GET responses/{id}``, ``POST messages/count_tokens``…),
+        relative to ``base_url``: status and body as the upstream answered."""
+        raise NotImplementedError(path)
 
     async def aclose(self) -> None:
         await self.client.aclose()
