@@ -18,7 +18,7 @@ import yaml
 from proxy.tokens import ENCODINGS
 
 DEFAULT_CONFIG_PATH = "config/sluice.yaml"
-PROVIDER_TYPES = ("openai", "gemini", "ollama")
+PROVIDER_TYPES = ("openai", "gemini", "ollama", "anthropic")
 COMPRESSION_MODES = ("off", "safe", "aggressive")
 CACHE_BACKENDS = ("memory", "redis")
 
@@ -45,6 +45,16 @@ class ServerConfig:
 class Timeout:
     connect: float = 5.0
     read: float = 300.0
+    pool: float = 30.0  # waiting for a free connection: 503 upstream_busy after this
+    total: float = 900.0  # one upstream call, end to end: 504 after this
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    verify: bool = True
+    ca_file: str = ""  # added to the system's trust (and SSL_CERT_FILE's)
+    cert_file: str = ""  # a client certificate, for upstreams that require one
+    key_file: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +63,14 @@ class ProviderConfig:
     type: str
     base_url: str
     api_key: str = ""
+    pass_client_key: bool = False  # with no api_key: forward the caller's own credential (CONTRACT §6)
     timeout: Timeout = field(default_factory=Timeout)
     max_connections: int = 100
     http2: bool = True
+    responses: bool = True  # openai type: the upstream serves /responses itself (false: Sluice bridges)
+    stream_usage: bool = True  # openai type: ask for stream usage (false for servers that reject stream_options)
+    proxy: str = ""  # forward proxy URL; empty: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment
+    tls: TLSConfig = field(default_factory=TLSConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,18 +380,39 @@ class _Validator:
         timeout_data = data.get("timeout") or {}
         timeout = Timeout()
         if not isinstance(timeout_data, dict):
-            self.fail(f"{path}.timeout", "must be a mapping with connect and read")
+            self.fail(f"{path}.timeout", "must be a mapping with connect, read, pool and total")
         else:
-            self.unknown(timeout_data, f"{path}.timeout", {"connect", "read"})
+            self.unknown(timeout_data, f"{path}.timeout", set(Timeout.__dataclass_fields__))
             timeout = Timeout(
-                connect=self.value(timeout_data, "connect", f"{path}.timeout.connect", float, 5.0, _positive),
-                read=self.value(timeout_data, "read", f"{path}.timeout.read", float, 300.0, _positive),
+                **{
+                    name: self.value(timeout_data, name, f"{path}.timeout.{name}", float, getattr(timeout, name), _positive)
+                    for name in Timeout.__dataclass_fields__
+                }
             )
+        tls_data = data.get("tls") or {}
+        tls = TLSConfig()
+        if not isinstance(tls_data, dict):
+            self.fail(f"{path}.tls", "must be a mapping with verify, ca_file, cert_file and key_file")
+        else:
+            self.unknown(tls_data, f"{path}.tls", set(TLSConfig.__dataclass_fields__))
+            tls = TLSConfig(
+                verify=self.value(tls_data, "verify", f"{path}.tls.verify", bool, True),
+                ca_file=self.value(tls_data, "ca_file", f"{path}.tls.ca_file", str, ""),
+                cert_file=self.value(tls_data, "cert_file", f"{path}.tls.cert_file", str, ""),
+                key_file=self.value(tls_data, "key_file", f"{path}.tls.key_file", str, ""),
+            )
+            if tls.key_file and not tls.cert_file:
+                self.fail(f"{path}.tls.key_file", "needs cert_file")
         provider_fields = dict(
             api_key=self.value(data, "api_key", f"{path}.api_key", str, ""),
+            pass_client_key=self.value(data, "pass_client_key", f"{path}.pass_client_key", bool, False),
             timeout=timeout,
             max_connections=self.value(data, "max_connections", f"{path}.max_connections", int, 100, _positive),
             http2=self.value(data, "http2", f"{path}.http2", bool, True),
+            responses=self.value(data, "responses", f"{path}.responses", bool, True),
+            stream_usage=self.value(data, "stream_usage", f"{path}.stream_usage", bool, True),
+            proxy=self.value(data, "proxy", f"{path}.proxy", str, ""),
+            tls=tls,
         )
         if len(self.problems) > before or name is None or kind is None or base_url is None:
             return None
@@ -532,6 +568,7 @@ _DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "gemini": "https://generativelanguage.googleapis.com/v1beta",
     "ollama": "http://127.0.0.1:11434",
+    "anthropic": "https://api.anthropic.com/v1",
 }
 
 

@@ -129,8 +129,28 @@ class Provider(abc.ABC):
         relative to ``base_url``: status and body as the upstream answered."""
         raise NotImplementedError(path)
 
+    def credential(self, call_authorization: str | None) -> str | None:
+        """The secret to send upstream: the configured ``api_key``; else, only with
+        ``pass_client_key``, the caller's own (the bare token of ``Bearer …`` or
+        ``x-api-key``); else none. The one place that decides (CONTRACT §6 "Credentials")."""
+        if self.config.api_key:
+            return self.config.api_key
+        if self.config.pass_client_key and call_authorization:
+            return bearer_token(call_authorization)
+        return None
+
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def bearer_token(value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value (scheme case-insensitive), or the value itself."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if token and scheme.lower() == "bearer":
+        return token.strip() or None
+    return value.strip() or None
 
 
 def retry_after_seconds(headers: Any) -> float | None:
