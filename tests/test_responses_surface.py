@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 from openai.types.responses import Response
 
-from proxy.completions import StreamAssembler, replay_chunks
+from proxy.completions import Chunk, StreamAssembler, replay_chunks
 from proxy.errors import InvalidRequest, NotFound, UpstreamConnectionError
 from proxy.surfaces.response_routes import page
 from proxy.surfaces.response_store import MemoryResponseStore
@@ -249,7 +249,7 @@ def test_live_stream_accumulates_in_the_sdk_to_from_hub(surface: ResponsesSurfac
     request = {"model": "m", "input": "x", **({"tools": [WEATHER]} if tools else {})}
     chunks = stream_chunks("m", "one two three", tool_calls=[CALL, {**CALL, "id": "call_2"}] if tools else None)
     renderer = surface.renderer(request, False)
-    sse = b"".join(renderer.feed([chunk]) for chunk in chunks) + renderer.close()
+    sse = b"".join(renderer.feed([Chunk.from_data(chunk)]) for chunk in chunks) + renderer.close()
     events = frames(sse)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     kinds, final = sdk_stream(fake_openai, sse)
@@ -275,7 +275,7 @@ def test_replay_is_the_live_stream_of_the_same_answer(surface: ResponsesSurface)
         chat["choices"][0]["message"]["reasoning_content"] = "thinking"
         request = {"model": "m", "input": "hi"}
         renderer = surface.renderer(request, False)
-        live = renderer.feed([c.data for c in replay_chunks(chat, True)]) + renderer.close()
+        live = renderer.feed(replay_chunks(chat, True)) + renderer.close()
         assert surface.replay(surface.from_hub(chat, request), request) == live
 
 
@@ -290,12 +290,19 @@ def test_replay_of_a_length_cut_answer_ends_incomplete(surface: ResponsesSurface
 def test_failure_mid_stream_is_response_failed_then_an_error_the_sdk_raises(surface: ResponsesSurface, fake_openai: FakeOpenAI) -> None:
     renderer = surface.renderer({"model": "m", "input": "x"}, False)
     chunks = stream_chunks("m", "one two")
-    sse = renderer.feed(chunks[:2]) + renderer.fail(UpstreamConnectionError("upstream went away"))
+    sse = renderer.feed([Chunk.from_data(c) for c in chunks[:2]]) + renderer.fail(UpstreamConnectionError("upstream went away"))
     events = frames(sse)
     assert [e["type"] for e in events[-2:]] == ["response.failed", "error"]
     assert events[-2]["response"]["status"] == "failed"
     assert events[-1]["error"]["message"] == "upstream went away"
     with pytest.raises(openai.APIError, match="upstream went away"):
+        sdk_stream(fake_openai, sse)
+
+
+def test_an_error_ending_a_native_stream_is_raised_by_the_sdk(surface: ResponsesSurface, fake_openai: FakeOpenAI) -> None:
+    status, response = ResponsesState().create({"model": "gpt-4o-mini", "input": "hi"})
+    sse = b"".join(response_events(response)[:3]) + surface.error_event(UpstreamConnectionError("cut"))
+    with pytest.raises(openai.APIError, match="cut"):
         sdk_stream(fake_openai, sse)
 
 

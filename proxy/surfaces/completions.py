@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from proxy.completions import SSE_DONE
+from proxy.completions import SSE_DONE, Chunk
 from proxy.errors import InvalidRequest, SluiceError, error_event
 from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface
 
@@ -19,6 +19,7 @@ from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, 
 class CompletionsSurface(Surface):
     api = "completions"
     path = "/v1/completions"
+    stream_end = SSE_DONE
 
     def parse(self, body: dict[str, Any]) -> ParsedRequest:
         model = body.get("model")
@@ -59,10 +60,10 @@ def _frame(data: dict[str, Any]) -> bytes:
 
 
 class _Frames:
-    """``text_completion`` chunks framed as they are, closed with ``[DONE]``."""
+    """``text_completion`` chunks as they came, closed with ``[DONE]``."""
 
-    def feed(self, chunks: list[dict[str, Any]]) -> bytes:
-        return b"".join(_frame(chunk) for chunk in chunks)
+    def feed(self, chunks: list[Chunk]) -> bytes:
+        return b"".join([chunk.sse for chunk in chunks])
 
     def close(self) -> bytes:
         return SSE_DONE

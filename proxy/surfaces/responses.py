@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.errors import SluiceError
 from proxy.surfaces import responses_answer, responses_events, responses_request
 from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface
 from proxy.surfaces.response_store import ResponseStore, StoredResponse
@@ -20,6 +21,7 @@ from proxy.surfaces.responses_answer import derived_id
 class ResponsesSurface(Surface):
     api = "responses"
     path = "/v1/responses"
+    remembers = True
 
     def __init__(self, store: ResponseStore) -> None:
         self.store = store
@@ -44,6 +46,9 @@ class ResponsesSurface(Surface):
 
     def hub_usage(self, answer: dict[str, Any]) -> dict[str, Any] | None:
         return responses_answer.hub_usage(answer.get("usage"))
+
+    def error_event(self, error: SluiceError) -> bytes:
+        return responses_events.error_event(error)
 
     async def history(self, body: dict[str, Any], identity: str) -> list[dict[str, Any]] | None:
         """The hub messages of the ``previous_response_id`` chain; None when Sluice did not store it

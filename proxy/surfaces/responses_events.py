@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from proxy.completions import StreamAssembler
+from proxy.completions import Chunk, StreamAssembler
 from proxy.errors import SluiceError
 from proxy.surfaces.responses_answer import (
     Ids,
@@ -130,6 +130,16 @@ class EventWriter:
         return b"".join(out)
 
 
+def error_event(error: SluiceError, writer: EventWriter | None = None) -> bytes:
+    """The ``error`` event that ends a failed stream. It also carries OpenAI's ``error`` object,
+    which is what makes the SDKs raise ``APIError`` with its message; a native stream's
+    sequence is the upstream's, so there it goes unnumbered."""
+    fields = {"code": error.code, "message": error.message, "param": error.param, "error": error.body()["error"]}
+    if writer is not None:
+        return writer.event("error", **fields)
+    return b"event: error\ndata: " + orjson.dumps({"type": "error", **fields}) + b"\n\n"
+
+
 def in_progress(response: dict[str, Any]) -> dict[str, Any]:
     """A finished response as ``response.created`` showed it."""
     return {
@@ -179,9 +189,10 @@ class HubRenderer:
         self._done: list[dict[str, Any]] = []
         self._call_index: int | None = None  # the hub tool call index the open function call item is
 
-    def feed(self, chunks: list[dict[str, Any]]) -> bytes:
+    def feed(self, chunks: list[Chunk]) -> bytes:
         out: list[bytes] = []
-        for chunk in chunks:
+        for piece in chunks:
+            chunk = piece.data
             self._assembler.add(chunk)
             if self._ids is None:
                 self._ids = Ids(str(chunk.get("id") or ""))
@@ -218,7 +229,7 @@ class HubRenderer:
                 error={"code": error.code, "message": error.message},
             )
             out.append(self._writer.event("response.failed", response=response))
-        out.append(self._writer.event("error", code=error.code, message=error.message, param=error.param, error=error.body()["error"]))
+        out.append(error_event(error, self._writer))
         return b"".join(out)
 
     # -- building items as deltas come --
