@@ -29,6 +29,7 @@ _SLUICE_SIDE = frozenset(
         "service_tier",
         "prompt_cache_key",
         "prompt_cache_retention",
+        "prompt_cache_options",
         "safety_identifier",
         "max_tool_calls",  # counts built-in tool calls only, and those are refused
         "top_logprobs",  # only reported with include: message.output_text.logprobs, which is refused
