@@ -45,6 +45,10 @@ def config(openai_fake: FakeOpenAI, gemini: FakeGemini, ollama: FakeOllama, **se
             {"name": "gemini", "type": "gemini", "base_url": gemini.url + "/v1beta", "api_key": "g-secret"},
             {"name": "ollama", "type": "ollama", "base_url": ollama.url},
         ],
+        "models": [  # the Agents SDK reads a "provider/" prefix itself: it gets aliases
+            {"name": "weather-gemini", "targets": [{"provider": "gemini", "model": "gemini-2.5-flash"}]},
+            {"name": "weather-ollama", "targets": [{"provider": "ollama", "model": "llama3.1"}]},
+        ],
         "retry": {"max_attempts": 2, "initial_backoff_ms": 1, "max_backoff_ms": 5},
         "cache": {"enabled": False},
         "pricing_file": None,
@@ -292,7 +296,7 @@ def test_identical_requests_in_flight_share_one_call(
 # -- the OpenAI Agents SDK --
 
 
-@pytest.mark.parametrize("model", [GEMINI, OLLAMA])
+@pytest.mark.parametrize("model", ["weather-gemini", "weather-ollama"])
 def test_agents_sdk_runner_with_a_function_tool(proxy: ProxyProcess, fakes: Any, model: str) -> None:
     from agents import Agent, Runner, function_tool, set_default_openai_client, set_tracing_disabled
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, NotFound, SluiceError, error_response
@@ -22,23 +23,28 @@ _MAX_LIMIT = 100
 
 
 class ResponseRoutes:
-    """The handlers; each takes the caller's identity (``proxy.cache.keys.identity_of``) and the
-    ``Authorization`` value a ``pass_client_key`` provider may receive (None when Sluice keys are in use)."""
+    """The handlers, for routes with a ``{response_id}`` path parameter. Each also takes the
+    caller's identity (``proxy.cache.keys.identity_of``, as the pipeline computes it) and the
+    credential a ``pass_client_key`` provider may receive (None when Sluice's own keys are in use)."""
 
     def __init__(self, store: ResponseStore, providers: Mapping[str, Provider]) -> None:
         self.store = store
         self.providers = providers
 
-    async def retrieve(self, response_id: str, query: str, identity: str, authorization: str | None) -> Response:
+    async def retrieve(self, request: Request, identity: str, authorization: str | None) -> Response:
+        """``GET /v1/responses/{response_id}``."""
+        response_id = request.path_params["response_id"]
         try:
             record = await self._owned(response_id, identity)
             if record is not None:
                 return _json(record.response)
-            return await self._forward("GET", response_id, "", query, authorization)
+            return await self._forward("GET", response_id, "", request.url.query, authorization)
         except SluiceError as error:
             return error_response(error)
 
-    async def delete(self, response_id: str, identity: str, authorization: str | None) -> Response:
+    async def delete(self, request: Request, identity: str, authorization: str | None) -> Response:
+        """``DELETE /v1/responses/{response_id}``."""
+        response_id = request.path_params["response_id"]
         try:
             record = await self._owned(response_id, identity)
             if record is not None:
@@ -48,15 +54,14 @@ class ResponseRoutes:
         except SluiceError as error:
             return error_response(error)
 
-    async def input_items(
-        self, response_id: str, params: Mapping[str, str], query: str, identity: str, authorization: str | None
-    ) -> Response:
-        """``params``: the parsed query (``limit``, ``order``, ``after``); ``query``: it raw, for forwarding."""
+    async def input_items(self, request: Request, identity: str, authorization: str | None) -> Response:
+        """``GET /v1/responses/{response_id}/input_items`` (``limit``, ``order``, ``after``)."""
+        response_id = request.path_params["response_id"]
         try:
             record = await self._owned(response_id, identity)
             if record is not None:
-                return _json(page(record.input_items, params))
-            return await self._forward("GET", response_id, "/input_items", query, authorization)
+                return _json(page(record.input_items, request.query_params))
+            return await self._forward("GET", response_id, "/input_items", request.url.query, authorization)
         except SluiceError as error:
             return error_response(error)
 
