@@ -8,7 +8,12 @@ from openai import OpenAI
 
 from tests.fakes.openai import FakeOpenAI
 
-WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}, "strict": False}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    "strict": False,
+}
 
 
 def client(fake: FakeOpenAI) -> OpenAI:
@@ -61,5 +66,9 @@ def test_legacy_completions_json_and_stream(fake_openai: FakeOpenAI) -> None:
     sdk = client(fake_openai)
     answer = sdk.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi")
     assert answer.choices[0].text == "echo: say hi"
-    pieces = [c.choices[0].text for c in sdk.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi", stream=True) if c.choices]
+    pieces = [
+        c.choices[0].text
+        for c in sdk.completions.create(model="gpt-3.5-turbo-instruct", prompt="say hi", stream=True)
+        if c.choices
+    ]
     assert "".join(pieces) == "echo: say hi"

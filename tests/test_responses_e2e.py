@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.fakes.gemini import FakeGemini, candidate, usage_metadata
@@ -41,7 +42,13 @@ def config(openai_fake: FakeOpenAI, gemini: FakeGemini, ollama: FakeOllama, **se
     data: dict[str, Any] = {
         "providers": [
             {"name": "openai", "type": "openai", "base_url": openai_fake.url + "/v1", "api_key": "sk-upstream"},
-            {"name": "chat-only", "type": "openai", "base_url": openai_fake.url + "/v1", "api_key": "sk-upstream", "responses": False},
+            {
+                "name": "chat-only",
+                "type": "openai",
+                "base_url": openai_fake.url + "/v1",
+                "api_key": "sk-upstream",
+                "responses": False,
+            },
             {"name": "gemini", "type": "gemini", "base_url": gemini.url + "/v1beta", "api_key": "g-secret"},
             {"name": "ollama", "type": "ollama", "base_url": ollama.url},
         ],
@@ -59,7 +66,10 @@ def config(openai_fake: FakeOpenAI, gemini: FakeGemini, ollama: FakeOllama, **se
 
 @pytest.fixture(scope="module")
 def proxy(
-    tmp_path_factory: pytest.TempPathFactory, _openai_server: FakeOpenAI, _gemini_server: FakeGemini, _ollama_server: FakeOllama
+    tmp_path_factory: pytest.TempPathFactory,
+    _openai_server: FakeOpenAI,
+    _gemini_server: FakeGemini,
+    _ollama_server: FakeOllama,
 ) -> Iterator[ProxyProcess]:
     process = ProxyProcess(config(_openai_server, _gemini_server, _ollama_server), tmp_path_factory.mktemp("responses"))
     yield process.wait_ready()
@@ -67,7 +77,9 @@ def proxy(
 
 
 @pytest.fixture
-def fakes(fake_openai: FakeOpenAI, fake_gemini: FakeGemini, fake_ollama: FakeOllama) -> tuple[FakeOpenAI, FakeGemini, FakeOllama]:
+def fakes(
+    fake_openai: FakeOpenAI, fake_gemini: FakeGemini, fake_ollama: FakeOllama
+) -> tuple[FakeOpenAI, FakeGemini, FakeOllama]:
     return fake_openai, fake_gemini, fake_ollama
 
 
@@ -89,7 +101,10 @@ def test_create(client: openai.OpenAI, model: str) -> None:
     assert response.id.startswith("resp_") and response.object == "response"
     assert response.status == "completed"
     assert response.output_text == "echo: hello there"
-    assert response.usage is not None and response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    assert (
+        response.usage is not None
+        and response.usage.total_tokens == response.usage.input_tokens + response.usage.output_tokens
+    )
 
 
 @EVERY
@@ -101,7 +116,9 @@ def test_stream(client: openai.OpenAI, model: str) -> None:
     assert kinds[:3] == ["response.created", "response.in_progress", "response.output_item.added"]
     assert kinds[-1] == "response.completed"
     assert [event.sequence_number for event in events] == list(range(len(events)))
-    assert "".join(event.delta for event in events if event.type == "response.output_text.delta") == "echo: one two three"
+    assert (
+        "".join(event.delta for event in events if event.type == "response.output_text.delta") == "echo: one two three"
+    )
     assert final.output_text == "echo: one two three"
     assert final.id == events[0].response.id
 
@@ -128,6 +145,30 @@ def test_built_in_tools_are_refused_in_openai_shape(client: openai.OpenAI, model
         client.responses.create(model=model, input="hi", tools=[{"type": "web_search_preview"}])
     assert "web_search_preview" in refused.value.body["message"]
     assert refused.value.body["param"] == "tools[0].type"
+
+
+@pytest.mark.parametrize("end", ["cut", "failed"])
+def test_a_native_stream_that_does_not_complete_ends_in_an_error_and_is_not_cached(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama], end: str
+) -> None:
+    fake_openai = fakes[0]
+    client = sdk(start_proxy(config(*fakes, cache={"enabled": True}, retry={"max_attempts": 1})))
+    status, response = ResponsesState().create({"model": "gpt-4o-mini", "input": "unlucky"})
+    frames = response_events(response)[:-1]
+    if end == "failed":
+        failed = {**response, "status": "failed", "error": {"code": "server_error", "message": "model crashed"}}
+        frames.append(
+            b"event: response.failed\ndata: "
+            + orjson.dumps({"type": "response.failed", "response": failed, "sequence_number": len(frames)})
+            + b"\n\n"
+        )
+    fake_openai.script(Reply(body=b"".join(frames), headers={"content-type": "text/event-stream"}))
+    seen: list[str] = []
+    with pytest.raises(openai.APIError), client.responses.stream(model=NATIVE, input="unlucky") as stream:
+        seen.extend(event.type for event in stream)
+    assert seen[0] == "response.created"
+    again = client.responses.with_raw_response.create(model=NATIVE, input="unlucky")
+    assert again.headers["x-sluice-cache"] == "miss"
 
 
 # -- stored responses --
@@ -163,7 +204,13 @@ def test_function_tool_conversation_through_previous_response_id(client: openai.
     third = client.responses.create(model=model, previous_response_id=second.id, input="thanks")
     assert third.output_text == "echo: thanks"
     items = client.responses.input_items.list(third.id, order="asc")
-    assert [item.type for item in items.data] == ["message", "function_call", "function_call_output", "message", "message"]
+    assert [item.type for item in items.data] == [
+        "message",
+        "function_call",
+        "function_call_output",
+        "message",
+        "message",
+    ]
 
 
 def test_unknown_previous_response_id_is_404(client: openai.OpenAI) -> None:
@@ -249,7 +296,9 @@ def gated_answer(model: str, streaming: bool, gate: threading.Event) -> Reply:
     if model == NATIVE:
         status, response = ResponsesState().create({"model": "gpt-4o-mini", "input": "together"})
         if streaming:
-            return Reply(gate=gate, body=b"".join(response_events(response)), headers={"content-type": "text/event-stream"})
+            return Reply(
+                gate=gate, body=b"".join(response_events(response)), headers={"content-type": "text/event-stream"}
+            )
         return Reply(gate=gate, json=response)
     answer = gemini_response([candidate([{"text": "echo: together"}])], usage_metadata(5, 3))
     return Reply(gate=gate, chunks=[answer]) if streaming else Reply(gate=gate, json=answer)
@@ -265,7 +314,10 @@ async def until_joined(proxy: ProxyProcess, followers: int) -> None:
 @pytest.mark.parametrize("model", [NATIVE, GEMINI])
 @pytest.mark.parametrize("streaming", [False, True])
 def test_identical_requests_in_flight_share_one_call(
-    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama], model: str, streaming: bool
+    start_proxy: Callable[..., ProxyProcess],
+    fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama],
+    model: str,
+    streaming: bool,
 ) -> None:
     fake_openai, fake_gemini, _ = fakes
     proxy = start_proxy(config(*fakes, cache={"enabled": True}))
@@ -301,7 +353,9 @@ def test_agents_sdk_runner_with_a_function_tool(proxy: ProxyProcess, fakes: Any,
     from agents import Agent, Runner, function_tool, set_default_openai_client, set_tracing_disabled
 
     set_tracing_disabled(True)
-    set_default_openai_client(openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="client-key", max_retries=0), use_for_tracing=False)
+    set_default_openai_client(
+        openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="client-key", max_retries=0), use_for_tracing=False
+    )
     calls: list[str] = []
 
     @function_tool

@@ -22,7 +22,13 @@ from tests.fakes.openai import FakeOpenAI, completion, stream_chunks
 from tests.fakes.openai_responses import ResponsesState, response_events
 from tests.fakes.server import Reply
 
-WEATHER = {"type": "function", "name": "get_weather", "description": "Weather", "parameters": {"type": "object"}, "strict": True}
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather",
+    "parameters": {"type": "object"},
+    "strict": True,
+}
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
 
 
@@ -74,10 +80,13 @@ def test_to_hub_maps_instructions_items_tools_and_parameters(surface: ResponsesS
             {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": '{"city":"Rome"}'},
             {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
             {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "rainy"}]},
-            {"role": "user", "content": [
-                {"type": "input_text", "text": "And this?"},
-                {"type": "input_image", "image_url": "https://example.com/a.png", "detail": "low"},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "And this?"},
+                    {"type": "input_image", "image_url": "https://example.com/a.png", "detail": "low"},
+                ],
+            },
         ],
         "tools": [WEATHER],
         "tool_choice": {"type": "function", "name": "get_weather"},
@@ -100,25 +109,52 @@ def test_to_hub_maps_instructions_items_tools_and_parameters(surface: ResponsesS
         *history,
         {"role": "user", "content": "What is the weather?"},
         {"role": "developer", "content": "Use tools."},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
-            {"id": "call_2", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                },
+                {
+                    "id": "call_2",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         {"role": "tool", "tool_call_id": "call_2", "content": "rainy"},
-        {"role": "user", "content": [
-            {"type": "text", "text": "And this?"},
-            {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "And this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+            ],
+        },
     ]
     assert {k: v for k, v in hub.items() if k != "messages"} == {
         "model": "fast",
         "stream": True,
-        "tools": [{"type": "function", "function": {
-            "name": "get_weather", "description": "Weather", "parameters": {"type": "object"}, "strict": True}}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "description": "Weather",
+                    "parameters": {"type": "object"},
+                    "strict": True,
+                },
+            }
+        ],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
         "parallel_tool_calls": False,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True}},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": {"type": "object"}, "strict": True},
+        },
         "reasoning_effort": "low",
         "max_completion_tokens": 50,
         "temperature": 0.2,
@@ -128,7 +164,9 @@ def test_to_hub_maps_instructions_items_tools_and_parameters(surface: ResponsesS
 
 
 def test_to_hub_string_input_and_simple_formats(surface: ResponsesSurface) -> None:
-    hub = surface.to_hub({"model": "m", "input": "hi", "text": {"format": {"type": "json_object"}}, "tool_choice": "required"})
+    hub = surface.to_hub(
+        {"model": "m", "input": "hi", "text": {"format": {"type": "json_object"}}, "tool_choice": "required"}
+    )
     assert hub == {
         "model": "m",
         "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
@@ -138,7 +176,17 @@ def test_to_hub_string_input_and_simple_formats(surface: ResponsesSurface) -> No
 
 
 @pytest.mark.parametrize(
-    "tool", ["web_search", "web_search_preview", "file_search", "computer_use_preview", "code_interpreter", "image_generation", "mcp", "local_shell"]
+    "tool",
+    [
+        "web_search",
+        "web_search_preview",
+        "file_search",
+        "computer_use_preview",
+        "code_interpreter",
+        "image_generation",
+        "mcp",
+        "local_shell",
+    ],
 )
 def test_built_in_tools_are_400_naming_the_type(surface: ResponsesSurface, tool: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
@@ -154,8 +202,14 @@ def test_built_in_tools_are_400_naming_the_type(surface: ResponsesSurface, tool:
         ({"prompt": {"id": "pmpt_1"}}, "prompt"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"include": ["file_search_call.results"]}, "include"),
-        ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]}, "input[0].content[0].file_id"),
-        ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]}, "input[0].content[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+            "input[0].content[0].type",
+        ),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
         ({"tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
         ({"text": {"verbosity": "low"}}, "text.verbosity"),
@@ -222,7 +276,12 @@ def test_from_hub_function_calls_reasoning_and_incomplete(surface: ResponsesSurf
     response = Response.model_validate(surface.from_hub(chat, {"model": "m", "tools": [WEATHER]}))
     assert [item.type for item in response.output] == ["reasoning", "function_call"]
     call = response.output[1]
-    assert (call.call_id, call.name, call.arguments, call.status) == ("call_1", "get_weather", '{"city":"Paris"}', "completed")
+    assert (call.call_id, call.name, call.arguments, call.status) == (
+        "call_1",
+        "get_weather",
+        '{"city":"Paris"}',
+        "completed",
+    )
     assert call.id is not None and call.id.startswith("fc_")
 
     cut = completion("m", "half an ans")
@@ -233,11 +292,19 @@ def test_from_hub_function_calls_reasoning_and_incomplete(surface: ResponsesSurf
 
 
 def test_hub_usage_maps_back(surface: ResponsesSurface) -> None:
-    usage = {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4}, "output_tokens": 5,
-             "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 15}
+    usage = {
+        "input_tokens": 10,
+        "input_tokens_details": {"cached_tokens": 4},
+        "output_tokens": 5,
+        "output_tokens_details": {"reasoning_tokens": 2},
+        "total_tokens": 15,
+    }
     assert surface.hub_usage({"usage": usage}) == {
-        "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15,
-        "prompt_tokens_details": {"cached_tokens": 4}, "completion_tokens_details": {"reasoning_tokens": 2},
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 4},
+        "completion_tokens_details": {"reasoning_tokens": 2},
     }
 
 
@@ -245,7 +312,9 @@ def test_hub_usage_maps_back(surface: ResponsesSurface) -> None:
 
 
 @pytest.mark.parametrize("tools", [False, True])
-def test_live_stream_accumulates_in_the_sdk_to_from_hub(surface: ResponsesSurface, fake_openai: FakeOpenAI, tools: bool) -> None:
+def test_live_stream_accumulates_in_the_sdk_to_from_hub(
+    surface: ResponsesSurface, fake_openai: FakeOpenAI, tools: bool
+) -> None:
     request = {"model": "m", "input": "x", **({"tools": [WEATHER]} if tools else {})}
     chunks = stream_chunks("m", "one two three", tool_calls=[CALL, {**CALL, "id": "call_2"}] if tools else None)
     renderer = surface.renderer(request, False)
@@ -257,15 +326,24 @@ def test_live_stream_accumulates_in_the_sdk_to_from_hub(surface: ResponsesSurfac
     assert events[-1] == {"type": "response.completed", "response": expected, "sequence_number": len(events) - 1}
     assert final.id == expected["id"]
     assert [item.model_dump(exclude_none=True) for item in final.output] == [
-        Response.model_validate(expected).output[i].model_dump(exclude_none=True) for i in range(len(expected["output"]))
+        Response.model_validate(expected).output[i].model_dump(exclude_none=True)
+        for i in range(len(expected["output"]))
     ]
     if tools:
         assert kinds.count("response.function_call_arguments.done") == 2
     else:
         assert kinds == [
-            "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
-            "response.output_text.delta", "response.output_text.delta", "response.output_text.delta",
-            "response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed",
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed",
         ]
         assert final.output_text == "one two three"
 
@@ -287,10 +365,14 @@ def test_replay_of_a_length_cut_answer_ends_incomplete(surface: ResponsesSurface
     assert frames(sse)[-2]["item"]["status"] == "incomplete"
 
 
-def test_failure_mid_stream_is_response_failed_then_an_error_the_sdk_raises(surface: ResponsesSurface, fake_openai: FakeOpenAI) -> None:
+def test_failure_mid_stream_is_response_failed_then_an_error_the_sdk_raises(
+    surface: ResponsesSurface, fake_openai: FakeOpenAI
+) -> None:
     renderer = surface.renderer({"model": "m", "input": "x"}, False)
     chunks = stream_chunks("m", "one two")
-    sse = renderer.feed([Chunk.from_data(c) for c in chunks[:2]]) + renderer.fail(UpstreamConnectionError("upstream went away"))
+    sse = renderer.feed([Chunk.from_data(c) for c in chunks[:2]]) + renderer.fail(
+        UpstreamConnectionError("upstream went away")
+    )
     events = frames(sse)
     assert [e["type"] for e in events[-2:]] == ["response.failed", "error"]
     assert events[-2]["response"]["status"] == "failed"
@@ -299,7 +381,9 @@ def test_failure_mid_stream_is_response_failed_then_an_error_the_sdk_raises(surf
         sdk_stream(fake_openai, sse)
 
 
-def test_an_error_ending_a_native_stream_is_raised_by_the_sdk(surface: ResponsesSurface, fake_openai: FakeOpenAI) -> None:
+def test_an_error_ending_a_native_stream_is_raised_by_the_sdk(
+    surface: ResponsesSurface, fake_openai: FakeOpenAI
+) -> None:
     status, response = ResponsesState().create({"model": "gpt-4o-mini", "input": "hi"})
     sse = b"".join(response_events(response)[:3]) + surface.error_event(UpstreamConnectionError("cut"))
     with pytest.raises(openai.APIError, match="cut"):
@@ -334,8 +418,11 @@ def test_a_stored_conversation_continues_and_belongs_to_its_identity(surface: Re
         first = surface.from_hub(completion("m", None, [CALL]), first_body)
         await surface.answered(first_body, "key:a", first, native=False, provider="gemini")
 
-        second_body = {"model": "m", "previous_response_id": first["id"],
-                       "input": [{"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]}
+        second_body = {
+            "model": "m",
+            "previous_response_id": first["id"],
+            "input": [{"type": "function_call_output", "call_id": "call_1", "output": "sunny"}],
+        }
         history = await surface.history(second_body, "key:a")
         assert history == [
             {"role": "user", "content": [{"type": "text", "text": "weather?"}]},
@@ -361,7 +448,9 @@ def test_a_stored_conversation_continues_and_belongs_to_its_identity(surface: Re
         await surface.answered(unstored, "key:a", answer, native=False, provider="gemini")
         assert await surface.store.get(answer["id"]) is None
 
-        assert await surface.history({"model": "m", "input": "x", "previous_response_id": "resp_native"}, "key:a") is None
+        assert (
+            await surface.history({"model": "m", "input": "x", "previous_response_id": "resp_native"}, "key:a") is None
+        )
         await surface.answered({"model": "m"}, "key:a", {"id": "resp_native"}, native=True, provider="openai")
         assert await surface.store.provider_of("resp_native") == "openai"
 

@@ -82,11 +82,18 @@ class _CompletionAssembler:
 
     def add(self, event: dict[str, Any]) -> None:
         if not self._head:
-            self._head = {"id": event.get("id"), "object": "text_completion", "created": event.get("created"), "model": event.get("model")}
+            self._head = {
+                "id": event.get("id"),
+                "object": "text_completion",
+                "created": event.get("created"),
+                "model": event.get("model"),
+            }
         if event.get("usage"):
             self._usage = event["usage"]
         for choice in event.get("choices") or ():
-            state = self._choices.setdefault(choice.get("index", 0), {"text": [], "logprobs": None, "finish_reason": None})
+            state = self._choices.setdefault(
+                choice.get("index", 0), {"text": [], "logprobs": None, "finish_reason": None}
+            )
             state["text"].append(choice.get("text") or "")
             if choice.get("finish_reason"):
                 state["finish_reason"] = choice["finish_reason"]
@@ -97,7 +104,12 @@ class _CompletionAssembler:
 
     def result(self) -> dict[str, Any]:
         choices = [
-            {"text": "".join(state["text"]), "index": index, "logprobs": state["logprobs"], "finish_reason": state["finish_reason"]}
+            {
+                "text": "".join(state["text"]),
+                "index": index,
+                "logprobs": state["logprobs"],
+                "finish_reason": state["finish_reason"],
+            }
             for index, state in sorted(self._choices.items())
         ]
         data: dict[str, Any] = {**self._head, "choices": choices}

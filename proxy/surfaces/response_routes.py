@@ -71,7 +71,9 @@ class ResponseRoutes:
             raise not_found(response_id)
         return record
 
-    async def _forward(self, method: str, response_id: str, tail: str, query: str, authorization: str | None) -> Response:
+    async def _forward(
+        self, method: str, response_id: str, tail: str, query: str, authorization: str | None
+    ) -> Response:
         name = await self.store.provider_of(response_id)
         provider = self.providers.get(name) if name else None
         if provider is None:

@@ -129,7 +129,9 @@ class RedisResponseStore:
 
     def __init__(self, url: str, ttl: float, *, timeout: float = 0.5) -> None:
         self._ttl_ms = max(1, round(ttl * 1000))
-        self._redis = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))
+        self._redis = Redis.from_url(
+            url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
+        )
 
     async def get(self, response_id: str) -> StoredResponse | None:
         raw = await self._read(_RECORD_PREFIX + response_id)

@@ -58,7 +58,9 @@ class ResponsesSurface(Surface):
             return None
         return responses_request.items_to_messages(conversation(record), "previous_response_id")
 
-    async def answered(self, body: dict[str, Any], identity: str, answer: dict[str, Any], native: bool, provider: str) -> None:
+    async def answered(
+        self, body: dict[str, Any], identity: str, answer: dict[str, Any], native: bool, provider: str
+    ) -> None:
         response_id = answer.get("id")
         if not isinstance(response_id, str):
             return

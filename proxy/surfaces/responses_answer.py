@@ -129,7 +129,9 @@ def from_hub(completion: dict[str, Any], request: dict[str, Any]) -> dict[str, A
     choices = completion.get("choices") or [{}]
     choice = choices[0]
     reason = _INCOMPLETE.get(choice.get("finish_reason") or "")
-    data = envelope(request, ids.response, completion.get("created") or 0, completion.get("model") or request.get("model", ""))
+    data = envelope(
+        request, ids.response, completion.get("created") or 0, completion.get("model") or request.get("model", "")
+    )
     data["output"] = output_items(choice.get("message") or {}, ids, reason is not None)
     data["status"] = "incomplete" if reason else "completed"
     if reason:

@@ -61,13 +61,22 @@ class EventWriter:
         return self.event("response.output_item.done", output_index=index, item=item)
 
     def part_added(self, index: int, item_id: str, part_index: int, part: dict[str, Any]) -> bytes:
-        return self.event("response.content_part.added", item_id=item_id, output_index=index, content_index=part_index, part=part)
+        return self.event(
+            "response.content_part.added", item_id=item_id, output_index=index, content_index=part_index, part=part
+        )
 
     def part_delta(self, index: int, item_id: str, part_index: int, kind: str, delta: str) -> bytes:
         if kind == "refusal":
-            return self.event("response.refusal.delta", item_id=item_id, output_index=index, content_index=part_index, delta=delta)
+            return self.event(
+                "response.refusal.delta", item_id=item_id, output_index=index, content_index=part_index, delta=delta
+            )
         return self.event(
-            "response.output_text.delta", item_id=item_id, output_index=index, content_index=part_index, delta=delta, logprobs=[]
+            "response.output_text.delta",
+            item_id=item_id,
+            output_index=index,
+            content_index=part_index,
+            delta=delta,
+            logprobs=[],
         )
 
     def part_done(self, index: int, item_id: str, part_index: int, part: dict[str, Any]) -> bytes:
@@ -80,10 +89,14 @@ class EventWriter:
 
     def summary_added(self, index: int, item_id: str) -> bytes:
         part = {"type": "summary_text", "text": ""}
-        return self.event("response.reasoning_summary_part.added", item_id=item_id, output_index=index, summary_index=0, part=part)
+        return self.event(
+            "response.reasoning_summary_part.added", item_id=item_id, output_index=index, summary_index=0, part=part
+        )
 
     def summary_delta(self, index: int, item_id: str, delta: str) -> bytes:
-        return self.event("response.reasoning_summary_text.delta", item_id=item_id, output_index=index, summary_index=0, delta=delta)
+        return self.event(
+            "response.reasoning_summary_text.delta", item_id=item_id, output_index=index, summary_index=0, delta=delta
+        )
 
     def summary_done(self, index: int, item_id: str, text: str) -> bytes:
         where = {"item_id": item_id, "output_index": index, "summary_index": 0}
@@ -197,7 +210,9 @@ class HubRenderer:
             if self._ids is None:
                 self._ids = Ids(str(chunk.get("id") or ""))
                 model = chunk.get("model") or self._request.get("model", "")
-                out.append(self._writer.started(envelope(self._request, self._ids.response, chunk.get("created") or 0, model)))
+                out.append(
+                    self._writer.started(envelope(self._request, self._ids.response, chunk.get("created") or 0, model))
+                )
             for choice in chunk.get("choices") or ():
                 if choice.get("index", 0) == 0:
                     self._delta(choice.get("delta") or {}, out)
@@ -269,7 +284,9 @@ class HubRenderer:
         else:
             function = (call or {}).get("function") or {}
             item.call = {"id": (call or {}).get("id"), "name": function.get("name") or ""}
-            skeleton = function_call_item(item_id, {"id": item.call["id"], "function": {"name": item.call["name"]}}, "in_progress")
+            skeleton = function_call_item(
+                item_id, {"id": item.call["id"], "function": {"name": item.call["name"]}}, "in_progress"
+            )
         out.append(self._writer.item_added(item.index, skeleton))
         if kind == "reasoning":
             out.append(self._writer.summary_added(item.index, item_id))
@@ -292,7 +309,11 @@ class HubRenderer:
         elif item.kind == "function_call":
             out.append(self._writer.arguments_delta(item.index, item.item_id, text))
         else:
-            out.append(self._writer.part_delta(item.index, item.item_id, len(item.parts), item.part_kind or "output_text", text))
+            out.append(
+                self._writer.part_delta(
+                    item.index, item.item_id, len(item.parts), item.part_kind or "output_text", text
+                )
+            )
 
     def _close_part(self, out: list[bytes]) -> None:
         item = self._open
@@ -318,7 +339,11 @@ class HubRenderer:
         else:
             arguments = "".join(item.texts)
             out.append(self._writer.arguments_done(item.index, item.item_id, item.call["name"], arguments))
-            done = function_call_item(item.item_id, {"id": item.call["id"], "function": {"name": item.call["name"], "arguments": arguments}}, status)
+            done = function_call_item(
+                item.item_id,
+                {"id": item.call["id"], "function": {"name": item.call["name"], "arguments": arguments}},
+                status,
+            )
         out.append(self._writer.item_done(item.index, done))
         self._done.append(done)
         self._open = None
@@ -339,7 +364,12 @@ class ResponsesAssembler:
     def add(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         response = event.get("response")
-        if isinstance(response, dict) and kind in ("response.created", "response.completed", "response.incomplete", "response.failed"):
+        if isinstance(response, dict) and kind in (
+            "response.created",
+            "response.completed",
+            "response.incomplete",
+            "response.failed",
+        ):
             self._response = response
             self._finished = kind in ("response.completed", "response.incomplete")
 

@@ -36,7 +36,18 @@ _SLUICE_SIDE = frozenset(
     }
 )
 _CARRIED = frozenset(
-    {"temperature", "top_p", "max_output_tokens", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "user", "include"}
+    {
+        "temperature",
+        "top_p",
+        "max_output_tokens",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "text",
+        "reasoning",
+        "user",
+        "include",
+    }
 )
 # Asked for by SDKs as a matter of course, and harmless when there is nothing encrypted to return.
 _HARMLESS_INCLUDES = frozenset({"reasoning.encrypted_content"})
@@ -191,7 +202,8 @@ def items_to_messages(items: list[dict[str, Any]], param: str = "input") -> list
             continue  # a model's own thinking: not input another model can take
         else:
             raise InvalidRequest(
-                f"Unsupported input item type '{kind}' when this provider answers the Responses API.", param=f"{where}.type"
+                f"Unsupported input item type '{kind}' when this provider answers the Responses API.",
+                param=f"{where}.type",
             )
     return messages
 
@@ -206,7 +218,9 @@ def _string(item: dict[str, Any], name: str, where: str) -> str:
 def _message(item: dict[str, Any], where: str) -> dict[str, Any]:
     role = item.get("role")
     if role not in _ROLES:
-        raise InvalidRequest(f"'{where}.role' must be one of user, assistant, system, developer.", param=f"{where}.role")
+        raise InvalidRequest(
+            f"'{where}.role' must be one of user, assistant, system, developer.", param=f"{where}.role"
+        )
     content = item.get("content")
     if isinstance(content, str):
         return {"role": role, "content": content}
@@ -230,7 +244,9 @@ def _assistant(content: list[Any], where: str) -> dict[str, Any]:
         elif kind == "refusal":
             refusals.append(str(part.get("refusal") or ""))
         else:
-            raise InvalidRequest(f"Unsupported content part type '{kind}' in an assistant message.", param=f"{where}[{index}].type")
+            raise InvalidRequest(
+                f"Unsupported content part type '{kind}' in an assistant message.", param=f"{where}[{index}].type"
+            )
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not refusals else None}
     if refusals:
         message["refusal"] = "".join(refusals)
@@ -263,7 +279,9 @@ def _output_text(output: Any, where: str) -> str:
     texts = []
     for index, part in enumerate(output):
         if not isinstance(part, dict) or part.get("type") not in ("input_text", "output_text"):
-            raise InvalidRequest("Only text parts are supported in a function_call_output here.", param=f"{where}[{index}]")
+            raise InvalidRequest(
+                "Only text parts are supported in a function_call_output here.", param=f"{where}[{index}]"
+            )
         texts.append(str(part.get("text") or ""))
     return "".join(texts)
 
@@ -294,7 +312,8 @@ def _tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
     if choice.get("type") == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     raise InvalidRequest(
-        f"Unsupported tool_choice type '{choice.get('type')}' when this provider answers the Responses API.", param="tool_choice"
+        f"Unsupported tool_choice type '{choice.get('type')}' when this provider answers the Responses API.",
+        param="tool_choice",
     )
 
 
@@ -302,7 +321,9 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if not text:
         return None
     if text.get("verbosity") not in (None, "medium"):
-        raise InvalidRequest("Unsupported parameter: 'text.verbosity' is not supported by this provider.", param="text.verbosity")
+        raise InvalidRequest(
+            "Unsupported parameter: 'text.verbosity' is not supported by this provider.", param="text.verbosity"
+        )
     form = text.get("format")
     if form is None:
         return None
@@ -313,7 +334,9 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if kind == "json_schema":
         if not isinstance(form.get("name"), str) or not isinstance(form.get("schema"), dict):
-            raise InvalidRequest("'text.format' of type json_schema needs a 'name' and a 'schema'.", param="text.format")
+            raise InvalidRequest(
+                "'text.format' of type json_schema needs a 'name' and a 'schema'.", param="text.format"
+            )
         schema = {key: form[key] for key in ("name", "schema", "strict", "description") if form.get(key) is not None}
         return {"type": "json_schema", "json_schema": schema}
     raise InvalidRequest("'text.format.type' must be text, json_object or json_schema.", param="text.format.type")

@@ -65,20 +65,39 @@ class ResponsesState:
         history: list[dict[str, Any]] = []
         if previous:
             if previous not in self.stored:
-                error = {"message": f"Previous response with id '{previous}' not found.", "type": "invalid_request_error",
-                         "param": "previous_response_id", "code": "previous_response_not_found"}
+                error = {
+                    "message": f"Previous response with id '{previous}' not found.",
+                    "type": "invalid_request_error",
+                    "param": "previous_response_id",
+                    "code": "previous_response_not_found",
+                }
                 return 404, {"error": error}
             old, old_items = self.stored[previous]
             history = old_items + old["output"]
         tools = [t for t in payload.get("tools") or () if t.get("type") == "function"]
         last = items[-1] if items else {}
         if tools and payload.get("tool_choice") != "none" and last.get("role") == "user":
-            output = [{"id": _id("fc_"), "type": "function_call", "status": "completed", "call_id": _id("call_"),
-                       "name": tools[0]["name"], "arguments": '{"city":"Paris"}'}]
+            output = [
+                {
+                    "id": _id("fc_"),
+                    "type": "function_call",
+                    "status": "completed",
+                    "call_id": _id("call_"),
+                    "name": tools[0]["name"],
+                    "arguments": '{"city":"Paris"}',
+                }
+            ]
         else:
             text = f"echo: {_last_input_text(items)}"
-            output = [{"id": _id("msg_"), "type": "message", "status": "completed", "role": "assistant",
-                       "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]
+            output = [
+                {
+                    "id": _id("msg_"),
+                    "type": "message",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+                }
+            ]
         response = {
             "id": _id("resp_"),
             "object": "response",
@@ -119,8 +138,13 @@ class ResponsesState:
         if entry is None:
             return None
         data = entry[1][::-1]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": False}
+        return {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": False,
+        }
 
     def delete(self, response_id: str) -> dict[str, Any] | None:
         if self.stored.pop(response_id, None) is None:
@@ -141,16 +165,26 @@ def response_events(response: dict[str, Any]) -> list[bytes]:
     emit("response.in_progress", response=start)
     for index, item in enumerate(response["output"]):
         if item["type"] == "message":
-            emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []})
+            emit(
+                "response.output_item.added", output_index=index, item={**item, "status": "in_progress", "content": []}
+            )
             text = item["content"][0]["text"]
             where = {"item_id": item["id"], "output_index": index, "content_index": 0}
-            emit("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+            emit(
+                "response.content_part.added",
+                **where,
+                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            )
             for position, word in enumerate(text.split(" ")):
                 emit("response.output_text.delta", **where, delta=word if position == 0 else " " + word, logprobs=[])
             emit("response.output_text.done", **where, text=text, logprobs=[])
             emit("response.content_part.done", **where, part=item["content"][0])
         else:
-            emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress", "arguments": ""})
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
             where = {"item_id": item["id"], "output_index": index}
             emit("response.function_call_arguments.delta", **where, delta=item["arguments"])
             emit("response.function_call_arguments.done", **where, arguments=item["arguments"])
@@ -178,7 +212,10 @@ def completion_frames(completion: dict[str, Any], include_usage: bool) -> list[b
     head = {key: completion[key] for key in ("id", "object", "created", "model", "system_fingerprint")}
     words = completion["choices"][0]["text"].split(" ")
     chunks = [
-        {**head, "choices": [{"text": word if i == 0 else " " + word, "index": 0, "logprobs": None, "finish_reason": None}]}
+        {
+            **head,
+            "choices": [{"text": word if i == 0 else " " + word, "index": 0, "logprobs": None, "finish_reason": None}],
+        }
         for i, word in enumerate(words)
     ]
     chunks.append({**head, "choices": [{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}]})
