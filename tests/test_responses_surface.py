@@ -14,9 +14,10 @@ from openai import OpenAI
 from openai.types.responses import Response
 
 from proxy.completions import Chunk, StreamAssembler, replay_chunks
+from proxy.config import ConfigError, parse_config
 from proxy.errors import InvalidRequest, NotFound, UpstreamConnectionError
 from proxy.surfaces.response_routes import page
-from proxy.surfaces.response_store import MemoryResponseStore
+from proxy.surfaces.response_store import MemoryResponseStore, RedisResponseStore, response_store
 from proxy.surfaces.responses import ResponsesSurface
 from tests.fakes.openai import FakeOpenAI, completion, stream_chunks
 from tests.fakes.openai_responses import ResponsesState, response_events
@@ -469,3 +470,20 @@ def test_memory_store_is_lru_bounded() -> None:
         assert await surface.store.get(ids[2]) is not None
 
     asyncio.run(scenario())
+
+
+def test_the_responses_config_section_and_the_store_it_picks() -> None:
+    base = "providers: [{name: o, type: openai, base_url: 'http://127.0.0.1:1/v1'}]\n"
+    default = parse_config(base)
+    assert (default.responses.ttl_seconds, default.responses.max_entries) == (2592000.0, 10000)
+    assert isinstance(response_store(default), MemoryResponseStore)
+    redis_backed = parse_config(base + "cache: {backend: redis}\nresponses: {ttl_seconds: 60}\n")
+    assert redis_backed.responses.ttl_seconds == 60
+    assert isinstance(response_store(redis_backed), RedisResponseStore)
+    with pytest.raises(ConfigError) as invalid:
+        parse_config(base + "responses: {ttl_seconds: 0, max_entries: many, keep: true}\n")
+    assert [problem.split(":")[0] for problem in invalid.value.problems] == [
+        "responses.keep",
+        "responses.ttl_seconds",
+        "responses.max_entries",
+    ]
