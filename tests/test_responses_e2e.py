@@ -219,13 +219,15 @@ def test_unknown_previous_response_id_is_404(client: openai.OpenAI) -> None:
     assert missing.value.body["message"] == "Previous response with id 'resp_unknown' not found."
 
 
-def test_a_stored_response_is_404_to_another_key(
-    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama]
+@pytest.mark.parametrize("model", [GEMINI, NATIVE])
+def test_a_response_is_404_to_another_key(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama], model: str
 ) -> None:
+    """Sluice's own upstream key serves both teams: a native response is guarded as a stored one is."""
     keys = [{"name": "team-a", "key": "sk-team-a"}, {"name": "team-b", "key": "sk-team-b"}]
     proxy = start_proxy(config(*fakes, auth={"keys": keys}))
     mine, theirs = sdk(proxy, "sk-team-a"), sdk(proxy, "sk-team-b")
-    created = mine.responses.create(model=GEMINI, input="private")
+    created = mine.responses.create(model=model, input="private")
     assert mine.responses.retrieve(created.id).output_text == "echo: private"
     with pytest.raises(openai.NotFoundError):
         theirs.responses.retrieve(created.id)
@@ -234,7 +236,7 @@ def test_a_stored_response_is_404_to_another_key(
     with pytest.raises(openai.NotFoundError):
         theirs.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError):
-        theirs.responses.create(model=GEMINI, previous_response_id=created.id, input="and?")
+        theirs.responses.create(model=model, previous_response_id=created.id, input="and?")
     assert mine.responses.retrieve(created.id).id == created.id
 
 

@@ -17,7 +17,7 @@ from proxy.completions import Chunk, StreamAssembler, replay_chunks
 from proxy.config import ConfigError, parse_config
 from proxy.errors import InvalidRequest, NotFound, UpstreamConnectionError
 from proxy.surfaces.response_routes import page
-from proxy.surfaces.response_store import MemoryResponseStore, RedisResponseStore, response_store
+from proxy.surfaces.response_store import MemoryResponseStore, NativeOrigin, RedisResponseStore, response_store
 from proxy.surfaces.responses import ResponsesSurface
 from tests.fakes.openai import FakeOpenAI, completion, stream_chunks
 from tests.fakes.openai_responses import ResponsesState, response_events
@@ -453,7 +453,9 @@ def test_a_stored_conversation_continues_and_belongs_to_its_identity(surface: Re
             await surface.history({"model": "m", "input": "x", "previous_response_id": "resp_native"}, "key:a") is None
         )
         await surface.answered({"model": "m"}, "key:a", {"id": "resp_native"}, native=True, provider="openai")
-        assert await surface.store.provider_of("resp_native") == "openai"
+        assert await surface.store.native_origin("resp_native") == NativeOrigin("openai", "key:a")
+        with pytest.raises(NotFound):
+            await surface.history({"model": "m", "input": "x", "previous_response_id": "resp_native"}, "key:b")
 
     asyncio.run(scenario())
 

@@ -1,9 +1,9 @@
 """``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_items``.
 
-A response Sluice stored (bridged) is answered from the store, and only to
-the identity that made it: for anyone else it does not exist (404). A
-native response's id is forwarded to the provider that made it, with that
-provider's credential rules; an id Sluice never saw is 404.
+A response Sluice stored (bridged) is answered from the store; a native
+one's route is forwarded to the provider that made it, with that provider's
+credential rules. Either only for the identity that made it: for anyone
+else, as for an id Sluice never saw, it does not exist (404).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class ResponseRoutes:
             record = await self._owned(response_id, identity)
             if record is not None:
                 return _json(record.response)
-            return await self._forward("GET", response_id, "", request.url.query, authorization)
+            return await self._forward("GET", response_id, "", request.url.query, identity, authorization)
         except SluiceError as error:
             return error_response(error)
 
@@ -50,7 +50,7 @@ class ResponseRoutes:
             if record is not None:
                 await self.store.delete(response_id)
                 return _json({"id": response_id, "object": "response.deleted", "deleted": True})
-            return await self._forward("DELETE", response_id, "", "", authorization)
+            return await self._forward("DELETE", response_id, "", "", identity, authorization)
         except SluiceError as error:
             return error_response(error)
 
@@ -61,7 +61,7 @@ class ResponseRoutes:
             record = await self._owned(response_id, identity)
             if record is not None:
                 return _json(page(record.input_items, request.query_params))
-            return await self._forward("GET", response_id, "/input_items", request.url.query, authorization)
+            return await self._forward("GET", response_id, "/input_items", request.url.query, identity, authorization)
         except SluiceError as error:
             return error_response(error)
 
@@ -72,16 +72,15 @@ class ResponseRoutes:
         return record
 
     async def _forward(
-        self, method: str, response_id: str, tail: str, query: str, authorization: str | None
+        self, method: str, response_id: str, tail: str, query: str, identity: str, authorization: str | None
     ) -> Response:
-        name = await self.store.provider_of(response_id)
-        provider = self.providers.get(name) if name else None
+        """A native response's route, to the provider that made it, for the caller it was made for."""
+        origin = await self.store.native_origin(response_id)
+        provider = self.providers.get(origin.provider) if origin is not None and origin.identity == identity else None
         if provider is None:
             raise not_found(response_id)
         path = f"responses/{response_id}{tail}" + (f"?{query}" if query else "")
         status, body = await provider.forward(method, path, Call(model="", body={}, authorization=authorization))
-        if method == "DELETE" and status < 400:
-            await self.store.delete(response_id)
         return Response(body, status_code=status, media_type="application/json")
 
 

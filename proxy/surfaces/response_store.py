@@ -5,7 +5,7 @@ input items, the history's included, its ``response`` object, and who made
 it) for ``responses.ttl_seconds``: ``previous_response_id`` continues from it
 and ``GET``/``DELETE /v1/responses/{id}`` and ``…/input_items`` read it. A
 native response stays with its provider; Sluice only remembers which
-provider made each id, so those routes can be forwarded there.
+provider made each id, and for whom, so those routes can be forwarded there.
 
 In memory (LRU and TTL, per process) or, with ``cache.backend: redis``, in
 Redis with its TTL, shared by every process. A Redis outage loses stored
@@ -31,7 +31,16 @@ from proxy.config import Config
 
 _log = structlog.get_logger("sluice")
 _RECORD_PREFIX = "sluice:responses:"
-_PROVIDER_PREFIX = "sluice:response-provider:"
+_ORIGIN_PREFIX = "sluice:response-origin:"
+
+
+@dataclass(frozen=True, slots=True)
+class NativeOrigin:
+    """Which provider made a native response, and for whom: Sluice's own upstream key may
+    serve many callers, so the {id} routes check the caller as they do for stored responses."""
+
+    provider: str
+    identity: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +70,9 @@ class ResponseStore(Protocol):
 
     async def delete(self, response_id: str) -> None: ...
 
-    async def remember_provider(self, response_id: str, provider: str) -> None:
-        """A native response's id and the provider that made it."""
-        ...
+    async def remember_native(self, response_id: str, origin: NativeOrigin) -> None: ...
 
-    async def provider_of(self, response_id: str) -> str | None: ...
+    async def native_origin(self, response_id: str) -> NativeOrigin | None: ...
 
     async def aclose(self) -> None: ...
 
@@ -103,7 +110,7 @@ class MemoryResponseStore:
 
     def __init__(self, ttl: float, max_entries: int) -> None:
         self._records = _Expiring(ttl, max_entries)
-        self._providers = _Expiring(ttl, max_entries)
+        self._origins = _Expiring(ttl, max_entries)
 
     async def get(self, response_id: str) -> StoredResponse | None:
         return self._records.get(response_id)
@@ -114,11 +121,11 @@ class MemoryResponseStore:
     async def delete(self, response_id: str) -> None:
         self._records.pop(response_id)
 
-    async def remember_provider(self, response_id: str, provider: str) -> None:
-        self._providers.put(response_id, provider)
+    async def remember_native(self, response_id: str, origin: NativeOrigin) -> None:
+        self._origins.put(response_id, origin)
 
-    async def provider_of(self, response_id: str) -> str | None:
-        return self._providers.get(response_id)
+    async def native_origin(self, response_id: str) -> NativeOrigin | None:
+        return self._origins.get(response_id)
 
     async def aclose(self) -> None:
         return None
@@ -146,12 +153,16 @@ class RedisResponseStore:
         except (RedisError, OSError) as exc:
             _log.warning("response_store_unavailable", operation="delete", error=type(exc).__name__)
 
-    async def remember_provider(self, response_id: str, provider: str) -> None:
-        await self._write(_PROVIDER_PREFIX + response_id, provider.encode())
+    async def remember_native(self, response_id: str, origin: NativeOrigin) -> None:
+        await self._write(_ORIGIN_PREFIX + response_id, orjson.dumps([origin.provider, origin.identity]))
 
-    async def provider_of(self, response_id: str) -> str | None:
-        raw = await self._read(_PROVIDER_PREFIX + response_id)
-        return raw.decode() if raw is not None else None
+    async def native_origin(self, response_id: str) -> NativeOrigin | None:
+        raw = await self._read(_ORIGIN_PREFIX + response_id)
+        try:
+            provider, identity = orjson.loads(raw) if raw is not None else (None, None)
+        except (orjson.JSONDecodeError, ValueError, TypeError):
+            return None
+        return NativeOrigin(provider, identity) if isinstance(provider, str) and isinstance(identity, str) else None
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -14,7 +14,7 @@ from typing import Any
 from proxy.errors import SluiceError
 from proxy.surfaces import responses_answer, responses_events, responses_request
 from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface
-from proxy.surfaces.response_store import ResponseStore, StoredResponse
+from proxy.surfaces.response_store import NativeOrigin, ResponseStore, StoredResponse
 from proxy.surfaces.responses_answer import derived_id
 
 
@@ -52,7 +52,8 @@ class ResponsesSurface(Surface):
 
     async def history(self, body: dict[str, Any], identity: str) -> list[dict[str, Any]] | None:
         """The hub messages of the ``previous_response_id`` chain; None when Sluice did not store it
-        (a native provider's id, or unknown: ``to_hub`` then answers 404)."""
+        (a native provider's id, or unknown: ``to_hub`` then answers 404). Another caller's
+        response, stored or native, is ``NotFound``, as if it did not exist."""
         record = await self._previous(body, identity)
         if record is None:
             return None
@@ -65,7 +66,7 @@ class ResponsesSurface(Surface):
         if not isinstance(response_id, str):
             return
         if native:
-            await self.store.remember_provider(response_id, provider)
+            await self.store.remember_native(response_id, NativeOrigin(provider, identity))
             return
         if body.get("store") is False:
             return
@@ -79,8 +80,13 @@ class ResponsesSurface(Surface):
         if not previous_id:
             return None
         record = await self.store.get(previous_id)
-        if record is not None and record.identity != identity:
-            raise responses_request.previous_not_found(previous_id)  # another caller's: as if it did not exist
+        if record is not None:
+            owner = record.identity
+        else:
+            origin = await self.store.native_origin(previous_id)
+            owner = origin.identity if origin is not None else identity  # never seen: the upstream's to judge
+        if owner != identity:
+            raise responses_request.previous_not_found(previous_id)
         return record
 
 
