@@ -123,6 +123,17 @@ def test_stream(client: openai.OpenAI, model: str) -> None:
     assert final.id == events[0].response.id
 
 
+@pytest.mark.parametrize("model", [GEMINI, OLLAMA])
+def test_an_answer_cut_by_max_output_tokens_is_incomplete(client: openai.OpenAI, model: str) -> None:
+    response = client.responses.create(model=model, input="one two three four five", max_output_tokens=2)
+    assert response.status == "incomplete"
+    assert response.incomplete_details is not None and response.incomplete_details.reason == "max_output_tokens"
+    assert response.max_output_tokens == 2
+    with client.responses.stream(model=model, input="one two three four five", max_output_tokens=2) as stream:
+        last = [event for event in stream][-1]
+    assert last.type == "response.incomplete" and last.response.status == "incomplete"
+
+
 def test_bridged_openai_goes_through_chat_completions(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
     client.responses.create(model=BRIDGED_OPENAI, input="hi", metadata={"team": "a"}, max_output_tokens=40)
     (call,) = fake_openai.calls("/chat/completions")
@@ -350,8 +361,9 @@ def test_identical_requests_in_flight_share_one_call(
 # -- the OpenAI Agents SDK --
 
 
+@pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("model", ["weather-gemini", "weather-ollama"])
-def test_agents_sdk_runner_with_a_function_tool(proxy: ProxyProcess, fakes: Any, model: str) -> None:
+def test_agents_sdk_runner_with_a_function_tool(proxy: ProxyProcess, fakes: Any, model: str, streamed: bool) -> None:
     from agents import Agent, Runner, function_tool, set_default_openai_client, set_tracing_disabled
 
     set_tracing_disabled(True)
@@ -367,6 +379,16 @@ def test_agents_sdk_runner_with_a_function_tool(proxy: ProxyProcess, fakes: Any,
         return f"sunny in {city}"
 
     agent = Agent(name="Weather", instructions="Use the tool.", tools=[get_weather], model=model)
-    result = Runner.run_sync(agent, "weather in Paris?")
+    if streamed:
+
+        async def run() -> Any:
+            result = Runner.run_streamed(agent, "weather in Paris?")
+            async for _ in result.stream_events():
+                pass
+            return result
+
+        result = asyncio.run(run())
+    else:
+        result = Runner.run_sync(agent, "weather in Paris?")
     assert calls == ["Paris"]
     assert "sunny in Paris" in result.final_output
