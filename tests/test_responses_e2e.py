@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import orjson
+import pydantic
 import pytest
 
 from tests.fakes.gemini import FakeGemini, candidate, usage_metadata
@@ -132,6 +133,17 @@ def test_an_answer_cut_by_max_output_tokens_is_incomplete(client: openai.OpenAI,
     with client.responses.stream(model=model, input="one two three four five", max_output_tokens=2) as stream:
         last = [event for event in stream][-1]
     assert last.type == "response.incomplete" and last.response.status == "incomplete"
+
+
+class Echo(pydantic.BaseModel):
+    echo: str
+
+
+@pytest.mark.parametrize("model", [GEMINI, OLLAMA])
+def test_structured_output_with_parse(client: openai.OpenAI, model: str) -> None:
+    """``responses.parse`` sends ``text.format`` json_schema; bridged, it is the chat ``response_format``."""
+    response = client.responses.parse(model=model, input="hi", text_format=Echo)
+    assert response.output_parsed == Echo(echo="hi")
 
 
 def test_bridged_openai_goes_through_chat_completions(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
