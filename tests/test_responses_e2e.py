@@ -198,16 +198,27 @@ def test_a_native_stream_that_does_not_complete_ends_in_an_error_and_is_not_cach
 
 
 @EVERY
-def test_retrieve_input_items_delete(client: openai.OpenAI, model: str) -> None:
+def test_retrieve_input_items_delete(client: openai.OpenAI, fake_openai: FakeOpenAI, model: str) -> None:
+    """Native: forwarded to the provider that made the response, query included; bridged: Sluice's own."""
     created = client.responses.create(model=model, input="keep me")
     retrieved = client.responses.retrieve(created.id)
     assert retrieved.id == created.id and retrieved.output_text == "echo: keep me"
-    items = client.responses.input_items.list(created.id)
+    items = client.responses.input_items.list(created.id, limit=5)
     assert [item.type for item in items.data] == ["message"]
     assert items.data[0].content[0].text == "keep me"  # type: ignore[union-attr]
     client.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(created.id)
+    forwarded = [(call.method, call.path, call.query) for call in fake_openai.calls(f"/responses/{created.id}")]
+    if model == NATIVE:
+        assert forwarded == [
+            ("GET", f"/v1/responses/{created.id}", ""),
+            ("GET", f"/v1/responses/{created.id}/input_items", "limit=5"),
+            ("DELETE", f"/v1/responses/{created.id}", ""),
+            ("GET", f"/v1/responses/{created.id}", ""),
+        ]
+    else:
+        assert forwarded == []
 
 
 @pytest.mark.parametrize("model", [GEMINI, OLLAMA])
