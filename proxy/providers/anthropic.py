@@ -286,15 +286,19 @@ def finish_reason(stop_reason: str | None) -> str:
 def usage(data: dict[str, Any] | None) -> dict[str, Any] | None:
     """OpenAI counts every prompt token in ``prompt_tokens``; Anthropic splits off cache reads and writes.
 
-    ``cache_creation_input_tokens`` is kept in ``prompt_tokens_details`` (an
-    extension) because cache writes are priced apart (``cache_write``).
+    Cache writes are priced apart (``cache_write``), so ``prompt_tokens_details``
+    also says how many: as ``cache_write_tokens``, OpenAI's own name, and as
+    ``cache_creation_input_tokens``, Anthropic's (an extension).
+    Thinking tokens are inside ``output_tokens``, as OpenAI counts reasoning.
     """
     if not data:
         return None
     read = data.get("cache_read_input_tokens") or 0
     written = data.get("cache_creation_input_tokens") or 0
-    result = t.usage((data.get("input_tokens") or 0) + read + written, data.get("output_tokens") or 0, cached=read)
-    result["prompt_tokens_details"]["cache_creation_input_tokens"] = written
+    thinking = (data.get("output_tokens_details") or {}).get("thinking_tokens")
+    prompt = (data.get("input_tokens") or 0) + read + written
+    result = t.usage(prompt, data.get("output_tokens") or 0, cached=read, reasoning=thinking)
+    result["prompt_tokens_details"].update(cache_write_tokens=written, cache_creation_input_tokens=written)
     return result
 
 
