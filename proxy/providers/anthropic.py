@@ -334,7 +334,7 @@ class AnthropicStream:
 
     _builder: t.ChunkBuilder | None = None
     _usage: dict[str, Any] = field(default_factory=dict)
-    _call_arguments: bool = True  # whether the open tool_use block has sent any arguments
+    _call_has_arguments: bool = True  # false while an open tool_use block has sent no arguments yet
     _stopped: bool = False
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
@@ -355,8 +355,8 @@ class AnthropicStream:
             return _some(self._block_start(builder, event.get("content_block") or {}))
         if kind == "content_block_delta":
             return _some(self._block_delta(builder, event.get("delta") or {}))
-        if kind == "content_block_stop" and not self._call_arguments:
-            self._call_arguments = True  # a tool called with no arguments still sends a JSON object
+        if kind == "content_block_stop" and not self._call_has_arguments:
+            self._call_has_arguments = True  # a tool called with no arguments still sends a JSON object
             return _some(builder.delta(0, arguments="{}"))
         if kind == "message_delta":
             self._merge_usage(event.get("usage"))
@@ -374,7 +374,7 @@ class AnthropicStream:
             return builder.delta(0, reasoning=block.get("thinking") or None)
         if kind == "tool_use":
             arguments = t.arguments_text(block["input"]) if block.get("input") else ""
-            self._call_arguments = bool(arguments)
+            self._call_has_arguments = bool(arguments)
             return builder.delta(0, calls=[(str(block.get("id")), str(block.get("name", "")), arguments)])
         return None
 
@@ -385,7 +385,7 @@ class AnthropicStream:
         if kind == "thinking_delta":
             return builder.delta(0, reasoning=delta.get("thinking") or None)
         if kind == "input_json_delta" and delta.get("partial_json"):
-            self._call_arguments = True
+            self._call_has_arguments = True
             return builder.delta(0, arguments=delta["partial_json"])
         return None  # signature_delta, citations_delta: nothing an OpenAI client reads
 
