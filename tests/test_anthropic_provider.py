@@ -453,7 +453,7 @@ async def test_count_tokens_is_forwarded_with_the_model_rewritten(provider: a.An
     assert status == 400 and orjson.loads(body)["type"] == "error"
 
 
-async def test_models_follow_every_page(provider: a.AnthropicProvider, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_models_follow_every_page(provider: a.AnthropicProvider, fake_anthropic: FakeAnthropic) -> None:
     assert await provider.list_models(None) == fake_anthropic.models
     assert len(fake_anthropic.calls("/v1/models")) == 1
     fake_anthropic.script(
