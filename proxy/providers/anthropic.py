@@ -341,10 +341,10 @@ class AnthropicStream:
         kind = event.get("type")
         if kind == "error":
             raise _stream_error(event)
+        self._merge_usage(event_usage(event))
         if kind == "message_start":
             message = event.get("message") or {}
             self._builder = t.ChunkBuilder(str(message.get("model") or ""), completion_id(message.get("id")))
-            self._merge_usage(message.get("usage"))
             return _some(self._builder.delta(0))
         builder = self._builder
         if builder is None:
@@ -359,7 +359,6 @@ class AnthropicStream:
             self._call_has_arguments = True  # a tool called with no arguments still sends a JSON object
             return _some(builder.delta(0, arguments="{}"))
         if kind == "message_delta":
-            self._merge_usage(event.get("usage"))
             reason = (event.get("delta") or {}).get("stop_reason")
             return _some(builder.delta(0, finish=finish_reason(reason))) if reason else []
         if kind == "message_stop":
@@ -401,6 +400,18 @@ class AnthropicStream:
         self._builder.require_finished()
         final = usage(self._usage)
         return [self._builder.usage_chunk(final)] if final else []
+
+
+def event_usage(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The Anthropic usage one stream event carries: ``message_start``'s input counts,
+    ``message_delta``'s output counts. Merged in order (later non-null values win),
+    they are the ``usage`` to give ``usage()``, native streams included."""
+    kind = event.get("type")
+    if kind == "message_start":
+        return (event.get("message") or {}).get("usage")
+    if kind == "message_delta":
+        return event.get("usage")
+    return None
 
 
 def _some(chunk: dict[str, Any] | None) -> list[dict[str, Any]]:
