@@ -140,7 +140,7 @@ class StreamAssembler:
                 "content": "".join(state["content"]) if state["content"] else None,
                 "refusal": "".join(state["refusal"]) if state["refusal"] else None,
             }
-            if state["reasoning_content"]:  # a provider's thinking text, kept so a cached answer replays it
+            if state["reasoning_content"]:  # a thinking model's thoughts survive the cache
                 message["reasoning_content"] = "".join(state["reasoning_content"])
             if state["tool_calls"]:
                 message["tool_calls"] = [_tool_call(state["tool_calls"][i]) for i in sorted(state["tool_calls"])]
