@@ -13,7 +13,7 @@ import orjson
 
 from proxy.completions import SSE_DONE, Chunk
 from proxy.errors import InvalidRequest, SluiceError, error_event
-from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface
+from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface, require_model
 
 
 class CompletionsSurface(Surface):
@@ -22,9 +22,7 @@ class CompletionsSurface(Surface):
     stream_end = SSE_DONE
 
     def parse(self, body: dict[str, Any]) -> ParsedRequest:
-        model = body.get("model")
-        if not isinstance(model, str) or not model.strip():
-            raise InvalidRequest("'model' must be a non-empty string.", param="model")
+        model = require_model(body)
         prompt = body.get("prompt")
         if prompt is None:
             raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")

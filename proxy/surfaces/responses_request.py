@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.errors import InvalidRequest, NotFound
-from proxy.surfaces.base import ParsedRequest
+from proxy.surfaces.base import ParsedRequest, require_model
 
 # Fields that describe the caller or the transport, never the answer, or that
 # Sluice handles itself (``metadata``, ``store``, ``previous_response_id``).
@@ -58,11 +58,7 @@ _EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 
 def parse(body: dict[str, Any]) -> ParsedRequest:
     """Check the types of the fields Sluice reads, naming the first that is wrong."""
-    model = body.get("model")
-    if model is None:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    model = require_model(body)
     value = body.get("input")
     if value is not None and not isinstance(value, (str, list)):
         raise InvalidRequest("'input' must be a string or an array of input items.", param="input")
