@@ -14,6 +14,7 @@ surface's own, and is rendered from either (``_is_native``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from proxy.remote_flights import RemoteFlights
 
 Runner = Callable[[Flight], Awaitable[None]]
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients skip it, idle timeouts of proxies on the way reset
 _log = structlog.get_logger("sluice")
 
 
@@ -427,9 +429,10 @@ class Pipeline:
             assert outcome.completion is not None
             payload = _replay(job, outcome.completion, parsed.include_usage)
             return EventStream(_once(payload), self._headers(record))
-        if not await _wait_started(request, flight):
+        started = await _wait_started(request, flight, self.config.server.stream_keepalive_seconds or None)
+        if started is None:
             return Response(status_code=499)
-        if not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
+        if started and not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
             flight.leave()
             self._account(flight.outcome, record, principal)
             record.error_code = flight.outcome.error.code
@@ -440,15 +443,24 @@ class Pipeline:
         if not record.dedup:  # what the headers say now; the log line gets the final figures
             record.attempts, record.tokens_saved = max(1, flight.attempts), flight.tokens_saved
             record.trimmed_messages = flight.trimmed_messages
-        events = self._follow(flight, job, parsed.include_usage, record, principal)
+        # A slow first event: answer now, and keep the connection alive until it comes.
+        keepalive = 0.0 if started else self.config.server.stream_keepalive_seconds
+        events = self._follow(flight, job, parsed.include_usage, record, principal, keepalive)
         return EventStream(events, self._headers(record))
 
     async def _follow(
-        self, flight: Flight, job: Job, include_usage: bool, record: RequestRecord, principal: Principal
+        self, flight: Flight, job: Job, include_usage: bool, record: RequestRecord, principal: Principal, keepalive: float = 0
     ) -> AsyncGenerator[bytes, None]:
-        native = flight.native
-        renderer = None if native else job.surface.renderer(job.body, include_usage)
         try:
+            if keepalive:  # retries and fallback go on behind the comments
+                yield KEEPALIVE
+                while not flight.chunks and flight.outcome is None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(keepalive):
+                            await flight.wait_started()
+                    if not flight.chunks and flight.outcome is None:
+                        yield KEEPALIVE
+            renderer = None if flight.native else job.surface.renderer(job.body, include_usage)
             async for batch in flight.follow():
                 payload = b"".join([c.sse for c in batch]) if renderer is None else renderer.feed(batch)
                 if payload:
@@ -558,14 +570,20 @@ async def _outcome(request: Request, flight: Flight, run: Runner | None) -> Outc
     return None if guard.gone else flight.outcome
 
 
-async def _wait_started(request: Request, flight: Flight) -> bool:
-    """Wait for the stream's first chunk or its end, so headers can name the provider."""
+async def _wait_started(request: Request, flight: Flight, timeout: float | None) -> bool | None:
+    """Wait for the stream's first chunk or its end, so headers can name the provider:
+    True then, False when ``timeout`` passed first, None when the client left."""
     if flight.chunks or flight.outcome is not None:
         return True
     guard = DisconnectGuard(request.receive, lambda: guard.cancel_task())
+    timed_out = False
     async with guard:
-        await flight.wait_started()
+        try:
+            async with asyncio.timeout(timeout):
+                await flight.wait_started()
+        except TimeoutError:
+            timed_out = True
     if guard.gone:
         flight.leave()
-        return False
-    return True
+        return None
+    return not timed_out
