@@ -194,6 +194,25 @@ def test_a_native_stream_that_does_not_complete_ends_in_an_error_and_is_not_cach
     assert again.headers["x-sluice-cache"] == "miss"
 
 
+@pytest.mark.parametrize("model", [NATIVE, BRIDGED_OPENAI])
+def test_slow_first_tokens_keep_the_stream_alive_and_a_final_failure_is_raised(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama], model: str
+) -> None:
+    fake_openai = fakes[0]
+    proxy = start_proxy(config(*fakes, server={"stream_keepalive_seconds": 0.05}, retry={"max_attempts": 1}))
+    client = sdk(proxy)
+    gate = threading.Event()
+    fake_openai.script(Reply(status=400, json={"error": {"message": "bad things", "type": "invalid_request_error"}}, gate=gate))
+    try:
+        stream = client.responses.create(model=model, input="think hard", stream=True)  # the head is in, upstream gated
+    finally:
+        gate.set()
+    with pytest.raises(openai.APIError, match="bad things"):
+        list(stream)
+    with client.responses.stream(model=model, input="think again") as answered:
+        assert answered.get_final_response().output_text == "echo: think again"
+
+
 # -- stored responses --
 
 
