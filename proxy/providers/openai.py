@@ -8,7 +8,7 @@ unchanged. Besides Chat Completions, the upstream speaks the Responses API
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -20,6 +20,9 @@ from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
 
 
+_CALLER_SCOPED = frozenset({"openai-organization", "openai-project"})
+
+
 class OpenAIProvider(Provider):
     def __init__(self, config: ProviderConfig, client: UpstreamClient) -> None:
         super().__init__(config, client)
@@ -28,11 +31,17 @@ class OpenAIProvider(Provider):
         self._models_url = f"{config.base_url}/models"
         self._native_urls = {"responses": f"{config.base_url}/responses", "completions": f"{config.base_url}/completions"}
 
-    def _headers(self, authorization: str | None) -> dict[str, str]:
+    def _headers(self, authorization: str | None, passed: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``passed``: the client's ``openai-*`` headers. ``OpenAI-Beta`` always goes on; the
+        organization and project only with the caller's own key, never to choose where the
+        operator's key is billed."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         credential = self.credential(authorization)
         if credential:
             headers["Authorization"] = f"Bearer {credential}"
+        for name, value in (passed or {}).items():
+            if name == "openai-beta" or (name in _CALLER_SCOPED and not self.config.api_key):
+                headers[name] = value
         return headers
 
     def speaks(self, api: str) -> bool:
@@ -58,7 +67,7 @@ class OpenAIProvider(Provider):
         return orjson.dumps({**call.body, **changes})
 
     async def _post(self, url: str, call: Call, payload: bytes) -> UpstreamResponse:
-        response = await self.client.request("POST", url, self._headers(call.authorization), payload)
+        response = await self.client.request("POST", url, self._headers(call.authorization, call.headers), payload)
         if response.status >= 400:
             await raise_upstream_error(response)
         return response
@@ -85,7 +94,8 @@ class OpenAIProvider(Provider):
         return ChunkStream(response, events)
 
     async def forward(self, method: str, path: str, call: Call) -> tuple[int, bytes]:
-        response = await self.client.request(method, f"{self.config.base_url}/{path}", self._headers(call.authorization))
+        headers = self._headers(call.authorization, call.headers)
+        response = await self.client.request(method, f"{self.config.base_url}/{path}", headers)
         return response.status, await response.read()
 
     async def list_models(self, authorization: str | None) -> list[str]:
