@@ -166,6 +166,21 @@ def test_native_request_reaches_openai_as_sent(client: openai.OpenAI, fake_opena
     assert "openai-organization" not in call.headers
 
 
+def test_native_with_the_callers_own_key(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama]
+) -> None:
+    """pass_client_key: the caller's key makes the response and reads it back; no other provider sees it."""
+    data = config(*fakes)
+    data["providers"][0] = {**data["providers"][0], "api_key": "", "pass_client_key": True}
+    client = sdk(start_proxy(data), "sk-callers-own")
+    fake_openai, fake_gemini, _ = fakes
+    created = client.responses.create(model=NATIVE, input="mine")
+    assert client.responses.retrieve(created.id).id == created.id
+    assert {call.headers["authorization"] for call in fake_openai.requests} == {"Bearer sk-callers-own"}
+    client.responses.create(model=GEMINI, input="elsewhere")
+    assert all("sk-callers-own" not in str(call.headers) for call in fake_gemini.requests)
+
+
 @BRIDGED
 def test_built_in_tools_are_refused_in_openai_shape(client: openai.OpenAI, model: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
