@@ -5,8 +5,11 @@ from __future__ import annotations
 import openai
 import pytest
 from openai import OpenAI
+from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from tests.fakes.openai import FakeOpenAI
+from tests.fakes.openai_responses import ResponsesState, response_events
 
 WEATHER = {
     "type": "function",
@@ -72,3 +75,16 @@ def test_legacy_completions_json_and_stream(fake_openai: FakeOpenAI) -> None:
         if c.choices
     ]
     assert "".join(pieces) == "echo: say hi"
+
+
+def test_raw_payloads_validate_against_the_sdk_types(fake_openai: FakeOpenAI) -> None:
+    """Strict pydantic validation, not the SDK's lenient construction: every field the types require is there."""
+    state = ResponsesState()
+    for payload in ({"model": "gpt-4o-mini", "input": "hi"}, {"model": "gpt-4o-mini", "input": "x", "tools": [WEATHER]}):
+        status, response = state.create(payload)
+        Response.model_validate(response)
+        for frame in response_events(response):
+            TypeAdapter(ResponseStreamEvent).validate_json(frame.split(b"data: ", 1)[1])
+    listed = state.input_items(response["id"])
+    assert listed is not None
+    ResponseItemList.model_validate(listed)

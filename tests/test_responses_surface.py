@@ -11,7 +11,8 @@ import openai
 import orjson
 import pytest
 from openai import OpenAI
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseItemList, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from proxy.completions import Chunk, StreamAssembler, replay_chunks
 from proxy.config import ConfigError, parse_config
@@ -23,6 +24,7 @@ from tests.fakes.openai import FakeOpenAI, completion, stream_chunks
 from tests.fakes.openai_responses import ResponsesState, response_events
 from tests.fakes.server import Reply
 
+STREAM_EVENT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 WEATHER = {
     "type": "function",
     "name": "get_weather",
@@ -55,6 +57,14 @@ def frames(sse: bytes) -> list[dict[str, Any]]:
             event = orjson.loads(data.removeprefix(b"data: "))
             assert head == b"event: " + event["type"].encode()
             events.append(event)
+    return events
+
+
+def validated(sse: bytes) -> list[dict[str, Any]]:
+    """The events of a stream, each strictly valid as the SDK's ``ResponseStreamEvent``."""
+    events = frames(sse)
+    for event in events:
+        STREAM_EVENT.validate_python(event)
     return events
 
 
@@ -320,7 +330,7 @@ def test_live_stream_accumulates_in_the_sdk_to_from_hub(
     chunks = stream_chunks("m", "one two three", tool_calls=[CALL, {**CALL, "id": "call_2"}] if tools else None)
     renderer = surface.renderer(request, False)
     sse = b"".join(renderer.feed([Chunk.from_data(chunk)]) for chunk in chunks) + renderer.close()
-    events = frames(sse)
+    events = validated(sse)
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     kinds, final = sdk_stream(fake_openai, sse)
     expected = surface.from_hub(assembled(chunks), request)
@@ -356,6 +366,7 @@ def test_replay_is_the_live_stream_of_the_same_answer(surface: ResponsesSurface)
         renderer = surface.renderer(request, False)
         live = renderer.feed(replay_chunks(chat, True)) + renderer.close()
         assert surface.replay(surface.from_hub(chat, request), request) == live
+        validated(live)
 
 
 def test_replay_of_a_length_cut_answer_ends_incomplete(surface: ResponsesSurface, fake_openai: FakeOpenAI) -> None:
@@ -437,7 +448,7 @@ def test_a_stored_conversation_continues_and_belongs_to_its_identity(surface: Re
         record = await surface.store.get(second["id"])
         assert record is not None
         assert [item["type"] for item in record.input_items] == ["message", "function_call", "function_call_output"]
-        assert all(item["id"] for item in record.input_items)
+        ResponseItemList.model_validate(page(record.input_items, {"limit": "100"}))
         listed = page(record.input_items, {"limit": "2"})
         assert [item["type"] for item in listed["data"]] == ["function_call_output", "function_call"]
         assert listed["has_more"] is True

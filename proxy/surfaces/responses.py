@@ -15,7 +15,7 @@ from proxy.errors import SluiceError
 from proxy.surfaces import responses_answer, responses_events, responses_request
 from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface
 from proxy.surfaces.response_store import NativeOrigin, ResponseStore, StoredResponse
-from proxy.surfaces.responses_answer import derived_id
+from proxy.surfaces.responses_answer import derived_id, text_part
 
 
 class ResponsesSurface(Surface):
@@ -96,17 +96,16 @@ def conversation(record: StoredResponse) -> list[dict[str, Any]]:
 
 
 def numbered(items: list[dict[str, Any]], response_id: str) -> list[dict[str, Any]]:
-    """Input items as ``input_items`` lists them: typed, with ids, messages' content as parts."""
+    """Input items as ``input_items`` lists them: typed, with ids and a status, messages' content as parts."""
     listed = []
     for index, item in enumerate(items):
         kind = item.get("type", "message" if "role" in item else None)
         entry = {**item, "type": kind}
-        if kind == "message":
-            content = item.get("content")
-            if isinstance(content, str):
-                part = "output_text" if item.get("role") == "assistant" else "input_text"
-                entry["content"] = [{"type": part, "text": content}]
-            entry.setdefault("status", "completed")
+        content = item.get("content")
+        if kind == "message" and isinstance(content, str):
+            assistant = item.get("role") == "assistant"
+            entry["content"] = [text_part(content) if assistant else {"type": "input_text", "text": content}]
+        entry.setdefault("status", "completed")
         if not entry.get("id"):
             prefix = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_"}.get(str(kind), "item_")
             entry["id"] = derived_id(prefix, response_id, "input", index)
