@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from proxy.completions import SSE_DONE, Chunk
-from proxy.errors import InvalidRequest, SluiceError, error_event
+from proxy.completions import SSE_DONE
+from proxy.errors import InvalidRequest
 from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface, require_model
 
 
@@ -40,7 +40,8 @@ class CompletionsSurface(Surface):
         raise InvalidRequest("Legacy completions are served by openai-type providers only.", param="model")
 
     def renderer(self, request: dict[str, Any], include_usage: bool) -> StreamRenderer:
-        return _Frames()
+        """Never asked for: with no hub form, there is never a hub stream to render."""
+        raise NotImplementedError("legacy completions are never bridged")
 
     def assembler(self) -> NativeAssembler:
         return _CompletionAssembler()
@@ -55,19 +56,6 @@ class CompletionsSurface(Surface):
 
 def _frame(data: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-class _Frames:
-    """``text_completion`` chunks as they came, closed with ``[DONE]``."""
-
-    def feed(self, chunks: list[Chunk]) -> bytes:
-        return b"".join([chunk.sse for chunk in chunks])
-
-    def close(self) -> bytes:
-        return SSE_DONE
-
-    def fail(self, error: SluiceError) -> bytes:
-        return error_event(error)
 
 
 class _CompletionAssembler:
