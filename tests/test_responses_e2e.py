@@ -345,6 +345,18 @@ def test_legacy_completions_on_openai(client: openai.OpenAI, fake_openai: FakeOp
         client.completions.create(model=GEMINI, prompt="say hi")
 
 
+def test_a_cached_legacy_completion_replays_as_a_stream(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama]
+) -> None:
+    client = sdk(start_proxy(config(*fakes, cache={"enabled": True})))
+    answer = client.completions.create(model=NATIVE, prompt="again")
+    replayed = client.completions.with_raw_response.create(model=NATIVE, prompt="again", stream=True)
+    assert replayed.headers["x-sluice-cache"] == "hit"
+    chunks = list(replayed.parse())
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == answer.choices[0].text == "echo: again"
+    assert chunks[0].id == answer.id
+
+
 # -- cache and dedup --
 
 
