@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from proxy.completions import Chunk, Completion
 from proxy.config import Target
 from proxy.errors import SluiceError
+from proxy.resilience import Attempts
 
 
 @dataclass(slots=True)
@@ -47,6 +48,7 @@ class Flight:
         self.outcome: Outcome | None = None
         self.target: Target | None = None
         self.first_chunk_seconds: float | None = None
+        self.attempts = Attempts()  # counted as they happen, so a stream's headers can tell them
         self.tokens_saved = 0
         self.trimmed_messages = 0
         self.remote = False  # fed from another process's call through Redis

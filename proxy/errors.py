@@ -61,6 +61,12 @@ class Forbidden(SluiceError):
     status, code, type = 403, "forbidden", "permission_error"
 
 
+class ModelNotAllowed(SluiceError):
+    """The caller's key has an allow-list (``auth.keys[].models``) without this model."""
+
+    status, code, type = 403, "model_not_allowed", "permission_error"
+
+
 class NotFound(SluiceError):
     status, code, type = 404, "not_found", "invalid_request_error"
 

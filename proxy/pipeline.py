@@ -39,7 +39,7 @@ from proxy.requests import (
     read_json_body,
     request_options,
 )
-from proxy.resilience import Attempts, Resilience
+from proxy.resilience import Resilience
 from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
 from proxy.telemetry import RequestRecord, Telemetry
@@ -104,19 +104,20 @@ class Pipeline:
         record: RequestRecord = request.scope["state"]["record"]
         record.tracked = True
         headers = read_headers(request.scope)
-        principal = self.limiter.authenticate(headers.authorization)
+        principal = self.limiter.authenticate(headers.credential)
         record.key_name = principal.name
         raw, body = await read_json_body(request, headers, self.config.server.max_body_bytes)
         record.bytes_in = len(raw)
         parsed = parse_chat(body) if kind == CHAT else parse_embeddings(body)
         record.model, record.stream = parsed.model, parsed.stream
+        self.limiter.check_model(principal, parsed.model)
         options = request_options(headers, self.config.compression.mode)
         route = self.router.resolve(parsed.model)
         await self.limiter.admit(principal)
-        authorization = headers.authorization if self._pass_credentials else None
+        authorization = headers.credential if self._pass_credentials else None
         key = None
         if self.cache is not None or self._dedup:
-            identity = identity_of(headers.authorization, principal.name)
+            identity = identity_of(headers.credential, principal.name)
             key = cache_key(kind, route.key, body, identity, options.compression)
         job = Job(kind, body, raw, route, options, authorization, record.request_id, key)
 
@@ -191,7 +192,7 @@ class Pipeline:
             if shared:  # answered by an identical call in another process
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
                 return
-        attempts = Attempts()
+        attempts = flight.attempts
         try:
             if job.kind == CHAT:  # compression, trimming and answers without usage count tokens
                 for target in job.route.targets:
@@ -211,7 +212,7 @@ class Pipeline:
                 completion = result.value
             outcome = Outcome(completion=completion, usage=_usage_of(job, completion), target=result.target)
         except SluiceError as exc:
-            outcome = Outcome(error=exc, target=flight.target)
+            outcome = Outcome(error=exc, target=attempts.target)
         finally:
             if registered:
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
@@ -229,6 +230,8 @@ class Pipeline:
 
     def _context_window(self, model: str) -> int | None:
         if model not in self._windows:
+            if len(self._windows) >= 10_000:  # the model is the client's string: keep the memo bounded
+                return context_window(model, self.config.context_windows)
             self._windows[model] = context_window(model, self.config.context_windows)
         return self._windows[model]
 
@@ -374,6 +377,9 @@ class Pipeline:
         if flight.target is not None:
             record.provider = flight.target.provider
         record.dedup = record.dedup or flight.remote
+        if not record.dedup:  # known at the first byte, as the JSON answer's headers know them
+            record.attempts = flight.attempts.count
+        record.tokens_saved = flight.tokens_saved
         events = self._follow(flight, include_usage, record, principal)
         return EventStream(events, self._headers(record))
 

@@ -44,14 +44,21 @@ class ClientHeaders:
     """The request headers Sluice reads, picked in one pass over the raw list."""
 
     authorization: str | None = None
+    api_key: str | None = None  # x-api-key, as Anthropic clients send their key
     cache_control: str = ""
     cache_ttl: str | None = None
     compression: str | None = None
     content_length: str | None = None
 
+    @property
+    def credential(self) -> str | None:
+        """What the caller authenticates with: ``Authorization``, else ``x-api-key`` (CONTRACT §5)."""
+        return self.authorization or self.api_key
+
 
 _WANTED = {
     b"authorization": "authorization",
+    b"x-api-key": "api_key",
     b"cache-control": "cache_control",
     b"x-sluice-cache-ttl": "cache_ttl",
     b"x-sluice-compression": "compression",

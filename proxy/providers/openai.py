@@ -15,7 +15,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamConnectionError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, raise_upstream_error, translated
 
 
 class OpenAIProvider(Provider):
@@ -27,10 +27,9 @@ class OpenAIProvider(Provider):
 
     def _headers(self, authorization: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        elif authorization:
-            headers["Authorization"] = authorization
+        secret = self.credential(authorization)
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
         return headers
 
     @staticmethod
@@ -71,8 +70,11 @@ class OpenAIProvider(Provider):
         response = await self.client.request("GET", self._models_url, self._headers(authorization))
         if response.status >= 400:
             await raise_upstream_error(response)
-        data = _parse(await response.read())
-        return [m["id"] for m in data.get("data") or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return from_upstream(_model_ids, _parse(await response.read()))
+
+
+def _model_ids(data: dict[str, Any]) -> list[str]:
+    return [m["id"] for m in data.get("data") or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 def _parse(body: bytes) -> dict[str, Any]:
