@@ -416,7 +416,8 @@ class GeminiStream:
 
 def model_path(model: str) -> str:
     """``models/{m}`` (or a ``tunedModels/…`` name as given), quoted for the URL path."""
-    path = model if model.startswith(("models/", "tunedModels/")) else f"models/{path_model(model)}"
+    path_model(model)
+    path = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
     return quote(path, safe="/")
 
 
