@@ -410,9 +410,7 @@ def _usage_of(job: Job, completion: Completion) -> dict[str, Any] | None:
         return usage
     model = job.route.targets[0].model
     prompt = count_messages(job.body["messages"], model)
-    text = "".join(
-        (choice.get("message") or {}).get("content") or "" for choice in completion.data.get("choices") or ()
-    )
+    text = completion.text()
     output = count_text(text, model) if text else 0
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output, "estimated": True}
 

@@ -19,7 +19,7 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import InvalidRequest, SluiceError, UpstreamConnectionError, UpstreamHTTPError
+from proxy.errors import SHAPE_ERRORS, InvalidRequest, SluiceError, UpstreamConnectionError, UpstreamHTTPError
 from proxy.http import UpstreamClient, UpstreamResponse
 
 
@@ -64,11 +64,6 @@ class ChunkStream:
 
 T = TypeVar("T")
 _UNSAFE_IN_PATH = re.compile(r"\.\.|[?#\x00-\x1f\x7f]")
-
-# What reading untyped JSON of the wrong shape raises (``"x".get``, ``None["a"]``,
-# ``int("a")``…). Translations read nested JSON without a type check at every
-# step; these two seams decide whose fault such an error is instead.
-SHAPE_ERRORS = (TypeError, AttributeError, KeyError, IndexError, ValueError)
 
 
 def from_client(translate: Callable[..., T], *args: Any) -> T:
