@@ -271,3 +271,47 @@ def test_a_streamed_miss_reports_its_attempts_and_tokens_saved(start_proxy, fake
         assert saved > 0
         line = proxy.wait_for_log(lambda l: l.get("request_id") == f"s-{stream}")[0]
         assert line["attempts"] == 2 and line["tokens_saved"] == saved
+
+
+# -- bad input is a 4xx, a broken upstream a 502 ----------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["gemini/gemini-2.5-flash", "ollama/llama3.1"])
+@pytest.mark.parametrize(
+    "tool_calls",
+    [
+        [{"id": "call_1", "type": "function", "function": "get_weather"}],
+        ["call_1"],
+        [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": 42}}],
+        [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{not json"}}],
+        {"id": "call_1"},
+    ],
+)
+def test_malformed_tool_calls_are_a_400_for_translated_providers(translated_proxy, model, tool_calls) -> None:
+    messages = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": None, "tool_calls": tool_calls}]
+    answer = httpx.post(f"{translated_proxy.url}{CHAT}", json={"model": model, "messages": messages})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"candidates": "none"}', b'{"candidates": [{"content": {"parts": "text"}}]}', b'{"candidates": [{"index": "0"}, {"index": 1}]}', b"<html>busy</html>", b'{"candidates": [', b""],
+)
+def test_a_gemini_answer_of_an_unexpected_shape_is_a_502(translated_proxy, fake_gemini, body) -> None:
+    fake_gemini.script(Reply(body=body))
+    answer = httpx.post(f"{translated_proxy.url}{CHAT}", json={"model": "gemini/gemini-2.5-flash", "messages": ASK})
+    assert answer.status_code == 502 and answer.json()["error"]["code"] == "upstream_error", answer.text
+    assert answer.headers["x-sluice-provider"] == "gemini"
+
+
+@pytest.fixture(scope="module")
+def translated_proxy(tmp_path_factory, _openai_server, _gemini_server, _ollama_server):  # type: ignore[no-untyped-def]
+    from tests.proxy_process import ProxyProcess
+
+    config = three_providers(_openai_server, _gemini_server, _ollama_server)
+    config["providers"][1]["api_key"] = "g-secret"
+    config["breaker"] = {"failure_threshold": 1000}  # every example fails gemini on purpose
+    process = ProxyProcess(config, tmp_path_factory.mktemp("translated")).wait_ready()
+    yield process
+    process.stop()
