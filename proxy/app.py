@@ -28,9 +28,9 @@ from proxy.limits import AdminGuard, Limiter
 from proxy.middleware import RequestMiddleware
 from proxy.pipeline import Pipeline
 from proxy.protocol import LANE_STATE
-from proxy.requests import read_headers
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
+from proxy.requests import read_headers
 from proxy.resilience import Breakers, Resilience
 from proxy.responses import Answer
 from proxy.routing import Router
