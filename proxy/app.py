@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +25,7 @@ from proxy.cache.redis import RedisCache
 from proxy.config import Config, load_config
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
-from proxy.limits import Limiter
+from proxy.limits import AdminGuard, Limiter
 from proxy.middleware import RequestMiddleware
 from proxy.pipeline import Pipeline
 from proxy.protocol import LANE_STATE
@@ -71,11 +70,12 @@ class Gateway:
 
     def __init__(self, config: Config, log_format: str = "json") -> None:
         self.config = config
-        self.telemetry = Telemetry(log_format)
+        self.telemetry = Telemetry(log_format, config)
         self.prices = Prices.load(config.pricing_file)
         self.providers: dict[str, Provider] = {}
         self.cache: CacheBackend | None = None
-        self.breakers = Breakers(config.breaker)
+        self.breakers = Breakers(config.breaker, config.alias_targets())
+        self.admin = AdminGuard(config.auth.admin_key)
         self.shared: SharedState | None = None
         self.pipeline: Pipeline | None = None
         self.responses = ResponsesSurface(response_store(config))
@@ -154,6 +154,7 @@ class Gateway:
         return Response(self.telemetry.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def stats(self, request: Request) -> Response:
+        self.admin.check(request.scope)
         entries = 0
         if self.cache is not None:
             with contextlib.suppress(Exception):
@@ -173,10 +174,11 @@ class Gateway:
         """Aliases, then each provider's models as ``provider/model``; a failing provider is skipped."""
         request.scope["state"]["record"].tracked = False
         data = [{"id": alias.name, "object": "model", "created": 0, "owned_by": "sluice"} for alias in self.config.models]
-        authorization = request.headers.get("authorization") if not self.config.auth.keys else None
+        credential = read_headers(request.scope).credential
+        authorization = credential if not self.config.auth.keys else None
         if self.config.auth.keys:
             assert self.pipeline is not None
-            self.pipeline.limiter.authenticate(request.headers.get("authorization"))
+            self.pipeline.limiter.authenticate(credential)
         for name, provider in self.providers.items():
             try:
                 ids = await provider.list_models(authorization)
@@ -187,11 +189,7 @@ class Gateway:
         return _json({"object": "list", "data": data})
 
     async def clear_cache(self, request: Request) -> Response:
-        admin_key = self.config.auth.admin_key
-        if admin_key:
-            supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(supplied.encode(), admin_key.encode()):
-                raise InvalidAPIKey("This endpoint needs the admin key: 'Authorization: Bearer <admin_key>'.")
+        self.admin.check(request.scope)
         if self.pipeline is not None and self.pipeline.lane is not None:
             self.pipeline.lane.clear()
         try:
@@ -205,6 +203,11 @@ class Gateway:
         path = (DASHBOARD_DIR / name).resolve()
         if path.parent != DASHBOARD_DIR.resolve() or not path.is_file():
             raise NotFound(f"No dashboard file '{name}'.")
+        if name == "index.html":  # the page holds no data; without the key it is served as a 401 that asks for it
+            try:
+                self.admin.check(request.scope)
+            except InvalidAPIKey:
+                return FileResponse(path, status_code=401)
         return FileResponse(path)
 
 
