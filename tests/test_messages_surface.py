@@ -210,6 +210,27 @@ def test_to_hub_maps_blocks_and_a_tool_round() -> None:
     ]
 
 
+def test_to_hub_moves_tool_result_images_into_the_user_turn() -> None:
+    screenshot = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    turn = {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "Read image.png"}, screenshot]},
+            {"type": "text", "text": "What is in it?"},
+        ],
+    }
+    assert surface.to_hub(request(messages=[turn]))["messages"] == [
+        {"role": "tool", "tool_call_id": "call_1", "content": "Read image.png"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in it?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+        },
+    ]
+
+
 @pytest.mark.parametrize(
     ("choice", "expected", "parallel"),
     [
@@ -280,7 +301,7 @@ def test_to_hub_maps_output_config() -> None:
                             {
                                 "type": "tool_result",
                                 "tool_use_id": "toolu_1",
-                                "content": [{"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}],
+                                "content": [{"type": "search_result", "source": "s", "title": "t", "content": []}],
                             }
                         ],
                     }

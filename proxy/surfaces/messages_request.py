@@ -9,7 +9,7 @@ provider"):
   assistant's ``tool_calls`` (``toolu_X`` → ``call_X``, see ``messages_ids``);
   ``tool_result`` → ``tool`` messages, placed before the rest of the user turn
   as Chat Completions requires, their text prefixed with ``TOOL_ERROR_MARKER``
-  when ``is_error`` is set. ``thinking`` and ``redacted_thinking`` blocks of
+  when ``is_error`` is set, their images moved into that user turn. ``thinking`` and ``redacted_thinking`` blocks of
   assistant turns are dropped: they are another model's private reasoning,
   signed for Anthropic, and no hub provider can take them back.
 - ``max_tokens`` → ``max_completion_tokens`` (OpenAI's current name: o-series
@@ -126,14 +126,19 @@ def _turn(message: dict[str, Any], param: str) -> list[dict[str, Any]]:
 
 
 def _user(blocks: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
-    """Tool results first (each a ``tool`` message), then the rest of the turn as one user message."""
+    """Tool results first (each a ``tool`` message), then the rest of the turn as one user message.
+
+    A ``tool`` message holds only text, so images inside tool results join
+    that user message, after its own parts.
+    """
     results: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
+    result_images: list[dict[str, Any]] = []
     for index, block in enumerate(blocks):
         at = f"{param}.content[{index}]"
         kind = block["type"]
         if kind == "tool_result":
-            results.append(_tool_result(block, at))
+            results.append(_tool_result(block, at, result_images))
         elif kind == "text":
             parts.append({"type": "text", "text": block.get("text") or ""})
         elif kind == "image":
@@ -142,6 +147,7 @@ def _user(blocks: list[dict[str, Any]], param: str) -> list[dict[str, Any]]:
             parts.append(_document(block, at))
         else:
             raise _uncarried(f"A '{kind}' block in a user turn", at)
+    parts.extend(result_images)
     return results + ([{"role": "user", "content": parts}] if parts else [])
 
 
@@ -171,7 +177,8 @@ def _tool_call(block: dict[str, Any], param: str) -> dict[str, Any]:
     return {"id": call_id(identifier), "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _tool_result(block: dict[str, Any], param: str) -> dict[str, Any]:
+def _tool_result(block: dict[str, Any], param: str, images: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``tool`` message; the result's images are added to ``images``."""
     identifier = block.get("tool_use_id")
     if not isinstance(identifier, str):
         raise InvalidRequest("A tool_result block needs a string 'tool_use_id'.", param=f"{param}.tool_use_id")
@@ -179,19 +186,22 @@ def _tool_result(block: dict[str, Any], param: str) -> dict[str, Any]:
     if content is None or isinstance(content, str):
         text = content or ""
     elif isinstance(content, list):
-        text = "".join(_result_text(part, f"{param}.content[{index}]") for index, part in enumerate(content))
+        texts = []
+        for index, part in enumerate(content):
+            at = f"{param}.content[{index}]"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(part.get("text") or "")
+            elif kind == "image":
+                images.append(_image(part, at))
+            else:
+                raise _uncarried(f"A '{kind}' block in a tool result", at)
+        text = "".join(texts)
     else:
         raise InvalidRequest("'content' must be a string or an array of blocks.", param=f"{param}.content")
     if block.get("is_error"):
         text = TOOL_ERROR_MARKER + text
     return {"role": "tool", "tool_call_id": call_id(identifier), "content": text}
-
-
-def _result_text(part: Any, param: str) -> str:
-    kind = part.get("type") if isinstance(part, dict) else None
-    if kind != "text":
-        raise _uncarried(f"A '{kind}' block in a tool result", param)
-    return part.get("text") or ""
 
 
 def _image(block: dict[str, Any], param: str) -> dict[str, Any]:
