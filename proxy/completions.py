@@ -95,6 +95,7 @@ class StreamAssembler:
                 "role": "assistant",
                 "content": [],
                 "refusal": [],
+                "reasoning_content": [],
                 "tool_calls": {},
                 "finish_reason": None,
                 "logprobs": None,
@@ -102,7 +103,7 @@ class StreamAssembler:
         delta = choice.get("delta") or {}
         if delta.get("role"):
             state["role"] = delta["role"]
-        for field in ("content", "refusal"):
+        for field in ("content", "refusal", "reasoning_content"):
             if delta.get(field) is not None:
                 state[field].append(delta[field])
         for call in delta.get("tool_calls") or ():
@@ -139,6 +140,8 @@ class StreamAssembler:
                 "content": "".join(state["content"]) if state["content"] else None,
                 "refusal": "".join(state["refusal"]) if state["refusal"] else None,
             }
+            if state["reasoning_content"]:  # a thinking model's thoughts survive the cache
+                message["reasoning_content"] = "".join(state["reasoning_content"])
             if state["tool_calls"]:
                 message["tool_calls"] = [_tool_call(state["tool_calls"][i]) for i in sorted(state["tool_calls"])]
             choices.append(
@@ -183,6 +186,8 @@ def replay_chunks(completion: dict[str, Any], include_usage: bool) -> list[Chunk
         index = choice.get("index", 0)
         message = choice.get("message") or {}
         emit([{"index": index, "delta": {"role": message.get("role", "assistant"), "content": ""}, "finish_reason": None}])
+        if message.get("reasoning_content"):
+            emit([{"index": index, "delta": {"reasoning_content": message["reasoning_content"]}, "finish_reason": None}])
         if message.get("content"):
             emit([{"index": index, "delta": {"content": message["content"]}, "logprobs": choice.get("logprobs"), "finish_reason": None}])
         if message.get("refusal"):

@@ -33,6 +33,9 @@ T = TypeVar("T")
 
 BREAKER_STATES = {"closed": "closed", "open": "open", "half-open": "half_open"}
 
+# Anthropic's "overloaded" status: the condition of a 503, under a name of its own.
+OVERLOADED = 529
+
 
 class TargetBreaker(pybreaker.CircuitBreakerListener):
     """pybreaker's state machine for one target, driven around async calls.
@@ -192,7 +195,7 @@ class Attempts:
 class Resilience:
     def __init__(self, retry: RetryConfig, breakers: Breakers) -> None:
         self._retry = retry
-        self._retry_statuses = frozenset(retry.retry_on_status)
+        self._retry_statuses = _retry_statuses(retry.retry_on_status)
         self.breakers = breakers
 
     def retryable(self, error: BaseException) -> bool:
@@ -290,6 +293,14 @@ class Resilience:
             raise
         breaker.record_success()
         return value
+
+
+def _retry_statuses(configured: tuple[int, ...]) -> frozenset[int]:
+    """The configured statuses, plus 529 whenever 503 is there: operators list the standard codes."""
+    statuses = set(configured)
+    if 503 in statuses:
+        statuses.add(OVERLOADED)
+    return frozenset(statuses)
 
 
 def _final(error: SluiceError) -> SluiceError:

@@ -55,6 +55,21 @@ def fake_ollama(_ollama_server):  # type: ignore[no-untyped-def]
     return _ollama_server
 
 
+@pytest.fixture(scope="session")
+def _anthropic_server():  # type: ignore[no-untyped-def]
+    from tests.fakes.anthropic import FakeAnthropic
+
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_anthropic(_anthropic_server):  # type: ignore[no-untyped-def]
+    _anthropic_server.reset()
+    return _anthropic_server
+
+
 @pytest.fixture
 def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     """``start_proxy(config_dict, env=None, args=None)`` → a ready proxy, stopped at test end."""

@@ -128,6 +128,27 @@ def test_breaker_opens_fails_fast_half_opens_and_closes(start_proxy, fake_openai
     assert httpx.get(f"{proxy.url}/stats").json()["breakers"] == {"openai/gpt-4o-mini": "closed"}
 
 
+@pytest.mark.parametrize(("retry_on_status", "attempts"), [([503], "2"), ([500], "1")])
+def test_529_overloaded_is_retried_whenever_503_is(start_proxy, fake_openai, retry_on_status: list[int], attempts: str) -> None:
+    retry = {"max_attempts": 2, "initial_backoff_ms": 1, "max_backoff_ms": 5, "retry_on_status": retry_on_status}
+    proxy = start_proxy(openai_config(fake_openai, cache={"enabled": False}, retry=retry))
+    fake_openai.script(err(529, "Overloaded"))
+    response = post(proxy)
+    assert response.headers["x-sluice-attempts"] == attempts
+    assert response.status_code == (200 if attempts == "2" else 502)
+
+
+def test_529s_open_the_breaker(start_proxy, fake_openai) -> None:
+    proxy = start_proxy(
+        openai_config(fake_openai, cache={"enabled": False}, retry={"max_attempts": 1}, breaker={"failure_threshold": 2})
+    )
+    fake_openai.script(err(529, "Overloaded"), err(529, "Overloaded"))
+    assert [post(proxy).status_code for _ in range(2)] == [502, 502]
+    calls = len(fake_openai.requests)
+    assert post(proxy).json()["error"]["code"] == "circuit_open"
+    assert len(fake_openai.requests) == calls
+
+
 def test_client_errors_do_not_open_the_breaker(start_proxy, fake_openai) -> None:
     proxy = start_proxy(openai_config(fake_openai, cache={"enabled": False}, breaker={"failure_threshold": 2}))
     fake_openai.script(err(400), err(400), err(400))

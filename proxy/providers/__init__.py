@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from proxy.config import ProviderConfig
 from proxy.http import upstream_client
+from proxy.providers.anthropic import AnthropicProvider
 from proxy.providers.base import Provider
+from proxy.providers.gemini import GeminiProvider
+from proxy.providers.ollama import OllamaProvider
 from proxy.providers.openai import OpenAIProvider
 
-PROVIDER_CLASSES: dict[str, type[Provider]] = {"openai": OpenAIProvider}
-
-try:  # translation providers land separately; the gateway serves OpenAI without them
-    from proxy.providers.gemini import GeminiProvider
-    from proxy.providers.ollama import OllamaProvider
-
-    PROVIDER_CLASSES.update(gemini=GeminiProvider, ollama=OllamaProvider)
-except ImportError:  # pragma: no cover
-    pass
+PROVIDER_CLASSES: dict[str, type[Provider]] = {
+    "openai": OpenAIProvider,
+    "gemini": GeminiProvider,
+    "ollama": OllamaProvider,
+    "anthropic": AnthropicProvider,
+}
 
 
 def build_provider(config: ProviderConfig) -> Provider:

@@ -180,8 +180,9 @@ def retry_after_seconds(headers: Any) -> float | None:
 async def raise_upstream_error(response: UpstreamResponse) -> None:
     """Turn an upstream error answer into ``UpstreamHTTPError``, keeping its message.
 
-    Understands OpenAI's ``{"error": {...}}``, Gemini's ``{"error": {"status"...}}``
-    and Ollama's ``{"error": "text"}`` bodies; anything else is summarised.
+    Understands OpenAI's ``{"error": {...}}``, Gemini's ``{"error": {"status"...}}``,
+    Anthropic's ``{"type": "error", "error": {"type", "message"}}`` and Ollama's
+    ``{"error": "text"}`` bodies; anything else is summarised.
     """
     body = await response.read()
     message, code, kind, param = f"upstream answered HTTP {response.status}", None, None, None

@@ -271,10 +271,15 @@ def tool_call(call_id: str, name: str, arguments: str, index: int | None = None)
     return call if index is None else {"index": index, **call}
 
 
-def message(content: str | None, tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
-    """An assistant message; ``content`` is null only beside tool calls, as OpenAI does."""
+def message(content: str | None, tool_calls: list[dict[str, Any]], reasoning: str | None = None) -> dict[str, Any]:
+    """An assistant message; ``content`` is null only beside tool calls, as OpenAI does.
+
+    ``reasoning`` (a thinking model's visible thoughts) becomes ``reasoning_content``.
+    """
     text = (content or None) if tool_calls else (content or "")
     result: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+    if reasoning:
+        result["reasoning_content"] = reasoning
     if tool_calls:
         result["tool_calls"] = tool_calls
     return result
@@ -376,11 +381,18 @@ class ChunkBuilder:
         index: int,
         *,
         content: str | None = None,
+        reasoning: str | None = None,
         calls: Sequence[tuple[str, str, str]] = (),
+        arguments: str | None = None,
         finish: str | None = None,
         logprobs: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """The chunk saying this much more of choice ``index``; ``None`` when there is nothing new."""
+        """The chunk saying this much more of choice ``index``; ``None`` when there is nothing new.
+
+        ``reasoning`` goes out as ``reasoning_content`` (the field DeepSeek
+        introduced and OpenAI-compatible clients read); ``arguments`` is more
+        of the last call's arguments, for upstreams that stream them in pieces.
+        """
         state = self._choices.setdefault(index, _ChoiceState())
         if state.finish_reason is not None:
             return None
@@ -391,11 +403,15 @@ class ChunkBuilder:
             state.started = True
         elif content:
             delta["content"] = content
+        if reasoning:
+            delta["reasoning_content"] = reasoning
         if calls:
             delta["tool_calls"] = [
                 tool_call(cid, name, args, state.tool_calls + position) for position, (cid, name, args) in enumerate(calls)
             ]
             state.tool_calls += len(calls)
+        elif arguments and state.tool_calls:
+            delta["tool_calls"] = [{"index": state.tool_calls - 1, "function": {"arguments": arguments}}]
         if finish is not None:
             state.finish_reason = "tool_calls" if state.tool_calls else finish
         elif not delta and logprobs is None:
