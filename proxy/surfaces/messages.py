@@ -46,7 +46,7 @@ class MessagesSurface(Surface):
 
     def renderer(self, request: dict[str, Any], include_usage: bool) -> StreamRenderer:
         """Usage is part of every Messages stream, so ``include_usage`` does not matter."""
-        return messages_stream.MessagesRenderer(request, self.count_tokens(request))
+        return messages_stream.MessagesRenderer(request, lambda: self.count_tokens(request))
 
     def assembler(self) -> NativeAssembler:
         return messages_stream.MessagesAssembler()

@@ -11,6 +11,7 @@ for live streams and replays alike, so both look the same to a client.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -69,7 +70,7 @@ class EventWriter:
 
 
 def message_head(identifier: str, model: Any, usage_data: dict[str, Any]) -> dict[str, Any]:
-    """``message_start``'s message: no content or stop reason yet, the input usage known so far."""
+    """``message_start``'s message: no content or stop reason yet, the input usage known so far, no output yet."""
     return {
         "id": identifier,
         "type": "message",
@@ -89,15 +90,17 @@ _THINKING, _TEXT, _TOOL = "thinking", "text", "tool_use"
 class MessagesRenderer:
     """A hub stream (``chat.completion.chunk``s, first choice) as Anthropic events, for one client.
 
-    The hub's usage arrives last, but ``message_start`` must carry the input
-    tokens (clients such as Claude Code size their context from it): it gets
-    ``estimate`` (tiktoken's count of the prompt) and ``message_delta`` the
-    upstream's real counts, which the SDKs take over those of ``message_start``.
+    ``message_start`` must carry the input tokens (clients such as Claude Code
+    size their context from it), but the hub's usage arrives last. When the
+    first batch already holds it (a cache replay, a short answer read at once)
+    it is used; otherwise ``estimate`` (tiktoken's count of the prompt) stands
+    in, and ``message_delta`` brings the upstream's real counts, which the
+    SDKs take over those of ``message_start``.
     """
 
     __slots__ = ("_request", "_estimate", "_writer", "_started", "_kind", "_tools", "_finish", "_matched", "_refused", "_usage")
 
-    def __init__(self, request: dict[str, Any], estimate: int) -> None:
+    def __init__(self, request: dict[str, Any], estimate: Callable[[], int]) -> None:
         self._request = request
         self._estimate = estimate
         self._writer = EventWriter()
@@ -110,10 +113,11 @@ class MessagesRenderer:
         self._usage: dict[str, Any] | None = None
 
     def feed(self, chunks: list[Chunk]) -> bytes:
+        if not self._started and chunks:
+            self._usage = next((c.data["usage"] for c in reversed(chunks) if c.data.get("usage")), None)
+            self._start(chunks[0].data.get("id"), chunks[0].data.get("model"))
         for chunk in chunks:
             data = chunk.data
-            if not self._started:
-                self._start(data.get("id"), data.get("model"))
             if data.get("usage"):
                 self._usage = data["usage"]
             for choice in data.get("choices") or ():
@@ -125,16 +129,18 @@ class MessagesRenderer:
         if not self._started:
             self._start(None, None)
         reason = stop_reason(self._finish, self._matched, self._refused)
-        self._writer.finish(reason, self._matched, usage(self._usage, self._estimate))
+        self._writer.finish(reason, self._matched, self._usage_now())
         return self._writer.take()
 
     def fail(self, error: SluiceError) -> bytes:
-        return self._writer.take() + error_event(error)
+        return error_event(error)
 
     def _start(self, chat_id: str | None, model: Any) -> None:
         self._started = True
-        head = message_head(message_id(chat_id), model or self._request.get("model"), usage(None, self._estimate))
-        self._writer.start(head)
+        self._writer.start(message_head(message_id(chat_id), model or self._request.get("model"), self._usage_now()))
+
+    def _usage_now(self) -> dict[str, int]:
+        return usage(self._usage) if self._usage else usage(None, self._estimate())
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}
@@ -173,12 +179,11 @@ class MessagesRenderer:
 def replay(message: dict[str, Any]) -> bytes:
     """A whole stored ``message`` as the events a live stream of it sends, each block whole in one delta."""
     writer = EventWriter()
-    usage_data = {k: v for k, v in (message.get("usage") or {}).items() if k != "output_tokens"}
-    head = {**message, "content": [], "stop_reason": None, "stop_sequence": None, "usage": {**usage_data, "output_tokens": 0}}
-    writer.start(head)
+    usage_data = message.get("usage") or {}
+    writer.start(message_head(message.get("id") or "", message.get("model"), usage_data))
     for block in message.get("content") or ():
         _replay_block(writer, block)
-    writer.finish(message.get("stop_reason") or "end_turn", message.get("stop_sequence"), message.get("usage") or {})
+    writer.finish(message.get("stop_reason") or "end_turn", message.get("stop_sequence"), usage_data)
     return writer.take()
 
 
