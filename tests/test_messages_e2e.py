@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.anthropic import error_body as anthropic_error
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI, chunk, completion, usage
@@ -213,6 +214,14 @@ def test_upstream_error_speaks_anthropic(client: anthropic.Anthropic, fake_opena
     assert caught.value.body == {"type": "error", "error": {"type": "invalid_request_error", "message": error["error"]["message"]}}
 
 
+def test_anthropic_overloaded_is_passed_through(client: anthropic.Anthropic, fake_anthropic: FakeAnthropic) -> None:
+    fake_anthropic.script(Reply(status=529, json=anthropic_error("overloaded_error", "Overloaded")))
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        client.messages.create(model=ANTHROPIC, max_tokens=64, messages=HELLO)
+    assert caught.value.status_code == 529
+    assert caught.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+
+
 def test_stream_cut_midway_ends_with_an_error_event(client: anthropic.Anthropic, fake_openai: FakeOpenAI) -> None:
     chunks = [chunk("chatcmpl-cut", "gpt-4o-mini", {"role": "assistant", "content": f"word{i} "}) for i in range(5)]
     fake_openai.script(Reply(chunks=chunks, cut_after=3))
@@ -234,18 +243,21 @@ def test_proxy_keys_are_read_from_x_api_key(start_proxy: Any, servers: tuple[Any
 # -- cache and dedup --
 
 
-def test_cache_hit_replays_as_json_and_as_stream(start_proxy: Any, servers: tuple[Any, ...], fake_openai: FakeOpenAI) -> None:
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC])
+def test_cache_hit_replays_as_json_and_as_stream(start_proxy: Any, servers: tuple[Any, ...], model: str) -> None:
+    """A translated answer is stored in the hub's form, a native one in Anthropic's: both replay the same."""
     proxy = start_proxy(config(servers, cache={"enabled": True}))
     client = sdk_client(proxy)
-    first = client.messages.with_raw_response.create(model=OPENAI, max_tokens=64, messages=[{"role": "user", "content": "cache me"}])
-    again = client.messages.with_raw_response.create(model=OPENAI, max_tokens=64, messages=[{"role": "user", "content": "cache me"}])
+    ask = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "cache me"}]}
+    first = client.messages.with_raw_response.create(**ask)
+    again = client.messages.with_raw_response.create(**ask)
     assert (first.headers["x-sluice-cache"], again.headers["x-sluice-cache"]) == ("miss", "hit")
     assert again.parse().to_dict() == first.parse().to_dict()
-    with client.messages.stream(model=OPENAI, max_tokens=64, messages=[{"role": "user", "content": "cache me"}]) as stream:
+    with client.messages.stream(**ask) as stream:
         replayed = stream.get_final_message()
         assert stream.response.headers["x-sluice-cache"] == "hit"
     assert replayed.to_dict(exclude_none=True) == first.parse().to_dict(exclude_none=True)
-    assert len(fake_openai.calls("/chat/completions")) == 1
+    assert sum(len(server.calls("/messages")) + len(server.calls("/chat/completions")) for server in servers) == 1
 
 
 async def test_identical_requests_in_flight_make_one_upstream_call(start_proxy: Any, servers: tuple[Any, ...], fake_openai: FakeOpenAI) -> None:
