@@ -78,7 +78,7 @@ def to_hub(body: dict[str, Any], history: list[dict[str, Any]] | None = None) ->
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        messages.append({"role": "system", "content": system_text(system)})
+        messages.append({"role": "system", "content": _system_text(system)})
     if history:
         messages.extend(history)
     for index, message in enumerate(body["messages"]):
@@ -101,16 +101,14 @@ def to_hub(body: dict[str, Any], history: list[dict[str, Any]] | None = None) ->
     return hub
 
 
-def system_text(system: str | list[dict[str, Any]]) -> str:
+def _system_text(system: str | list[dict[str, Any]]) -> str:
     if isinstance(system, str):
         return system
     return SYSTEM_SEPARATOR.join(block.get("text") or "" for block in system)
 
 
 def _uncarried(what: str, param: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"{what} cannot be carried to a provider that does not speak the Messages API.", param=param
-    )
+    return InvalidRequest(f"{what} cannot be carried to a provider that does not speak the Messages API.", param=param)
 
 
 # -- turns --
