@@ -225,9 +225,8 @@ def test_anthropic_overloaded_is_passed_through(client: anthropic.Anthropic, fak
 def test_stream_cut_midway_ends_with_an_error_event(client: anthropic.Anthropic, fake_openai: FakeOpenAI) -> None:
     chunks = [chunk("chatcmpl-cut", "gpt-4o-mini", {"role": "assistant", "content": f"word{i} "}) for i in range(5)]
     fake_openai.script(Reply(chunks=chunks, cut_after=3))
-    with pytest.raises(anthropic.APIStatusError) as caught:
-        with client.messages.stream(model=OPENAI, max_tokens=64, messages=HELLO) as stream:
-            stream.get_final_message()
+    with pytest.raises(anthropic.APIStatusError) as caught, client.messages.stream(model=OPENAI, max_tokens=64, messages=HELLO) as stream:
+        stream.get_final_message()
     assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "api_error"
 
 

@@ -31,7 +31,7 @@ def frame(data: dict[str, Any]) -> bytes:
 class EventWriter:
     """Frames one message's events in order, numbering content blocks and closing each before the next."""
 
-    __slots__ = ("index", "_open", "_out")
+    __slots__ = ("_open", "_out", "index")
 
     def __init__(self) -> None:
         self.index = -1  # the last block opened
@@ -98,7 +98,7 @@ class MessagesRenderer:
     SDKs take over those of ``message_start``.
     """
 
-    __slots__ = ("_request", "_estimate", "_writer", "_started", "_kind", "_tools", "_finish", "_matched", "_refused", "_usage")
+    __slots__ = ("_estimate", "_finish", "_kind", "_matched", "_refused", "_request", "_started", "_tools", "_usage", "_writer")
 
     def __init__(self, request: dict[str, Any], estimate: Callable[[], int]) -> None:
         self._request = request
@@ -210,7 +210,7 @@ def _replay_block(writer: EventWriter, block: dict[str, Any]) -> None:
 class MessagesAssembler:
     """Folds a native Anthropic stream's events into the ``message`` they add up to."""
 
-    __slots__ = ("_message", "_pieces", "_finished")
+    __slots__ = ("_finished", "_message", "_pieces")
 
     def __init__(self) -> None:
         self._message: dict[str, Any] | None = None
