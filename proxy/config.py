@@ -39,6 +39,7 @@ class ServerConfig:
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
     drain_seconds: float = 10.0
+    stream_keepalive_seconds: float = 15.0  # SSE comments while a stream's first event is slow (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +341,9 @@ class _Validator:
             port=self.value(data, "port", "server.port", int, d.port, _port),
             max_body_bytes=self.value(data, "max_body_bytes", "server.max_body_bytes", int, d.max_body_bytes, _positive),
             drain_seconds=self.value(data, "drain_seconds", "server.drain_seconds", float, d.drain_seconds, _non_negative),
+            stream_keepalive_seconds=self.value(
+                data, "stream_keepalive_seconds", "server.stream_keepalive_seconds", float, d.stream_keepalive_seconds, _non_negative
+            ),
         )
 
     def providers(self, data: Any) -> tuple[ProviderConfig, ...]:

@@ -49,6 +49,8 @@ class Flight:
         self.first_chunk_seconds: float | None = None
         self.tokens_saved = 0
         self.trimmed_messages = 0
+        self.attempts = 0  # upstream attempts so far, for the headers of a stream that starts
+        self.native = False  # the stream's chunks are the surface's own events, not hub chunks
         self.remote = False  # fed from another process's call through Redis
         self._changed = asyncio.Event()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

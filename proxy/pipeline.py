@@ -1,47 +1,47 @@
-"""The request path (ARCHITECTURE.md), nothing else.
+"""The request path (ARCHITECTURE.md), nothing else, for every client API.
 
 parse → authenticate and limit → route → cache lookup → join or lead a flight
 → (in the flight: compress, then for each target, breaker and retries around
 the provider call) → store, account → answer as JSON or SSE.
+
+A surface (``proxy/surfaces/``) parses its client API and renders answers
+back; a target whose provider speaks the surface's API itself gets the
+client's body natively, any other the hub request (Chat Completions) that
+the surface made of it. So an answer is in the hub's form or in the
+surface's own, and is rendered from either (``_is_native``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
-from proxy.completions import SSE_DONE, Chunk, Completion, StreamAssembler, replay_chunks
+from proxy.completions import Completion, StreamAssembler, replay_chunks
 from proxy.compression import DEFAULT_OUTPUT_RESERVE, compress
 from proxy.config import Config, Target
 from proxy.dedup import Flight, FlightRegistry, Outcome
 from proxy.disconnect import DisconnectGuard
-from proxy.errors import SluiceError, error_event, error_response
+from proxy.errors import SluiceError
 from proxy.hit_lane import HitLane
 from proxy.limits import Limiter, Principal, has_limits
 from proxy.providers.base import Call, ChunkStream, Provider
-from proxy.requests import (
-    CHAT,
-    EMBEDDINGS,
-    ParsedRequest,
-    RequestOptions,
-    parse_chat,
-    parse_embeddings,
-    read_headers,
-    read_json_body,
-    request_options,
-)
+from proxy.requests import RequestOptions, read_headers, read_json_body, request_options
 from proxy.resilience import Attempts, Resilience
 from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
+from proxy.surfaces.base import ParsedRequest, Surface
 from proxy.telemetry import RequestRecord, Telemetry
 from proxy.tokens import context_window, count_messages, count_text, load_encoding
 
@@ -49,18 +49,30 @@ if TYPE_CHECKING:
     from proxy.remote_flights import RemoteFlights
 
 Runner = Callable[[Flight], Awaitable[None]]
+KEEPALIVE = b": keep-alive\n\n"  # an SSE comment: clients skip it, idle timeouts of proxies on the way reset
+_log = structlog.get_logger("sluice")
 
 
 @dataclass(slots=True)
 class Job:
-    """One upstream job that a flight runs: what to send and where."""
+    """One upstream job that a flight runs: what to send and where.
 
-    kind: str
+    ``body``/``raw`` are the client's request in its own API, for targets
+    that speak it; ``hub``/``hub_raw`` the same request as Chat Completions
+    (``hub_raw`` only while those are the client's exact bytes) for the
+    others, None when every target speaks the surface's API.
+    """
+
+    surface: Surface
     body: dict[str, Any]
     raw: bytes
+    hub: dict[str, Any] | None
+    hub_raw: bytes | None
     route: Route
     options: RequestOptions
     authorization: str | None
+    identity: str
+    headers: dict[str, str]
     request_id: str
     cache_key: str | None
 
@@ -86,44 +98,50 @@ class Pipeline:
         self.prices = prices
         self.telemetry = telemetry
         self.flights = FlightRegistry()
-        self.remote_flights: RemoteFlights | None = None  # set by Gateway with the Redis backend
-        self.lane: HitLane | None = None  # set by Gateway with the memory backend
+        self.remote_flights: RemoteFlights | None = None  # set by Gateway with the Redis backend and dedup on
+        self.lane: HitLane | None = None  # set by Gateway when cache.hit_lane is on
         self._dedup = config.dedup.enabled
-        self._pass_credentials = not config.auth.keys
+        self._pass_credentials = not config.auth.keys  # with proxy keys, the caller's header holds one of them
         self._windows: dict[str, int | None] = {}
 
-    # -- endpoints --
-
-    async def chat_completions(self, request: Request) -> Answer:
-        return await self._serve(request, CHAT)
-
-    async def embeddings(self, request: Request) -> Answer:
-        return await self._serve(request, EMBEDDINGS)
-
-    async def _serve(self, request: Request, kind: str) -> Answer:
+    async def serve(self, request: Request, surface: Surface) -> Answer:
         record: RequestRecord = request.scope["state"]["record"]
         record.tracked = True
         headers = read_headers(request.scope)
-        principal = self.limiter.authenticate(headers.authorization)
+        credential = headers.credential
+        principal = self.limiter.authenticate(credential)
         record.key_name = principal.name
         raw, body = await read_json_body(request, headers, self.config.server.max_body_bytes)
         record.bytes_in = len(raw)
-        parsed = parse_chat(body) if kind == CHAT else parse_embeddings(body)
+        parsed = surface.parse(body)
         record.model, record.stream = parsed.model, parsed.stream
         options = request_options(headers, self.config.compression.mode)
         route = self.router.resolve(parsed.model)
         await self.limiter.admit(principal)
-        authorization = headers.authorization if self._pass_credentials else None
+        identity = identity_of(credential, principal.name)
+        hub, hub_raw = await self._hub_request(surface, body, raw, route, identity)
         key = None
         if self.cache is not None or self._dedup:
-            identity = identity_of(headers.authorization, principal.name)
-            key = cache_key(kind, route.key, body, identity, options.compression)
-        job = Job(kind, body, raw, route, options, authorization, record.request_id, key)
+            key = cache_key(surface.api, route.key, body, identity, options.compression)
+        job = Job(
+            surface,
+            body,
+            raw,
+            hub,
+            hub_raw,
+            route,
+            options,
+            credential if self._pass_credentials else None,
+            identity,
+            headers.passed or {},
+            record.request_id,
+            key,
+        )
 
         answer = await self._lookup(job, record)
         if answer is not None:
-            response, payload = self._cached_response(answer, route, parsed, record)
-            if self.lane is not None and (principal.key is None or not has_limits(principal.key)):
+            response, payload = self._cached_response(answer, job, parsed, record)
+            if self.lane is not None and surface.hit_lane and (principal.key is None or not has_limits(principal.key)):
                 # a key with limits must be counted, and may be refused, on every request
                 self.lane.learn(request.scope, raw, job.cache_key, answer, response.raw_headers, payload, parsed.stream, record)  # type: ignore[arg-type]
             return response
@@ -132,8 +150,19 @@ class Pipeline:
         if parsed.stream:
             if run is not None:
                 flight.start(run)
-            return await self._stream_response(request, flight, parsed.include_usage, record, principal)
-        return await self._json_response(request, flight, run, record, principal)
+            return await self._stream_response(request, flight, job, parsed, record, principal)
+        return await self._json_response(request, flight, run, job, record, principal)
+
+    async def _hub_request(
+        self, surface: Surface, body: dict[str, Any], raw: bytes, route: Route, identity: str
+    ) -> tuple[dict[str, Any] | None, bytes | None]:
+        """The request as Chat Completions, made once, before any upstream call, so that
+        what cannot be carried is a 400 up front rather than a failed fallback."""
+        if surface.hub_native:
+            return body, raw
+        if all(self.providers[t.provider].speaks(surface.api) for t in route.targets):
+            return None, None
+        return surface.to_hub(body, await surface.history(body, identity)), None
 
     # -- cache --
 
@@ -182,9 +211,11 @@ class Pipeline:
 
     async def _run(self, flight: Flight, job: Job, registered: bool) -> None:
         """The upstream side of a flight: runs once, whoever asked."""
-        if registered and self.remote_flights is not None:
+        # Other processes' flights carry hub chunks only: native events stay in-process.
+        remote = self.remote_flights if registered and job.surface.hub_native else None
+        if remote is not None:
             try:
-                shared = await self.remote_flights.settle(flight, job.cache_key)  # type: ignore[arg-type]
+                shared = await remote.settle(flight, job.cache_key)  # type: ignore[arg-type]
             except BaseException:
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
                 raise
@@ -192,17 +223,17 @@ class Pipeline:
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
                 return
         attempts = Attempts()
+        started = time.perf_counter()
         try:
-            if job.kind == CHAT:  # compression, trimming and answers without usage count tokens
-                for target in job.route.targets:
+            if job.hub is not None and job.surface.api != "embeddings":
+                for target in job.route.targets:  # compression, trimming and answers without usage count tokens
                     await load_encoding(target.model)
-            started = time.perf_counter()
             if flight.streaming:
                 result = await self.resilience.run(
                     job.route.targets, lambda target: self._open_stream(flight, job, target), attempts
                 )
                 flight.target = result.target
-                completion = await self._pump(flight, result.value, started)
+                completion = await self._pump(flight, job, result.value, started)
             else:
                 result = await self.resilience.run(
                     job.route.targets, lambda target: self._call(flight, job, target), attempts
@@ -219,13 +250,27 @@ class Pipeline:
         outcome.upstream_seconds = time.perf_counter() - started
         outcome.first_chunk_seconds = flight.first_chunk_seconds
         outcome.tokens_saved, outcome.trimmed_messages = flight.tokens_saved, flight.trimmed_messages
+        if outcome.completion is not None and outcome.target is not None and job.surface.remembers:
+            await self._remember(job, outcome.completion, outcome.target.provider)
         flight.finish(outcome)
         if outcome.completion is not None and outcome.target is not None:
             await self._store(job, outcome.completion, outcome.target.provider)
 
-    def _call_for(self, flight: Flight, job: Job, target: Target) -> Call:
+    async def _remember(self, job: Job, completion: Completion, provider: str) -> None:
+        """Let the surface keep the answer (Responses' stored responses) before any caller sees its end."""
+        native = _is_native(job.surface, completion.data)
+        answer = completion.data if native else job.surface.from_hub(completion.data, job.body)
+        try:
+            await job.surface.answered(job.body, job.identity, answer, native, provider)
+        except Exception as exc:  # noqa: BLE001 - the answer stands even when it cannot be kept
+            _log.warning("answer_not_kept", api=job.surface.api, error=f"{type(exc).__name__}: {exc}")
+
+    def _native_call(self, job: Job, target: Target) -> Call:
+        return Call(target.model, job.body, job.raw, job.authorization, job.request_id, job.headers)
+
+    def _hub_call(self, flight: Flight, job: Job, target: Target) -> Call:
         body, raw, flight.tokens_saved, flight.trimmed_messages = self._compressed(job, target)
-        return Call(target.model, body, raw, job.authorization, job.request_id)
+        return Call(target.model, body, raw, job.authorization, job.request_id, job.headers)
 
     def _context_window(self, model: str) -> int | None:
         if model not in self._windows:
@@ -233,36 +278,50 @@ class Pipeline:
         return self._windows[model]
 
     def _compressed(self, job: Job, target: Target) -> tuple[dict[str, Any], bytes | None, int, int]:
-        if job.kind != CHAT:
-            return job.body, job.raw, 0, 0
+        hub = job.hub
+        assert hub is not None
+        if job.surface.api == "embeddings":
+            return hub, job.hub_raw, 0, 0
         window = self._context_window(target.model) if self.config.compression.trim_history else None
-        if job.options.compression == "off" and (window is None or _surely_fits(job, window)):
-            return job.body, job.raw, 0, 0
+        if job.options.compression == "off" and (window is None or _surely_fits(hub, job.hub_raw, window)):
+            return hub, job.hub_raw, 0, 0
         result = compress(
-            job.body["messages"],
+            hub["messages"],
             job.options.compression,
             model=target.model,
             context_window=window,
-            max_output_tokens=_max_output_tokens(job.body),
+            max_output_tokens=_max_output_tokens(hub),
             trim=self.config.compression.trim_history,
         )
         if not result.changed:
-            return job.body, job.raw, 0, 0
-        return {**job.body, "messages": result.messages}, None, result.tokens_saved, result.trimmed_messages
+            return hub, job.hub_raw, 0, 0
+        return {**hub, "messages": result.messages}, None, result.tokens_saved, result.trimmed_messages
 
     async def _call(self, flight: Flight, job: Job, target: Target) -> Completion:
         provider = self.providers[target.provider]
-        call = self._call_for(flight, job, target)
-        if job.kind == EMBEDDINGS:
+        api = job.surface.api
+        if provider.speaks(api):
+            return await provider.native(api, self._native_call(job, target))
+        call = self._hub_call(flight, job, target)
+        if api == "embeddings":
             return await provider.embed(call)
         return await provider.chat(call)
 
     async def _open_stream(self, flight: Flight, job: Job, target: Target) -> ChunkStream:
-        return await self.providers[target.provider].chat_stream(self._call_for(flight, job, target))
+        flight.attempts += 1
+        provider = self.providers[target.provider]
+        api = job.surface.api
+        if provider.speaks(api):
+            stream = await provider.native_stream(api, self._native_call(job, target))
+            flight.native = True
+            return stream
+        stream = await provider.chat_stream(self._hub_call(flight, job, target))
+        flight.native = False
+        return stream
 
-    async def _pump(self, flight: Flight, stream: ChunkStream, started: float) -> Completion:
+    async def _pump(self, flight: Flight, job: Job, stream: ChunkStream, started: float) -> Completion:
         """Forward each chunk to the flight as it arrives; assemble the whole for the cache."""
-        assembler = StreamAssembler()
+        assembler = job.surface.assembler() if flight.native else StreamAssembler()
         try:
             async for batch in stream:
                 if flight.first_chunk_seconds is None:
@@ -272,10 +331,11 @@ class Pipeline:
                 flight.publish(batch)
         finally:
             await stream.aclose()
-        completion = assembler.completion()
         if not assembler.finished:
             raise SluiceError("upstream stream ended without a finish reason", status=502, code="upstream_error")
-        return completion
+        if isinstance(assembler, StreamAssembler):
+            return assembler.completion()
+        return Completion.from_data(assembler.result())
 
     # -- answers --
 
@@ -295,19 +355,22 @@ class Pipeline:
         return headers
 
     def _cached_response(
-        self, answer: CachedAnswer, route: Route, parsed: ParsedRequest, record: RequestRecord
+        self, answer: CachedAnswer, job: Job, parsed: ParsedRequest, record: RequestRecord
     ) -> tuple[JSONAnswer | EventStream, bytes]:
         """The answer for a cache hit, and its body (a whole SSE stream for a streaming client)."""
         record.provider = answer.provider
-        usage = answer.completion.usage
+        completion = answer.completion
+        usage = _hub_usage(job.surface, completion)
         if usage:
-            model = next((t.model for t in route.targets if t.provider == answer.provider), route.targets[0].model)
+            targets = job.route.targets
+            model = next((t.model for t in targets if t.provider == answer.provider), targets[0].model)
             record.tokens_saved_cache = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
             record.cost_saved_usd = self.prices.cost(answer.provider, model, usage)
         headers = self._headers(record)
         if not parsed.stream:
-            return JSONAnswer(answer.completion.body, headers), answer.completion.body
-        payload = _sse_payload(replay_chunks(answer.completion.data, parsed.include_usage))
+            body = _json_body(job, completion)
+            return JSONAnswer(body, headers), body
+        payload = _replay(job, completion, parsed.include_usage)
         return EventStream(_once(payload), headers), payload
 
     def _account(self, outcome: Outcome, record: RequestRecord, principal: Principal) -> None:
@@ -336,7 +399,7 @@ class Pipeline:
         self.limiter.charge(principal, record.prompt_tokens + record.completion_tokens, cost)
 
     async def _json_response(
-        self, request: Request, flight: Flight, run: Runner | None, record: RequestRecord, principal: Principal
+        self, request: Request, flight: Flight, run: Runner | None, job: Job, record: RequestRecord, principal: Principal
     ) -> Answer:
         outcome = await _outcome(request, flight, run)
         if outcome is None:
@@ -345,44 +408,59 @@ class Pipeline:
         self._account(outcome, record, principal)
         if outcome.error is not None:
             record.error_code = outcome.error.code
-            return error_response(outcome.error, self._headers(record))
+            return job.surface.error_response(outcome.error, self._headers(record))
         completion = outcome.completion
         assert completion is not None
-        return JSONAnswer(completion.body, self._headers(record))
+        return JSONAnswer(_json_body(job, completion), self._headers(record))
 
     async def _stream_response(
-        self, request: Request, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
+        self, request: Request, flight: Flight, job: Job, parsed: ParsedRequest, record: RequestRecord, principal: Principal
     ) -> Answer:
-        if not flight.streaming:
+        if not flight.streaming:  # joined a JSON flight: its answer, replayed
             outcome = await _outcome(request, flight, None)
             if outcome is None:
                 return Response(status_code=499)
             self._account(outcome, record, principal)
             if outcome.error is not None:
                 record.error_code = outcome.error.code
-                return error_response(outcome.error, self._headers(record))
+                return job.surface.error_response(outcome.error, self._headers(record))
             assert outcome.completion is not None
-            payload = _sse_payload(replay_chunks(outcome.completion.data, include_usage))
+            payload = _replay(job, outcome.completion, parsed.include_usage)
             return EventStream(_once(payload), self._headers(record))
-        if not await _wait_started(request, flight):
+        started = await _wait_started(request, flight, self.config.server.stream_keepalive_seconds or None)
+        if started is None:
             return Response(status_code=499)
-        if not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
+        if started and not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
             flight.leave()
             self._account(flight.outcome, record, principal)
             record.error_code = flight.outcome.error.code
-            return error_response(flight.outcome.error, self._headers(record))
+            return job.surface.error_response(flight.outcome.error, self._headers(record))
         if flight.target is not None:
             record.provider = flight.target.provider
         record.dedup = record.dedup or flight.remote
-        events = self._follow(flight, include_usage, record, principal)
+        if not record.dedup:  # what the headers say now; the log line gets the final figures
+            record.attempts, record.tokens_saved = max(1, flight.attempts), flight.tokens_saved
+            record.trimmed_messages = flight.trimmed_messages
+        # A slow first event: answer now, and keep the connection alive until it comes.
+        keepalive = 0.0 if started else self.config.server.stream_keepalive_seconds
+        events = self._follow(flight, job, parsed.include_usage, record, principal, keepalive)
         return EventStream(events, self._headers(record))
 
     async def _follow(
-        self, flight: Flight, include_usage: bool, record: RequestRecord, principal: Principal
+        self, flight: Flight, job: Job, include_usage: bool, record: RequestRecord, principal: Principal, keepalive: float = 0
     ) -> AsyncGenerator[bytes, None]:
         try:
+            if keepalive:  # retries and fallback go on behind the comments
+                yield KEEPALIVE
+                while not flight.chunks and flight.outcome is None:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(keepalive):
+                            await flight.wait_started()
+                    if not flight.chunks and flight.outcome is None:
+                        yield KEEPALIVE
+            renderer = None if flight.native else job.surface.renderer(job.body, include_usage)
             async for batch in flight.follow():
-                payload = b"".join(c.sse for c in batch if include_usage or not c.is_usage_only)
+                payload = b"".join([c.sse for c in batch]) if renderer is None else renderer.feed(batch)
                 if payload:
                     yield payload
             outcome = flight.outcome
@@ -390,20 +468,49 @@ class Pipeline:
             self._account(outcome, record, principal)
             if outcome.error is not None:
                 record.error_code = outcome.error.code
-                yield error_event(outcome.error)
+                yield job.surface.error_event(outcome.error) if renderer is None else renderer.fail(outcome.error)
             else:
-                yield SSE_DONE
+                end = job.surface.stream_end if renderer is None else renderer.close()
+                if end:
+                    yield end
         finally:
             flight.leave()
 
 
+def _is_native(surface: Surface, answer: dict[str, Any]) -> bool:
+    """Whether an answer is in the surface's own form rather than the hub's."""
+    return not surface.hub_native and answer.get("object") != "chat.completion"
+
+
+def _json_body(job: Job, completion: Completion) -> bytes:
+    surface = job.surface
+    if surface.hub_native or _is_native(surface, completion.data):
+        return completion.body
+    return orjson.dumps(surface.from_hub(completion.data, job.body))
+
+
+def _replay(job: Job, completion: Completion, include_usage: bool) -> bytes:
+    """A whole answer as the stream a live one would have been."""
+    surface = job.surface
+    if _is_native(surface, completion.data):
+        return surface.replay(completion.data, job.body)
+    renderer = surface.renderer(job.body, include_usage)
+    return renderer.feed(replay_chunks(completion.data, True)) + renderer.close()
+
+
+def _hub_usage(surface: Surface, completion: Completion) -> dict[str, Any] | None:
+    if _is_native(surface, completion.data):
+        return surface.hub_usage(completion.data)
+    return completion.usage
+
+
 def _usage_of(job: Job, completion: Completion) -> dict[str, Any] | None:
     """The upstream's own usage; a tiktoken estimate only when it gave none."""
-    usage = completion.usage
-    if usage is not None or job.kind != CHAT:
+    usage = _hub_usage(job.surface, completion)
+    if usage is not None or job.hub is None or job.surface.api == "embeddings" or _is_native(job.surface, completion.data):
         return usage
     model = job.route.targets[0].model
-    prompt = count_messages(job.body["messages"], model)
+    prompt = count_messages(job.hub["messages"], model)
     text = "".join(
         (choice.get("message") or {}).get("content") or "" for choice in completion.data.get("choices") or ()
     )
@@ -411,13 +518,14 @@ def _usage_of(job: Job, completion: Completion) -> dict[str, Any] | None:
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output, "estimated": True}
 
 
-def _surely_fits(job: Job, window: int) -> bool:
+def _surely_fits(body: dict[str, Any], raw: bytes | None, window: int) -> bool:
     """Whether the prompt fits without counting: a text token is at least one byte of
     the JSON body, and the body has no parts counted by a fixed size (images, audio, files)."""
-    raw = job.raw
+    if raw is None:
+        return False
     if b'"image_url"' in raw or b'"input_audio"' in raw or b'"file"' in raw:
         return False
-    reserve = _max_output_tokens(job.body) or min(DEFAULT_OUTPUT_RESERVE, window // 4)
+    reserve = _max_output_tokens(body) or min(DEFAULT_OUTPUT_RESERVE, window // 4)
     return len(raw) + reserve <= window
 
 
@@ -427,10 +535,6 @@ def _max_output_tokens(body: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     return None
-
-
-def _sse_payload(chunks: list[Chunk]) -> bytes:
-    return b"".join(chunk.sse for chunk in chunks) + SSE_DONE
 
 
 async def _once(payload: bytes) -> AsyncGenerator[bytes, None]:
@@ -464,14 +568,20 @@ async def _outcome(request: Request, flight: Flight, run: Runner | None) -> Outc
     return None if guard.gone else flight.outcome
 
 
-async def _wait_started(request: Request, flight: Flight) -> bool:
-    """Wait for the stream's first chunk or its end, so headers can name the provider."""
+async def _wait_started(request: Request, flight: Flight, timeout: float | None) -> bool | None:
+    """Wait for the stream's first chunk or its end, so headers can name the provider:
+    True then, False when ``timeout`` passed first, None when the client left."""
     if flight.chunks or flight.outcome is not None:
         return True
     guard = DisconnectGuard(request.receive, lambda: guard.cancel_task())
+    timed_out = False
     async with guard:
-        await flight.wait_started()
+        try:
+            async with asyncio.timeout(timeout):
+                await flight.wait_started()
+        except TimeoutError:
+            timed_out = True
     if guard.gone:
         flight.leave()
-        return False
-    return True
+        return None
+    return not timed_out

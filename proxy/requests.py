@@ -1,9 +1,6 @@
-"""Reading and validating client requests: body limits, JSON, field types, headers.
+"""Reading client requests, whichever API they speak: headers, body limits, JSON.
 
-Validation is deliberately shallow: it rejects what would make Sluice itself
-fail (wrong types on the fields it reads) with a 400 naming the field, and
-leaves the rest for the upstream to judge, so new OpenAI parameters pass
-through untouched.
+Each API's own fields are validated by its surface (``proxy/surfaces/``).
 """
 
 from __future__ import annotations
@@ -17,17 +14,6 @@ from starlette.types import Scope
 
 from proxy.config import COMPRESSION_MODES
 from proxy.errors import InvalidRequest, RequestTooLarge, SluiceError
-
-CHAT = "chat"
-EMBEDDINGS = "embeddings"
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedRequest:
-    model: str
-    stream: bool
-    include_usage: bool
-
 
 @dataclass(frozen=True, slots=True)
 class RequestOptions:
@@ -44,27 +30,43 @@ class ClientHeaders:
     """The request headers Sluice reads, picked in one pass over the raw list."""
 
     authorization: str | None = None
+    api_key: str | None = None  # ``x-api-key``, as Anthropic clients send their key
     cache_control: str = ""
     cache_ttl: str | None = None
     compression: str | None = None
     content_length: str | None = None
+    passed: dict[str, str] | None = None  # headers an upstream of the API's own type takes as sent
+
+    @property
+    def credential(self) -> str | None:
+        """The caller's key, from ``Authorization`` or ``x-api-key``, as an ``Authorization`` value."""
+        if self.authorization:
+            return self.authorization
+        return f"Bearer {self.api_key}" if self.api_key else None
 
 
 _WANTED = {
     b"authorization": "authorization",
+    b"x-api-key": "api_key",
     b"cache-control": "cache_control",
     b"x-sluice-cache-ttl": "cache_ttl",
     b"x-sluice-compression": "compression",
     b"content-length": "content_length",
 }
+PASSED_HEADERS = frozenset(
+    {b"anthropic-beta", b"openai-beta", b"openai-organization", b"openai-project"}
+)
+"""Client headers forwarded to a native upstream (a provider drops those not of its own API)."""
 
 
 def read_headers(scope: Scope) -> ClientHeaders:
-    found: dict[str, str] = {}
+    found: dict[str, Any] = {}
     for name, value in scope["headers"]:
         field = _WANTED.get(name)
         if field is not None:
             found[field] = value.decode("latin-1")
+        elif name in PASSED_HEADERS:
+            found.setdefault("passed", {})[name.decode("latin-1")] = value.decode("latin-1")
     return ClientHeaders(**found) if found else ClientHeaders()
 
 
@@ -96,68 +98,6 @@ async def read_json_body(request: Request, headers: ClientHeaders, max_bytes: in
     if not isinstance(body, dict):
         raise InvalidRequest("Request body must be a JSON object.")
     return raw, body
-
-
-def _require_model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if model is None:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("'model' must be a non-empty string.", param="model")
-    return model
-
-
-_NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
-_INTEGERS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
-
-
-def parse_chat(body: dict[str, Any]) -> ParsedRequest:
-    model = _require_model(body)
-    messages = body.get("messages")
-    if messages is None:
-        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise InvalidRequest(f"'messages[{index}]' must be an object.", param=f"messages[{index}]")
-        role = message.get("role")
-        if not isinstance(role, str):
-            raise InvalidRequest(f"'messages[{index}].role' must be a string.", param=f"messages[{index}].role")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise InvalidRequest(
-                f"'messages[{index}].content' must be a string or an array of parts.", param=f"messages[{index}].content"
-            )
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-    for name in _NUMBERS:
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise InvalidRequest(f"'{name}' must be a number.", param=name)
-    for name in _INTEGERS:
-        value = body.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise InvalidRequest(f"'{name}' must be an integer.", param=name)
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise InvalidRequest("'tools' must be an array.", param="tools")
-    include_usage = bool(stream and options and options.get("include_usage"))
-    return ParsedRequest(model, bool(stream), include_usage)
-
-
-def parse_embeddings(body: dict[str, Any]) -> ParsedRequest:
-    model = _require_model(body)
-    value = body.get("input")
-    if value is None:
-        raise InvalidRequest("Missing required parameter: 'input'.", param="input")
-    if not isinstance(value, (str, list)) or (isinstance(value, list) and not value):
-        raise InvalidRequest("'input' must be a string or a non-empty array.", param="input")
-    return ParsedRequest(model, False, False)
 
 
 def request_options(headers: ClientHeaders, default_compression: str) -> RequestOptions:

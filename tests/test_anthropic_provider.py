@@ -332,6 +332,14 @@ def test_usage_from_message_delta_wins_over_message_start() -> None:
     assert final["prompt_tokens_details"]["cached_tokens"] == 3
 
 
+def test_native_stream_usage_adds_up_from_its_events() -> None:
+    data = message([text("hi")], usage_data=usage(10, 5, cache_read=7))
+    merged: dict[str, Any] = {}
+    for event in stream_events(data):
+        merged.update({k: v for k, v in (a.event_usage(event) or {}).items() if v is not None})
+    assert a.usage(merged) == a.usage(data["usage"])
+
+
 def test_error_event_fails_the_stream_after_what_came_before() -> None:
     stream = a.AnthropicStream()
     events = stream_events(message([text("one two")]))[:4]
@@ -453,7 +461,7 @@ async def test_count_tokens_is_forwarded_with_the_model_rewritten(provider: a.An
     assert status == 400 and orjson.loads(body)["type"] == "error"
 
 
-async def test_models_follow_every_page(provider: a.AnthropicProvider, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_models_follow_every_page(provider: a.AnthropicProvider, fake_anthropic: FakeAnthropic) -> None:
     assert await provider.list_models(None) == fake_anthropic.models
     assert len(fake_anthropic.calls("/v1/models")) == 1
     fake_anthropic.script(

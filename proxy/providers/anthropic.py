@@ -334,17 +334,17 @@ class AnthropicStream:
 
     _builder: t.ChunkBuilder | None = None
     _usage: dict[str, Any] = field(default_factory=dict)
-    _call_arguments: bool = True  # whether the open tool_use block has sent any arguments
+    _call_has_arguments: bool = True  # false while an open tool_use block has sent no arguments yet
     _stopped: bool = False
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         kind = event.get("type")
         if kind == "error":
             raise _stream_error(event)
+        self._merge_usage(event_usage(event))
         if kind == "message_start":
             message = event.get("message") or {}
             self._builder = t.ChunkBuilder(str(message.get("model") or ""), completion_id(message.get("id")))
-            self._merge_usage(message.get("usage"))
             return _some(self._builder.delta(0))
         builder = self._builder
         if builder is None:
@@ -355,11 +355,10 @@ class AnthropicStream:
             return _some(self._block_start(builder, event.get("content_block") or {}))
         if kind == "content_block_delta":
             return _some(self._block_delta(builder, event.get("delta") or {}))
-        if kind == "content_block_stop" and not self._call_arguments:
-            self._call_arguments = True  # a tool called with no arguments still sends a JSON object
+        if kind == "content_block_stop" and not self._call_has_arguments:
+            self._call_has_arguments = True  # a tool called with no arguments still sends a JSON object
             return _some(builder.delta(0, arguments="{}"))
         if kind == "message_delta":
-            self._merge_usage(event.get("usage"))
             reason = (event.get("delta") or {}).get("stop_reason")
             return _some(builder.delta(0, finish=finish_reason(reason))) if reason else []
         if kind == "message_stop":
@@ -374,7 +373,7 @@ class AnthropicStream:
             return builder.delta(0, reasoning=block.get("thinking") or None)
         if kind == "tool_use":
             arguments = t.arguments_text(block["input"]) if block.get("input") else ""
-            self._call_arguments = bool(arguments)
+            self._call_has_arguments = bool(arguments)
             return builder.delta(0, calls=[(str(block.get("id")), str(block.get("name", "")), arguments)])
         return None
 
@@ -385,7 +384,7 @@ class AnthropicStream:
         if kind == "thinking_delta":
             return builder.delta(0, reasoning=delta.get("thinking") or None)
         if kind == "input_json_delta" and delta.get("partial_json"):
-            self._call_arguments = True
+            self._call_has_arguments = True
             return builder.delta(0, arguments=delta["partial_json"])
         return None  # signature_delta, citations_delta: nothing an OpenAI client reads
 
@@ -401,6 +400,18 @@ class AnthropicStream:
         self._builder.require_finished()
         final = usage(self._usage)
         return [self._builder.usage_chunk(final)] if final else []
+
+
+def event_usage(event: dict[str, Any]) -> dict[str, Any] | None:
+    """The Anthropic usage one stream event carries: ``message_start``'s input counts,
+    ``message_delta``'s output counts. Merged in order (later non-null values win),
+    they are the ``usage`` to give ``usage()``, native streams included."""
+    kind = event.get("type")
+    if kind == "message_start":
+        return (event.get("message") or {}).get("usage")
+    if kind == "message_delta":
+        return event.get("usage")
+    return None
 
 
 def _some(chunk: dict[str, Any] | None) -> list[dict[str, Any]]:

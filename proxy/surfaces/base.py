@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from starlette.responses import Response
 
+from proxy.completions import Chunk
 from proxy.errors import InvalidRequest, SluiceError, error_event, error_response
 
 
@@ -36,7 +37,7 @@ class ParsedRequest:
 
 
 class StreamRenderer(Protocol):
-    """One client's view of a hub stream (``chat.completion.chunk`` data dicts), in the surface's API.
+    """One client's view of a hub stream (``chat.completion.chunk``s), in the surface's API.
 
     A renderer is stateful and serves exactly one client: a live stream and a
     replayed one (``proxy.completions.replay_chunks``) go through the same
@@ -44,8 +45,8 @@ class StreamRenderer(Protocol):
     with a usage-only chunk when usage is known.
     """
 
-    def feed(self, chunks: list[dict[str, Any]]) -> bytes:
-        """The SSE bytes these chunks become (may be empty)."""
+    def feed(self, chunks: list[Chunk]) -> bytes:
+        """The SSE bytes these chunks become (may be empty); read ``chunk.data``."""
         ...
 
     def close(self) -> bytes:
@@ -77,7 +78,10 @@ class Surface(abc.ABC):
 
     api: str  # "chat" | "embeddings" | "responses" | "messages" | "completions": the native form's name
     path: str  # the POST route, e.g. "/v1/responses"
+    hub_native: bool = False  # the hub's own API (chat, embeddings): answers need no rendering
     hit_lane: bool = False  # repeated hits may be answered by proxy/hit_lane.py (chat and embeddings only)
+    remembers: bool = False  # ``answered`` does something (Responses' stored responses)
+    stream_end: bytes = b""  # what follows a native stream's own last event (legacy completions: ``data: [DONE]``)
 
     @abc.abstractmethod
     def parse(self, body: dict[str, Any]) -> ParsedRequest:
@@ -128,3 +132,13 @@ class Surface(abc.ABC):
     def error_event(self, error: SluiceError) -> bytes:
         """An error after a stream began, as this API's last SSE event."""
         return error_event(error)
+
+
+def require_model(body: dict[str, Any]) -> str:
+    """``model``, present and a non-empty string, as every API requires."""
+    model = body.get("model")
+    if model is None:
+        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' must be a non-empty string.", param="model")
+    return model
