@@ -37,6 +37,7 @@ from proxy.routing import Router
 from proxy.surfaces.base import Surface
 from proxy.surfaces.chat import ChatSurface
 from proxy.surfaces.embeddings import EmbeddingsSurface
+from proxy.surfaces.messages import MessagesSurface
 from proxy.telemetry import Telemetry, configure_logging
 from proxy.tokens import use_encodings
 
@@ -72,7 +73,7 @@ class Gateway:
         self.breakers = Breakers(config.breaker)
         self.shared: SharedState | None = None
         self.pipeline: Pipeline | None = None
-        self.surfaces: dict[str, Surface] = {s.path: s for s in (ChatSurface(), EmbeddingsSurface())}
+        self.surfaces: dict[str, Surface] = {s.path: s for s in (ChatSurface(), EmbeddingsSurface(), MessagesSurface())}
 
     async def start(self) -> None:
         use_encodings(self.config.token_encodings)

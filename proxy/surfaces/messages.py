@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from proxy.errors import InvalidRequest, SluiceError
 from proxy.surfaces import messages_answer, messages_errors, messages_request, messages_stream
-from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface
+from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface, require_model
 from proxy.tokens import count_messages, count_text
 
 ROLES = ("user", "assistant")
@@ -82,11 +82,7 @@ class MessagesSurface(Surface):
 
 def _validate(body: dict[str, Any]) -> str:
     """The fields a Messages and a count_tokens request share; returns the model."""
-    model = body.get("model")
-    if model is None:
-        raise InvalidRequest("model: Field required.", param="model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("model: must be a non-empty string.", param="model")
+    model = require_model(body)
     _validate_messages(body.get("messages"))
     _validate_system(body.get("system"))
     for name in ("temperature", "top_p"):
