@@ -23,6 +23,8 @@ from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis import RedisCache
 from proxy.config import Config, load_config
+from proxy.count_tokens import PATH as COUNT_TOKENS_PATH
+from proxy.count_tokens import count_tokens
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
 from proxy.limits import Limiter
@@ -255,8 +257,14 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         finally:
             await gateway.stop()
 
+    async def messages_count_tokens(request: Request) -> Response:
+        surface = gateway.surfaces[MessagesSurface.path]
+        assert gateway.pipeline is not None and isinstance(surface, MessagesSurface)
+        return await count_tokens(gateway.pipeline, surface, request)
+
     routes = [  # the surfaces' are served by HotRoutes; listed so that other methods get a 405
         *(Route(path, surface_endpoint(surface), methods=["POST"]) for path, surface in gateway.surfaces.items()),
+        Route(COUNT_TOKENS_PATH, messages_count_tokens, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),

@@ -181,6 +181,12 @@ def test_count_tokens_asks_anthropic(client: anthropic.Anthropic, fake_anthropic
     assert fake_anthropic.calls("/v1/messages/count_tokens")[0].json["model"] == "claude-sonnet-4-5-20250929"
 
 
+def test_count_tokens_names_a_bad_field(proxy: ProxyProcess) -> None:
+    response = httpx.post(f"{proxy.url}/v1/messages/count_tokens", json={"model": OPENAI, "messages": "Hello"})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error" and "messages" in response.json()["error"]["message"]
+
+
 # -- errors in Anthropic's shape --
 
 
@@ -235,8 +241,11 @@ def test_proxy_keys_are_read_from_x_api_key(start_proxy: Any, servers: tuple[Any
     with pytest.raises(anthropic.AuthenticationError) as caught:
         sdk_client(proxy, "sk-wrong").messages.create(model=OPENAI, max_tokens=64, messages=HELLO)
     assert caught.value.status_code == 401 and caught.value.body["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.AuthenticationError):
+        sdk_client(proxy, "sk-wrong").messages.count_tokens(model=OPENAI, messages=HELLO)
     message = sdk_client(proxy, "sk-team-1").messages.create(model=OPENAI, max_tokens=64, messages=HELLO)
     assert message.content[0].text == "echo: Hello there"
+    assert sdk_client(proxy, "sk-team-1").messages.count_tokens(model=OPENAI, messages=HELLO).input_tokens > 0
 
 
 # -- cache and dedup --
