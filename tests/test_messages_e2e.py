@@ -147,6 +147,21 @@ def test_tool_use_round_trip(client: anthropic.Anthropic, model: str) -> None:
     assert "18C and sunny" in second.content[0].text
 
 
+@pytest.mark.parametrize("model", [GEMINI, "gemini/gemini-3-pro-preview", OLLAMA])
+def test_streamed_tool_round(client: anthropic.Anthropic, model: str) -> None:
+    """Gemini 3 signs its calls; the signature rides in the tool use id and must come back with the result."""
+    question = [{"role": "user", "content": "Weather in Paris?"}]
+    with client.messages.stream(model=model, max_tokens=256, tools=[WEATHER], messages=question) as stream:
+        first = stream.get_final_message()
+    assert first.stop_reason == "tool_use" and first.content[-1].input == {"city": "Paris"}
+    assert ("__thought__" in first.content[-1].id) == ("gemini-3" in model)
+    result = {"type": "tool_result", "tool_use_id": first.content[-1].id, "content": "18C"}
+    history = [*question, {"role": "assistant", "content": first.content}, {"role": "user", "content": [result]}]
+    with client.messages.stream(model=model, max_tokens=256, tools=[WEATHER], messages=history) as stream:
+        second = stream.get_final_message()
+    assert second.stop_reason == "end_turn" and "18C" in second.content[0].text
+
+
 def test_tool_result_reaches_openai_with_its_call_id(client: anthropic.Anthropic, fake_openai: FakeOpenAI) -> None:
     question = [{"role": "user", "content": "Weather in Paris?"}]
     with client.messages.stream(model=OPENAI, max_tokens=256, tools=[WEATHER], messages=question) as stream:
