@@ -327,6 +327,7 @@ def claude_code_request() -> dict[str, Any]:
         "temperature": 1,
         "thinking": {"type": "enabled", "budget_tokens": 31999},
         "metadata": {"user_id": "user_4f2a_account__session_91c3"},
+        "context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
         "system": [
             {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.", "cache_control": {"type": "ephemeral"}},
             {"type": "text", "text": "You are an interactive CLI tool that helps users with software engineering tasks.\n\n# Tone\nBe concise.", "cache_control": {"type": "ephemeral"}},
@@ -377,8 +378,8 @@ def test_claude_code_session_streams_from_an_openai_model(client: anthropic.Anth
 
     fake_openai.script(Reply(chunks=chunks))
     del body["stream"]
-    temperature = body.pop("temperature")  # no longer a named argument of the SDK's stream()
-    with client.messages.stream(**body, extra_body={"temperature": temperature}) as stream:
+    unnamed = {name: body.pop(name) for name in ("temperature", "context_management")}  # not arguments of the SDK's stream()
+    with client.messages.stream(**body, extra_body=unnamed) as stream:
         final = stream.get_final_message()
     assert [block.type for block in final.content] == ["thinking", "text", "tool_use"]
     assert final.content[0].thinking == "The test fails; read it first."

@@ -19,8 +19,9 @@ provider"):
   ``metadata.user_id`` → ``user``, ``tools`` (``input_schema`` → ``parameters``),
   ``tool_choice``, ``thinking`` and ``output_config`` → ``reasoning_effort``
   and ``response_format``.
-- ``cache_control`` (anywhere), ``service_tier``, ``inference_geo``, ``speed``
-  and ``diagnostics`` ask nothing of the answer's content and are dropped.
+- ``cache_control`` (anywhere), ``service_tier``, ``inference_geo``, ``speed``,
+  ``diagnostics`` and ``context_management`` ask nothing of the answer's
+  content and are dropped.
 - Anything else that could change the answer is an ``InvalidRequest`` naming it.
 """
 
@@ -65,7 +66,9 @@ _MAPPED = frozenset(
         "output_config",
     }
 )
-_ANSWER_NEUTRAL = frozenset({"cache_control", "service_tier", "inference_geo", "speed", "diagnostics"})
+# context_management is Anthropic pruning a context past a size trigger (Claude Code always
+# sends it); for other providers Sluice's own history trimming does that job.
+_ANSWER_NEUTRAL = frozenset({"cache_control", "service_tier", "inference_geo", "speed", "diagnostics", "context_management"})
 # Tool fields that change how Anthropic runs a tool, not what the model answers.
 _TOOL_NEUTRAL = frozenset({"type", "cache_control", "eager_input_streaming", "allowed_callers", "defer_loading"})
 
