@@ -263,6 +263,20 @@ def test_proxy_keys_are_read_from_x_api_key(start_proxy: Any, servers: tuple[Any
     assert sdk_client(proxy, "sk-team-1").messages.count_tokens(model=OPENAI, messages=HELLO).input_tokens > 0
 
 
+def test_sluice_own_limits_speak_anthropic(start_proxy: Any, servers: tuple[Any, ...]) -> None:
+    keys = {"keys": [{"name": "team", "key": "sk-team-1", "rpm": 1}]}
+    proxy = start_proxy(config(servers, auth=keys, server={"max_body_bytes": 2048}))
+    client = sdk_client(proxy, "sk-team-1")
+    with pytest.raises(anthropic.APIStatusError) as too_large:
+        client.messages.create(model=OPENAI, max_tokens=64, messages=[{"role": "user", "content": "x" * 4096}])
+    assert too_large.value.status_code == 413 and too_large.value.body["error"]["type"] == "request_too_large"
+    client.messages.create(model=OPENAI, max_tokens=64, messages=HELLO)
+    with pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.create(model=OPENAI, max_tokens=64, messages=HELLO)
+    assert limited.value.body["error"]["type"] == "rate_limit_error"
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+
+
 # -- cache and dedup --
 
 
