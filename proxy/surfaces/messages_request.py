@@ -197,7 +197,7 @@ def _tool_result(block: dict[str, Any], param: str, images: list[dict[str, Any]]
                 images.append(_image(part, at))
             else:
                 raise _uncarried(f"A '{kind}' block in a tool result", at)
-        text = "".join(texts)
+        text = "\n".join(texts)
     else:
         raise InvalidRequest("'content' must be a string or an array of blocks.", param=f"{param}.content")
     if block.get("is_error"):
