@@ -19,9 +19,13 @@ import pytest
 
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.anthropic import error_body as anthropic_error
+from tests.fakes.anthropic import message as anthropic_message
+from tests.fakes.anthropic import stream_events as anthropic_stream_events
+from tests.fakes.anthropic import text as anthropic_text
+from tests.fakes.anthropic import usage as anthropic_usage
 from tests.fakes.gemini import FakeGemini
 from tests.fakes.ollama import FakeOllama
-from tests.fakes.openai import FakeOpenAI, chunk, completion, usage
+from tests.fakes.openai import FakeOpenAI, chunk, completion, stream_chunks, usage
 from tests.fakes.server import Reply
 from tests.proxy_process import ProxyProcess
 from tests.test_cache_dedup import _until_joined
@@ -326,6 +330,37 @@ async def test_identical_requests_in_flight_make_one_upstream_call(start_proxy: 
     assert len({m.id for m in messages}) == 1
     assert sum(r.headers.get("x-sluice-dedup") == "joined" for r in responses) == 4
     assert len(fake_openai.calls("/chat/completions")) == 1
+
+
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC])
+async def test_identical_streams_in_flight_share_one_upstream_call(start_proxy: Any, servers: tuple[Any, ...], model: str) -> None:
+    """Each follower gets the whole stream, rendered for it (translated) or passed on (native)."""
+    proxy = start_proxy(config(servers, cache={"enabled": True}))
+    gate = threading.Event()
+    openai_fake, _, _, anthropic_fake = servers
+    fake = openai_fake if model == OPENAI else anthropic_fake
+    fake.script(Reply(chunks=_stream_of(model), gate=gate))
+    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key="client-key", max_retries=0)
+
+    async def final() -> anthropic.types.Message:
+        async with client.messages.stream(model=model, max_tokens=64, messages=[{"role": "user", "content": "share it"}]) as stream:
+            return await stream.get_final_message()
+
+    tasks = [asyncio.create_task(final()) for _ in range(3)]
+    async with httpx.AsyncClient() as http:
+        await _until_joined(proxy, http, 2)
+    gate.set()
+    messages = await asyncio.gather(*tasks)
+    assert [m.content[0].text for m in messages] == ["streamed to all"] * 3
+    assert len({m.id for m in messages}) == 1
+    assert len(fake.requests) == 1
+
+
+def _stream_of(model: str) -> list[Any]:
+    if model == OPENAI:
+        return stream_chunks("gpt-4o-mini", "streamed to all")
+    answer = anthropic_message([anthropic_text("streamed to all")], usage_data=anthropic_usage(12, 3))
+    return anthropic_stream_events(answer)
 
 
 # -- a Claude Code-shaped session on an OpenAI model --
