@@ -15,6 +15,7 @@ from anthropic.types import Message
 
 from proxy.completions import Chunk, StreamAssembler, replay_chunks
 from proxy.errors import CircuitOpen, InvalidRequest, RateLimited, SluiceError, UpstreamHTTPError, UpstreamTimeout
+from proxy.providers import anthropic as anthropic_provider
 from proxy.surfaces.messages import MessagesSurface
 from proxy.surfaces.messages_request import TOOL_ERROR_MARKER
 from tests.fakes.openai import completion as openai_completion
@@ -386,13 +387,21 @@ def test_from_hub_without_usage_estimates_the_prompt() -> None:
 
 
 def test_hub_usage_counts_cache_reads_and_writes_in_the_prompt() -> None:
-    usage = {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}
+    usage = {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 100,
+        "cache_creation_input_tokens": 20,
+        "output_tokens_details": {"thinking_tokens": 3},
+    }
     assert surface.hub_usage({"usage": usage}) == {
         "prompt_tokens": 130,
         "completion_tokens": 5,
         "total_tokens": 135,
-        "prompt_tokens_details": {"cached_tokens": 100, "cache_creation_input_tokens": 20},
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20, "cache_creation_input_tokens": 20},
+        "completion_tokens_details": {"reasoning_tokens": 3},
     }
+    assert surface.hub_usage({"usage": usage}) == anthropic_provider.usage(usage)  # one reading of Anthropic's usage
 
 
 # -- streams --

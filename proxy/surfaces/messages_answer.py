@@ -79,19 +79,28 @@ def usage(hub: dict[str, Any] | None, estimate: int = 0) -> dict[str, int]:
 
 
 def hub_usage(usage_data: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Anthropic usage in the hub's terms: ``prompt_tokens`` counts cache reads and writes too."""
+    """Anthropic usage in the hub's terms, as the anthropic provider reports it for Chat Completions.
+
+    ``prompt_tokens`` counts cache reads and writes too; writes, priced apart,
+    appear under OpenAI's name (``cache_write_tokens``) and Anthropic's;
+    thinking is inside ``output_tokens``, as OpenAI counts reasoning.
+    """
     if not usage_data:
         return None
     cached = int(usage_data.get("cache_read_input_tokens") or 0)
     written = int(usage_data.get("cache_creation_input_tokens") or 0)
     prompt = int(usage_data.get("input_tokens") or 0) + cached + written
     completion = int(usage_data.get("output_tokens") or 0)
-    return {
+    hub: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_input_tokens": written},
+        "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written, "cache_creation_input_tokens": written},
     }
+    thinking = (usage_data.get("output_tokens_details") or {}).get("thinking_tokens")
+    if thinking is not None:
+        hub["completion_tokens_details"] = {"reasoning_tokens": thinking}
+    return hub
 
 
 def from_hub(completion: dict[str, Any], request: dict[str, Any], estimate: int = 0) -> dict[str, Any]:
