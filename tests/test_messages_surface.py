@@ -379,6 +379,16 @@ def test_from_hub_stop_reasons(finish: str, extra: dict[str, Any], reason: str, 
     assert (message["stop_reason"], message["stop_sequence"]) == (reason, sequence)
 
 
+def test_tool_calls_stop_for_tool_use_whatever_the_upstream_said() -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    completion = openai_completion("llama3.1", None, [call])
+    completion["choices"][0]["finish_reason"] = "stop"
+    assert surface.from_hub(completion, request())["stop_reason"] == "tool_use"
+    chunks = tool_stream()
+    chunks[-2]["choices"][0]["finish_reason"] = "stop"
+    assert read_stream(render(chunks)).stop_reason == "tool_use"
+
+
 def test_from_hub_without_usage_estimates_the_prompt() -> None:
     completion = openai_completion("gpt-4o-mini", "Hello")
     del completion["usage"]

@@ -21,10 +21,17 @@ STOP_REASONS = {
 }
 
 
-def stop_reason(finish_reason: str | None, matched: str | None, refused: bool) -> str:
-    """Anthropic's ``stop_reason`` for a hub ``finish_reason``."""
+def stop_reason(finish_reason: str | None, matched: str | None, refused: bool, called: bool) -> str:
+    """Anthropic's ``stop_reason`` for a hub ``finish_reason``.
+
+    An answer that calls tools stops for ``tool_use`` even when the upstream
+    said ``stop`` (some OpenAI-compatible servers do): Anthropic clients run
+    tools on that stop reason.
+    """
     if refused:
         return "refusal"
+    if called and finish_reason in (None, "stop"):
+        return "tool_use"
     if finish_reason == "stop" and matched is not None:
         return "stop_sequence"
     return STOP_REASONS.get(finish_reason or "stop", "end_turn")
@@ -131,7 +138,7 @@ def from_hub(completion: dict[str, Any], request: dict[str, Any], estimate: int 
         "role": "assistant",
         "model": completion.get("model") or request.get("model"),
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason"), matched, bool(said.get("refusal"))),
+        "stop_reason": stop_reason(choice.get("finish_reason"), matched, bool(said.get("refusal")), bool(said.get("tool_calls"))),
         "stop_sequence": matched,
         "usage": usage(completion.get("usage"), estimate),
     }

@@ -128,7 +128,7 @@ class MessagesRenderer:
     def close(self) -> bytes:
         if not self._started:
             self._start(None, None)
-        reason = stop_reason(self._finish, self._matched, self._refused)
+        reason = stop_reason(self._finish, self._matched, self._refused, bool(self._tools))
         self._writer.finish(reason, self._matched, self._usage_now())
         return self._writer.take()
 
