@@ -247,10 +247,11 @@ def test_anthropic_overloaded_is_passed_through(client: anthropic.Anthropic, fak
     assert caught.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
 
 
-def test_stream_cut_midway_ends_with_an_error_event(client: anthropic.Anthropic, fake_openai: FakeOpenAI) -> None:
-    chunks = [chunk("chatcmpl-cut", "gpt-4o-mini", {"role": "assistant", "content": f"word{i} "}) for i in range(5)]
-    fake_openai.script(Reply(chunks=chunks, cut_after=3))
-    with pytest.raises(anthropic.APIStatusError) as caught, client.messages.stream(model=OPENAI, max_tokens=64, messages=HELLO) as stream:
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC])
+def test_stream_cut_midway_ends_with_an_error_event(client: anthropic.Anthropic, servers: tuple[Any, ...], model: str) -> None:
+    fake = servers[0] if model == OPENAI else servers[3]
+    fake.script(Reply(chunks=_stream_of(model), cut_after=3))
+    with pytest.raises(anthropic.APIStatusError) as caught, client.messages.stream(model=model, max_tokens=64, messages=HELLO) as stream:
         stream.get_final_message()
     assert caught.value.body["type"] == "error" and caught.value.body["error"]["type"] == "api_error"
 
@@ -337,8 +338,7 @@ async def test_identical_streams_in_flight_share_one_upstream_call(start_proxy: 
     """Each follower gets the whole stream, rendered for it (translated) or passed on (native)."""
     proxy = start_proxy(config(servers, cache={"enabled": True}))
     gate = threading.Event()
-    openai_fake, _, _, anthropic_fake = servers
-    fake = openai_fake if model == OPENAI else anthropic_fake
+    fake = servers[0] if model == OPENAI else servers[3]
     fake.script(Reply(chunks=_stream_of(model), gate=gate))
     client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key="client-key", max_retries=0)
 
