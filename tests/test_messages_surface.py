@@ -316,6 +316,7 @@ def test_to_hub_maps_output_config() -> None:
 def test_to_hub_refuses_what_it_cannot_carry(fields: dict[str, Any], param: str) -> None:
     error = invalid(request(**fields), surface.to_hub)
     assert error.param == param and error.status == 400
+    assert error.message.startswith(f"{param}: ")  # Anthropic's error shape has no param field
 
 
 # -- from_hub --

@@ -110,8 +110,13 @@ def _system_text(system: str | list[dict[str, Any]]) -> str:
     return SYSTEM_SEPARATOR.join(block.get("text") or "" for block in system)
 
 
+def _invalid(param: str, problem: str) -> InvalidRequest:
+    """Named in the message too: Anthropic's error shape has no ``param`` field."""
+    return InvalidRequest(f"{param}: {problem}", param=param)
+
+
 def _uncarried(what: str, param: str) -> InvalidRequest:
-    return InvalidRequest(f"{what} cannot be carried to a provider that does not speak the Messages API.", param=param)
+    return _invalid(param, f"{what} cannot be carried to a provider that does not speak the Messages API.")
 
 
 # -- turns --
@@ -173,7 +178,7 @@ def _assistant(blocks: list[dict[str, Any]], param: str) -> dict[str, Any]:
 def _tool_call(block: dict[str, Any], param: str) -> dict[str, Any]:
     name, identifier = block.get("name"), block.get("id")
     if not isinstance(name, str) or not isinstance(identifier, str):
-        raise InvalidRequest("A tool_use block needs a string 'id' and 'name'.", param=param)
+        raise _invalid(param, "a tool_use block needs a string 'id' and 'name'.")
     arguments = orjson.dumps(block.get("input") or {}).decode()
     return {"id": call_id(identifier), "type": "function", "function": {"name": name, "arguments": arguments}}
 
@@ -182,7 +187,7 @@ def _tool_result(block: dict[str, Any], param: str, images: list[dict[str, Any]]
     """The ``tool`` message; the result's images are added to ``images``."""
     identifier = block.get("tool_use_id")
     if not isinstance(identifier, str):
-        raise InvalidRequest("A tool_result block needs a string 'tool_use_id'.", param=f"{param}.tool_use_id")
+        raise _invalid(f"{param}.tool_use_id", "a tool_result block needs a string 'tool_use_id'.")
     content = block.get("content")
     if content is None or isinstance(content, str):
         text = content or ""
@@ -199,7 +204,7 @@ def _tool_result(block: dict[str, Any], param: str, images: list[dict[str, Any]]
                 raise _uncarried(f"A '{kind}' block in a tool result", at)
         text = "\n".join(texts)
     else:
-        raise InvalidRequest("'content' must be a string or an array of blocks.", param=f"{param}.content")
+        raise _invalid(f"{param}.content", "must be a string or an array of blocks.")
     if block.get("is_error"):
         text = TOOL_ERROR_MARKER + text
     return {"role": "tool", "tool_call_id": call_id(identifier), "content": text}
@@ -249,7 +254,7 @@ def _add_tools(hub: dict[str, Any], body: dict[str, Any]) -> None:
     elif kind == "none":
         hub["tool_choice"] = "none"
     else:
-        raise InvalidRequest(f"Invalid tool_choice type: {kind!r}.", param="tool_choice.type")
+        raise _invalid("tool_choice.type", f"unknown type {kind!r}.")
     if choice.get("disable_parallel_tool_use") and kind != "none":
         hub["parallel_tool_calls"] = False
 
@@ -276,11 +281,11 @@ def _add_reasoning(hub: dict[str, Any], body: dict[str, Any]) -> None:
     effort = _thinking_effort(body.get("thinking"))
     config = body.get("output_config") or {}
     if not isinstance(config, dict):
-        raise InvalidRequest("'output_config' must be an object.", param="output_config")
+        raise _invalid("output_config", "must be an object.")
     for name, value in config.items():
         if name == "effort" and value is not None:
             if value not in EFFORTS:
-                raise InvalidRequest(f"Invalid output_config.effort: {value!r}.", param="output_config.effort")
+                raise _invalid("output_config.effort", f"unknown effort {value!r}.")
             effort = EFFORTS[value]  # the explicit effort wins over one read from a thinking budget
         elif name == "format" and value is not None:
             hub["response_format"] = _response_format(value)
@@ -298,14 +303,14 @@ def _thinking_effort(thinking: dict[str, Any] | None) -> str | None:
     if kind in ("adaptive", "disabled"):
         return None
     if kind != "enabled":
-        raise InvalidRequest(f"Invalid thinking type: {kind!r}.", param="thinking.type")
+        raise _invalid("thinking.type", f"unknown type {kind!r}.")
     budget = thinking.get("budget_tokens")
     if isinstance(budget, bool) or not isinstance(budget, int):
-        raise InvalidRequest("'thinking.budget_tokens' must be an integer.", param="thinking.budget_tokens")
+        raise _invalid("thinking.budget_tokens", "must be an integer.")
     return next((effort for limit, effort in EFFORT_BUDGETS if budget < limit), HIGHEST_EFFORT)
 
 
 def _response_format(spec: Any) -> dict[str, Any]:
     if not isinstance(spec, dict) or spec.get("type") != "json_schema" or not isinstance(spec.get("schema"), dict):
-        raise InvalidRequest("'output_config.format' must be a json_schema format with a schema.", param="output_config.format")
+        raise _invalid("output_config.format", "must be a json_schema format with a schema.")
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": spec["schema"], "strict": True}}
