@@ -23,6 +23,8 @@ from proxy.cache.keys import identity_of
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis import RedisCache
 from proxy.config import Config, load_config
+from proxy.count_tokens import PATH as COUNT_TOKENS_PATH
+from proxy.count_tokens import count_tokens
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
 from proxy.limits import AdminGuard, Limiter
@@ -39,6 +41,7 @@ from proxy.surfaces.base import Surface
 from proxy.surfaces.chat import ChatSurface
 from proxy.surfaces.completions import CompletionsSurface
 from proxy.surfaces.embeddings import EmbeddingsSurface
+from proxy.surfaces.messages import MessagesSurface
 from proxy.surfaces.response_routes import ResponseRoutes
 from proxy.surfaces.response_store import response_store
 from proxy.surfaces.responses import ResponsesSurface
@@ -80,7 +83,7 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.responses = ResponsesSurface(response_store(config))
         self.surfaces: dict[str, Surface] = {
-            s.path: s for s in (ChatSurface(), EmbeddingsSurface(), self.responses, CompletionsSurface())
+            s.path: s for s in (ChatSurface(), EmbeddingsSurface(), self.responses, CompletionsSurface(), MessagesSurface())
         }
         self.response_routes: ResponseRoutes | None = None
 
@@ -281,8 +284,14 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         finally:
             await gateway.stop()
 
+    async def messages_count_tokens(request: Request) -> Response:
+        surface = gateway.surfaces[MessagesSurface.path]
+        assert gateway.pipeline is not None and isinstance(surface, MessagesSurface)
+        return await count_tokens(gateway.pipeline, surface, request)
+
     routes = [  # the surfaces' are served by HotRoutes; listed so that other methods get a 405
         *(Route(path, surface_endpoint(surface), methods=["POST"]) for path, surface in gateway.surfaces.items()),
+        Route(COUNT_TOKENS_PATH, messages_count_tokens, methods=["POST"]),
         Route("/v1/responses/{response_id}", gateway.stored_response("retrieve"), methods=["GET"]),
         Route("/v1/responses/{response_id}", gateway.stored_response("delete"), methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", gateway.stored_response("input_items"), methods=["GET"]),

@@ -239,6 +239,7 @@ class Pipeline:
             if job.hub is not None and job.surface.api != "embeddings":
                 for target in job.route.targets:  # compression, trimming and answers without usage count tokens
                     await load_encoding(target.model)
+                await load_encoding(job.body["model"])  # a surface's own estimates (Messages' message_start) count by the client's name
             if flight.streaming:
                 result = await self.resilience.run(
                     job.route.targets, lambda target: self._open_stream(flight, job, target), attempts

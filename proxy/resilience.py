@@ -322,8 +322,8 @@ def _final(error: SluiceError) -> SluiceError:
     """What the client sees once every attempt and target failed."""
     if isinstance(error, UpstreamReadTimeout):
         return UpstreamTimeout(f"The upstream timed out after every attempt: {error.message}")
-    if isinstance(error, UpstreamHTTPError) and error.status < 500:
-        return error
+    if isinstance(error, UpstreamHTTPError) and (error.status < 500 or error.status == OVERLOADED):
+        return error  # a client error, or Anthropic's "overloaded", which its clients know how to wait out (CONTRACT §9)
     if isinstance(error, UpstreamFailure):
         return UpstreamError(error.message, param=error.param)
     return error
