@@ -18,7 +18,7 @@ def _load(path: str | None) -> Config:
     """Load and validate the config and its price file, or exit 2 naming every problem."""
     try:
         config = load_config(path)
-        Prices.load(config.pricing_file)
+        Prices.load(config.pricing_file, config.pricing_file_required)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -63,7 +63,7 @@ class Gateway:
     def __init__(self, config: Config, log_format: str = "json") -> None:
         self.config = config
         self.telemetry = Telemetry(log_format)
-        self.prices = Prices.load(config.pricing_file)
+        self.prices = Prices.load(config.pricing_file, config.pricing_file_required)
         self.providers: dict[str, Provider] = {}
         self.cache: CacheBackend | None = None
         self.breakers = Breakers(config.breaker)

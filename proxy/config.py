@@ -18,6 +18,7 @@ import yaml
 from proxy.tokens import ENCODINGS
 
 DEFAULT_CONFIG_PATH = "config/sluice.yaml"
+DEFAULT_PRICING_FILE = "config/prices.yaml"  # relative to the config file's folder; may be absent
 PROVIDER_TYPES = ("openai", "gemini", "ollama", "anthropic")
 COMPRESSION_MODES = ("off", "safe", "aggressive")
 CACHE_BACKENDS = ("memory", "redis")
@@ -160,7 +161,8 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
-    pricing_file: str | None = "config/prices.yaml"
+    pricing_file: str | None = DEFAULT_PRICING_FILE
+    pricing_file_required: bool = False  # named in the config: then it must exist
     context_windows: dict[str, int] = field(default_factory=dict)
     token_encodings: dict[str, str] = field(default_factory=dict)
 
@@ -218,10 +220,11 @@ def load_config(path: str | None = None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
-    return parse_config(text, source=path)
+    return parse_config(text, source=path, folder=Path(path).resolve().parent)
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+def parse_config(text: str, source: str = "<config>", folder: Path | None = None) -> Config:
+    """``folder`` (the config file's) anchors relative paths such as ``pricing_file``."""
     try:
         data = yaml.safe_load(interpolate(text))
     except yaml.YAMLError as exc:
@@ -230,14 +233,15 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping"])
-    return _Validator().config(data)
+    return _Validator(folder).config(data)
 
 
 class _Validator:
     """Builds the dataclasses from plain data, recording a problem per bad field."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path | None = None) -> None:
         self.problems: list[str] = []
+        self.folder = folder
 
     def fail(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
@@ -289,10 +293,16 @@ class _Validator:
             return default
         return value
 
+    def path(self, value: str) -> str:
+        """A relative path resolves against the config file's folder (CONTRACT §2)."""
+        if not value or self.folder is None or Path(value).is_absolute():
+            return value
+        return str(self.folder / value)
+
     # -- sections --
 
     def config(self, data: dict[str, Any]) -> Config:
-        self.unknown(data, "", set(Config.__dataclass_fields__))
+        self.unknown(data, "", set(Config.__dataclass_fields__) - {"pricing_file_required"})
         server = self.server(self.section(data, "server", set(ServerConfig.__dataclass_fields__)))
         providers = self.providers(data.get("providers"))
         names = {p.name for p in providers}
@@ -307,10 +317,11 @@ class _Validator:
         retry = self.retry(self.section(data, "retry", set(RetryConfig.__dataclass_fields__)))
         breaker = self.breaker(self.section(data, "breaker", set(BreakerConfig.__dataclass_fields__)))
         auth = self.auth(self.section(data, "auth", {"keys", "admin_key"}))
+        pricing_required = data.get("pricing_file") is not None
         if "pricing_file" in data and data["pricing_file"] is None:
-            pricing_file = None  # an explicit null: no price file, every model free
+            pricing_file = None  # an explicit null: the built-in price table alone
         else:
-            pricing_file = self.value(data, "pricing_file", "pricing_file", str, "config/prices.yaml")
+            pricing_file = self.path(self.value(data, "pricing_file", "pricing_file", str, DEFAULT_PRICING_FILE))
         context_windows = self.model_table(data.get("context_windows"), "context_windows", "token count", int, _positive)
         token_encodings = self.model_table(
             data.get("token_encodings"), "token_encodings", "tiktoken encoding", str, _one_of(ENCODINGS)
@@ -329,6 +340,7 @@ class _Validator:
             breaker=breaker,
             auth=auth,
             pricing_file=pricing_file or None,
+            pricing_file_required=pricing_required,
             context_windows=context_windows,
             token_encodings=token_encodings,
         )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounting import Prices
+from proxy.accounting import Prices, PromptTokens
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
 from proxy.completions import SSE_DONE, Chunk, Completion, StreamAssembler, replay_chunks
@@ -324,14 +324,17 @@ class Pipeline:
             return
         usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
-        cost = self.prices.cost(target.provider, target.model, usage)
+        costs = self.prices.costs(target.provider, target.model, usage)
+        cost = costs.spent
         if record.dedup:
             record.cost_saved_usd = cost
             return
         if usage:
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             record.completion_tokens = int(usage.get("completion_tokens") or 0)
+            record.cached_tokens = PromptTokens.of(usage).cached
         record.cost_usd = cost
+        record.cost_saved_provider_cache_usd = costs.saved_by_provider_cache
         record.cost_saved_usd = self.prices.input_cost(target.provider, target.model, record.tokens_saved)
         self.limiter.charge(principal, record.prompt_tokens + record.completion_tokens, cost)
 

@@ -93,7 +93,7 @@ def test_usage_and_cost_add_up_over_hits_and_misses(start_proxy, fake_openai, tm
 
 def _keyed(fake_openai, tmp_path, **limits):  # type: ignore[no-untyped-def]
     prices = tmp_path / "prices.yaml"
-    prices.write_text("default: {input: 100000.0, output: 100000.0}\n")
+    prices.write_text("models:\n  gpt-4o-mini: {input: 100000.0, output: 100000.0}\n")
     key = {"name": "team-a", "key": "sk-team-a", **limits}
     return openai_config(fake_openai, cache={"enabled": False}, auth={"keys": [key]}, pricing_file=str(prices))
 
