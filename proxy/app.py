@@ -22,6 +22,7 @@ from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis import RedisCache
+from proxy.cache.semantic import build_semantic_cache
 from proxy.config import Config, load_config
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
@@ -95,6 +96,9 @@ class Gateway:
         )
         if self.cache is not None and self.config.cache.hit_lane:
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
+        if self.cache is not None and self.config.cache.semantic.mode != "off":
+            self.pipeline.semantic = build_semantic_cache(self.config, self.cache, self.providers, self.shared)
+            await self.pipeline.semantic.start()
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights
 

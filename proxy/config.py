@@ -7,6 +7,7 @@ everything to fix.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,8 @@ DEFAULT_PRICING_FILE = "config/prices.yaml"  # relative to the config file's fol
 PROVIDER_TYPES = ("openai", "gemini", "ollama", "anthropic")
 COMPRESSION_MODES = ("off", "safe", "aggressive")
 CACHE_BACKENDS = ("memory", "redis")
+SEMANTIC_MODES = ("off", "on", "opt-in")
+SEMANTIC_THRESHOLD = 0.85  # cosine similarity; chosen on bench/data/semantic_pairs.jsonl (bench/semantic.py)
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -98,6 +101,24 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbedderConfig:
+    """``builtin``: the static model shipped in a wheel (proxy/cache/embedder.py); else a
+    configured provider's embeddings endpoint and ``model``."""
+
+    provider: str = "builtin"
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticConfig:
+    mode: str = "off"  # off | on | opt-in (X-Sluice-Semantic: on)
+    threshold: float = SEMANTIC_THRESHOLD
+    max_entries: int = 10000
+    deterministic_only: bool = True  # temperature 0 and no tools
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
     backend: str = "memory"
@@ -107,6 +128,7 @@ class CacheConfig:
     max_bytes: int = 256 * 1024 * 1024
     hit_lane: bool = True  # extension: repeated hits answered before ASGI (proxy/hit_lane.py)
     near_copy: bool = True  # extension: with Redis, each process keeps what it read (proxy/cache/near.py)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +334,9 @@ class _Validator:
             self.fail("routing.default_provider", f"names no configured provider: {default_provider!r}")
         models = self.models(data.get("models"), names)
         cache = self.cache(self.section(data, "cache", set(CacheConfig.__dataclass_fields__)))
+        embedder = cache.semantic.embedder.provider
+        if embedder != "builtin" and names and embedder not in names:
+            self.fail("cache.semantic.embedder.provider", f"names no configured provider: {embedder!r}")
         dedup_data = self.section(data, "dedup", {"enabled"})
         compression = self.compression(self.section(data, "compression", {"mode", "trim_history"}))
         retry = self.retry(self.section(data, "retry", set(RetryConfig.__dataclass_fields__)))
@@ -492,6 +517,43 @@ class _Validator:
             max_bytes=self.value(data, "max_bytes", "cache.max_bytes", int, d.max_bytes, _positive),
             hit_lane=self.value(data, "hit_lane", "cache.hit_lane", bool, d.hit_lane),
             near_copy=self.value(data, "near_copy", "cache.near_copy", bool, d.near_copy),
+            semantic=self.semantic(data.get("semantic")),
+        )
+
+    def semantic(self, data: Any) -> SemanticConfig:
+        d = SemanticConfig()
+        if data is None:
+            return d
+        if not isinstance(data, dict):
+            self.fail("cache.semantic", "must be a mapping")
+            return d
+        self.unknown(data, "cache.semantic", set(SemanticConfig.__dataclass_fields__))
+        mode = data.get("mode")
+        if isinstance(mode, bool):  # YAML reads a bare off/on as a boolean
+            data = {**data, "mode": "on" if mode else "off"}
+        embedder_data = data.get("embedder")
+        embedder = d.embedder
+        if isinstance(embedder_data, dict):
+            self.unknown(embedder_data, "cache.semantic.embedder", set(EmbedderConfig.__dataclass_fields__))
+            embedder = EmbedderConfig(
+                provider=self.value(embedder_data, "provider", "cache.semantic.embedder.provider", str, "builtin"),
+                model=self.value(embedder_data, "model", "cache.semantic.embedder.model", str, ""),
+            )
+            if embedder.provider != "builtin" and not embedder.model:
+                self.fail("cache.semantic.embedder.model", "is required with a provider's embeddings")
+        elif embedder_data is not None:
+            self.fail("cache.semantic.embedder", "must be a mapping with provider and model")
+        needs = ("numpy", "static_model") if embedder.provider == "builtin" else ("numpy",)
+        if data.get("mode") not in (None, "off") and not all(importlib.util.find_spec(name) for name in needs):
+            self.fail("cache.semantic.mode", "needs the semantic extra: pip install 'sluice[semantic]'")
+        return SemanticConfig(
+            mode=self.value(data, "mode", "cache.semantic.mode", str, d.mode, _one_of(SEMANTIC_MODES)),
+            threshold=self.value(data, "threshold", "cache.semantic.threshold", float, d.threshold, _unit_interval),
+            max_entries=self.value(data, "max_entries", "cache.semantic.max_entries", int, d.max_entries, _positive),
+            deterministic_only=self.value(
+                data, "deterministic_only", "cache.semantic.deterministic_only", bool, d.deterministic_only
+            ),
+            embedder=embedder,
         )
 
     def compression(self, data: dict[str, Any]) -> CompressionConfig:
@@ -623,6 +685,10 @@ def _redis_url(value: str) -> str | None:
     if not re.match(r"^(redis|rediss|unix)://", value):
         return "must be a redis://, rediss:// or unix:// URL"
     return None
+
+
+def _unit_interval(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be above 0 and at most 1"
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from proxy.accounting import Prices, PromptTokens
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
+from proxy.cache.semantic import SemanticCache, SemanticQuery
 from proxy.completions import SSE_DONE, Chunk, Completion, StreamAssembler, replay_chunks
 from proxy.compression import DEFAULT_OUTPUT_RESERVE, compress
 from proxy.config import Config, Target
@@ -63,6 +64,7 @@ class Job:
     authorization: str | None
     request_id: str
     cache_key: str | None
+    semantic: SemanticQuery | None = None  # set when the semantic cache may store this job's answer
 
 
 class Pipeline:
@@ -88,6 +90,7 @@ class Pipeline:
         self.flights = FlightRegistry()
         self.remote_flights: RemoteFlights | None = None  # set by Gateway with the Redis backend
         self.lane: HitLane | None = None  # set by Gateway with the memory backend
+        self.semantic: SemanticCache | None = None  # set by Gateway when cache.semantic.mode is not off
         self._dedup = config.dedup.enabled
         self._pass_credentials = not config.auth.keys
         self._windows: dict[str, int | None] = {}
@@ -114,16 +117,21 @@ class Pipeline:
         route = self.router.resolve(parsed.model)
         await self.limiter.admit(principal)
         authorization = headers.authorization if self._pass_credentials else None
-        key = None
+        key, identity = None, ""
         if self.cache is not None or self._dedup:
             identity = identity_of(headers.authorization, principal.name)
             key = cache_key(kind, route.key, body, identity, options.compression)
         job = Job(kind, body, raw, route, options, authorization, record.request_id, key)
 
         answer = await self._lookup(job, record)
+        if answer is None and self.semantic is not None and kind == CHAT and record.cache == "miss":
+            job.semantic, hit = await self.semantic.lookup(route.key, body, identity, options)
+            if hit is not None:
+                answer, record.cache, record.similarity = hit.answer, "semantic", hit.similarity
         if answer is not None:
             response, payload = self._cached_response(answer, route, parsed, record)
-            if self.lane is not None and (principal.key is None or not has_limits(principal.key)):
+            lane_allowed = record.cache == "hit" and (principal.key is None or not has_limits(principal.key))
+            if self.lane is not None and lane_allowed:
                 # a key with limits must be counted, and may be refused, on every request
                 self.lane.learn(request.scope, raw, job.cache_key, answer, response.raw_headers, payload, parsed.stream, record)  # type: ignore[arg-type]
             return response
@@ -161,7 +169,9 @@ class Pipeline:
         try:
             await self.cache.set(job.cache_key, CachedAnswer(completion, provider), ttl)
         except CacheUnavailable:
-            pass
+            return
+        if job.semantic is not None and self.semantic is not None:
+            await self.semantic.store(job.semantic, job.cache_key)
 
     # -- flights --
 
@@ -292,6 +302,8 @@ class Pipeline:
             headers["X-Sluice-Dedup"] = "joined"
         if record.trimmed_messages:
             headers["X-Sluice-Trimmed-Messages"] = str(record.trimmed_messages)
+        if record.similarity is not None:
+            headers["X-Sluice-Similarity"] = f"{record.similarity:.4f}"
         return headers
 
     def _cached_response(

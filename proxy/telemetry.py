@@ -57,6 +57,7 @@ class RequestRecord:
     tokens_saved: int = 0
     tokens_saved_cache: int = 0
     cached_tokens: int = 0  # prompt tokens the provider read from its own prompt cache
+    similarity: float | None = None  # a semantic cache hit's
     trimmed_messages: int = 0
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
