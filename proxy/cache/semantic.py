@@ -42,6 +42,7 @@ from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import IGNORED_FIELDS
 from proxy.cache.terms import key_terms, normalize
 from proxy.config import Config, SemanticConfig
+from proxy.errors import SluiceError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -151,7 +152,10 @@ class SemanticCache:
         if text is None:
             return None, None
         normalized = normalize(text)
-        vector = await self._embedder.embed(normalized)
+        try:
+            vector = await self._embedder.embed(normalized)
+        except SluiceError:  # a provider's embeddings failed: answer without the semantic cache
+            return None, None
         if vector is None:
             return None, None
         query = SemanticQuery(_scope(route_key, body, identity, options.compression), key_terms(normalized), vector)
