@@ -25,7 +25,6 @@ price ($0.50 per 1M against $2.00).
 from __future__ import annotations
 
 import argparse
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -24,11 +24,11 @@ import statistics
 import time
 from pathlib import Path
 
-from proxy.cache.embedder import StaticEmbedder
-from proxy.completions import Completion
 from proxy.cache.base import CacheBackend, CachedAnswer
+from proxy.cache.embedder import StaticEmbedder
 from proxy.cache.semantic import SemanticCache
 from proxy.cache.terms import key_terms, normalize
+from proxy.completions import Completion
 from proxy.config import SEMANTIC_THRESHOLD, SemanticConfig
 from proxy.requests import RequestOptions
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -565,7 +566,7 @@ def test_the_cut_holds_while_the_conversation_grows() -> None:
     trimmed = [prompt for prompt in sent if len(prompt) < len(history) + 2]
     assert len(trimmed) > 40, "the conversation outgrew the window early"
     stable = sum(
-        1 for before, after in zip(trimmed, trimmed[1:]) if after[: len(before) - 1] == before[:-1]
+        1 for before, after in itertools.pairwise(trimmed) if after[: len(before) - 1] == before[:-1]
     )
     assert stable / (len(trimmed) - 1) >= 0.9
     for prompt in trimmed:

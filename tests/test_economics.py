@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import httpx
@@ -143,6 +144,6 @@ def test_trimming_keeps_its_cut_across_turns(start_proxy, fake_openai) -> None:
     sent = [call.json["messages"] for call in fake_openai.calls("/chat/completions")]
     trimmed = [prompt for prompt, full in zip(sent, range(2, 122, 2)) if len(prompt) < full]
     assert len(trimmed) >= 20
-    kept_start = sum(1 for before, after in zip(trimmed, trimmed[1:]) if after[: len(before)] == before)
+    kept_start = sum(1 for before, after in itertools.pairwise(trimmed) if after[: len(before)] == before)
     assert kept_start / (len(trimmed) - 1) >= 0.9
     assert all(prompt[0] == messages[0] for prompt in sent)

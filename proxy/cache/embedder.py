@@ -46,7 +46,6 @@ class Embedder(abc.ABC):
 
     async def load(self) -> None:
         """Read whatever the embedder needs; called once at start, off the request path."""
-        return None
 
 
 class StaticEmbedder(Embedder):

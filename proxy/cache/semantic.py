@@ -254,7 +254,7 @@ def build_semantic_cache(
     config: Config, cache: CacheBackend, providers: dict[str, Provider], shared: SharedState | None
 ) -> SemanticCache:
     """The configured semantic cache, on the exact cache and, with Redis, the shared link."""
-    from proxy.cache.embedder import Embedder, ProviderEmbedder, StaticEmbedder
+    from proxy.cache.embedder import ProviderEmbedder, StaticEmbedder
 
     settings = config.cache.semantic
     embedder: Embedder
