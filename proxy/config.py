@@ -163,6 +163,7 @@ class ApiKey:
     rpm: int | None = None
     tpm: int | None = None
     budget_usd_per_day: float | None = None
+    semantic: bool | None = None  # this key's requests in (true) or out (false) of the semantic cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,6 +621,7 @@ class _Validator:
                     budget_usd_per_day=self.value(
                         item, "budget_usd_per_day", f"{path}.budget_usd_per_day", float, None, _non_negative
                     ),
+                    semantic=self.value(item, "semantic", f"{path}.semantic", bool, None),
                 )
             )
         return AuthConfig(keys=tuple(keys), admin_key=self.value(data, "admin_key", "auth.admin_key", str, ""))

@@ -125,7 +125,8 @@ class Pipeline:
 
         answer = await self._lookup(job, record)
         if answer is None and self.semantic is not None and kind == CHAT and record.cache == "miss":
-            job.semantic, hit = await self.semantic.lookup(route.key, body, identity, options)
+            switch = principal.key.semantic if principal.key is not None else None
+            job.semantic, hit = await self.semantic.lookup(route.key, body, identity, options, switch)
             if hit is not None:
                 answer, record.cache, record.similarity = hit.answer, "semantic", hit.similarity
         if answer is not None:

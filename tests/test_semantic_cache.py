@@ -189,3 +189,13 @@ def test_a_provider_embeddings_endpoint_can_be_the_embedder(start_proxy, fake_op
     embeddings = fake_openai.calls("/embeddings")
     assert [call.json for call in embeddings] == [{"model": "text-embedding-3-small", "input": "convert 5 km to miles"}] * 2
     assert all(call.headers["authorization"] == "Bearer sk-upstream-secret-123" for call in embeddings)
+
+
+def test_a_key_can_opt_in_and_the_header_still_wins(start_proxy, fake_openai) -> None:
+    keys = [{"name": "bot", "key": "sk-bot", "semantic": True}, {"name": "team", "key": "sk-team"}]
+    proxy = start_proxy(semantic(fake_openai, mode="opt-in", auth={"keys": keys}))
+    ask(proxy, QUESTION, key="sk-bot")
+    assert ask(proxy, PARAPHRASE, key="sk-bot")[1]["x-sluice-cache"] == "semantic", "the key opted in"
+    assert ask(proxy, PARAPHRASE + " ", key="sk-bot", headers={"X-Sluice-Semantic": "off"})[1]["x-sluice-cache"] == "miss"
+    ask(proxy, QUESTION, key="sk-team")
+    assert ask(proxy, PARAPHRASE, key="sk-team")[1]["x-sluice-cache"] == "miss", "this key did not"

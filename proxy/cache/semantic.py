@@ -1,8 +1,9 @@
 """The semantic cache: an earlier answer for a similar (not identical) chat request.
 
-Asked only after an exact miss, and only when ``cache.semantic.mode`` lets the
-request in (``on``; ``opt-in`` with ``X-Sluice-Semantic: on``; the header's
-``off`` always keeps it out). A request takes part when its last message is
+Asked only after an exact miss, and only when the request is in: its
+``X-Sluice-Semantic: on|off`` header decides, else its proxy key's
+``semantic: true|false``, else ``cache.semantic.mode`` (``on``, or ``opt-in``:
+only what the header or key opts in). A request takes part when its last message is
 the user's text and, by default (``deterministic_only``), it asks for
 ``temperature: 0`` with no tools.
 
@@ -135,18 +136,26 @@ class SemanticCache:
     async def start(self) -> None:
         await self._embedder.load()
 
-    def wanted(self, options: RequestOptions) -> bool:
-        """Whether this request's headers and the mode let it take part."""
-        if options.no_cache or options.no_store or options.semantic is False:
+    def wanted(self, options: RequestOptions, key_switch: bool | None = None) -> bool:
+        """Whether the request takes part: its ``X-Sluice-Semantic`` header, else its
+        proxy key's ``semantic`` switch, else the mode decides."""
+        if options.no_cache or options.no_store:
             return False
-        return self._config.mode == "on" or options.semantic is True
+        switch = options.semantic if options.semantic is not None else key_switch
+        return switch if switch is not None else self._config.mode == "on"
 
     async def lookup(
-        self, route_key: str, body: dict[str, Any], identity: str, options: RequestOptions
+        self,
+        route_key: str,
+        body: dict[str, Any],
+        identity: str,
+        options: RequestOptions,
+        key_switch: bool | None = None,
     ) -> tuple[SemanticQuery | None, SemanticHit | None]:
         """The request's query (to ``store`` once answered; None when it does not take
-        part) and an earlier similar request's answer, if there is one."""
-        if not self.wanted(options):
+        part) and an earlier similar request's answer, if there is one. ``key_switch``:
+        the proxy key's ``semantic`` setting."""
+        if not self.wanted(options, key_switch):
             return None, None
         text = self._query_text(body)
         if text is None:
