@@ -11,8 +11,9 @@ the way ``proxy.cache.semantic`` decides: a hit needs the cosine similarity at
 or above the threshold and the same key terms (``proxy.cache.terms``). The
 table shows thresholds around the shipped one, and the similarity alone
 (no key terms) for comparison. Then the lookup time: the p50 and p99 of
-``SemanticCache.lookup`` (embedding, key terms, scope hash, search) over an
-index of 10,000 entries in one scope, the worst case for the search.
+``SemanticCache.lookup`` (key terms, scope hash, and the embedding and
+comparison when an entry has the same key terms) for the second queries,
+over an index of 10,000 entries in one scope holding the first ones.
 """
 
 from __future__ import annotations

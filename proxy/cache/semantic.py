@@ -16,7 +16,9 @@ cosine similarity of at least ``threshold`` and the same key terms
 (``proxy.cache.terms``), so "5 km in miles" never takes the answer of "5 miles
 in km".
 
-An entry holds the query's vector, its key terms and the exact cache key of
+A lookup embeds the query only when some entry of its scope has its key
+terms (no hit is possible otherwise); a store embeds it after the answer went
+out. An entry holds the query's vector, its key terms and the exact cache key of
 its answer; the answer itself stays in the exact cache (and expires with it).
 The index keeps at most ``max_entries`` entries, the oldest going first:
 about 4 × dimensions + 1 KB each, so under 16 MB for 10,000 entries with
@@ -64,7 +66,8 @@ class SemanticQuery:
 
     scope: str
     terms: tuple[str, ...]
-    vector: np.ndarray
+    text: str  # normalized, what the embedder sees
+    vector: np.ndarray | None = None  # embedded only when needed: a lookup that could hit, or a store
 
 
 @dataclass(slots=True)
@@ -107,14 +110,18 @@ class SemanticIndex:
         if not group:
             del self._groups[(scope, terms)]
 
-    def best(self, query: SemanticQuery, threshold: float) -> tuple[str, float] | None:
+    def could_answer(self, query: SemanticQuery) -> bool:
+        """Whether some entry has the query's scope and key terms (no hit is possible otherwise)."""
+        return (query.scope, query.terms) in self._groups
+
+    def best(self, query: SemanticQuery, vector: np.ndarray, threshold: float) -> tuple[str, float] | None:
         """The most similar entry of the query's scope and key terms, at or above ``threshold``."""
         group = self._groups.get((query.scope, query.terms))
         if not group:
             return None
         found: tuple[str, float] | None = None
-        for key, vector in group.items():
-            similarity = float(vector @ query.vector)
+        for key, entry in group.items():
+            similarity = float(entry @ vector)
             if similarity >= threshold and (found is None or similarity > found[1]):
                 found = (key, similarity)
         return found
@@ -135,6 +142,7 @@ class SemanticCache:
 
     async def start(self) -> None:
         await self._embedder.load()
+        await self._catch_up()
 
     def wanted(self, options: RequestOptions, key_switch: bool | None = None) -> bool:
         """Whether the request takes part: its ``X-Sluice-Semantic`` header, else its
@@ -161,15 +169,12 @@ class SemanticCache:
         if text is None:
             return None, None
         normalized = normalize(text)
-        try:
-            vector = await self._embedder.embed(normalized)
-        except SluiceError:  # a provider's embeddings failed: answer without the semantic cache
-            return None, None
-        if vector is None:
-            return None, None
-        query = SemanticQuery(_scope(route_key, body, identity, options.compression), key_terms(normalized), vector)
+        query = SemanticQuery(_scope(route_key, body, identity, options.compression), key_terms(normalized), normalized)
         await self._catch_up()
-        found = self.index.best(query, self._config.threshold)
+        vector = await self._vector(query) if self.index.could_answer(query) else None
+        if vector is None:
+            return query, None
+        found = self.index.best(query, vector, self._config.threshold)
         if found is None:
             return query, None
         key, similarity = found
@@ -184,7 +189,10 @@ class SemanticCache:
 
     async def store(self, query: SemanticQuery, key: str) -> None:
         """Remember that ``key``'s answer, now in the exact cache, answers ``query``."""
-        self.index.add(query.scope, query.vector, query.terms, key)
+        vector = await self._vector(query)
+        if vector is None:
+            return
+        self.index.add(query.scope, vector, query.terms, key)
         if self._link is None:
             return
         from proxy.shared_state import RedisUnavailable
@@ -193,7 +201,7 @@ class SemanticCache:
             "s": query.scope,
             "k": key,
             "t": _TERMS_SEPARATOR.join(query.terms),
-            "v": query.vector.astype("<f4").tobytes(),
+            "v": vector.astype("<f4").tobytes(),
         }
         try:
             await self._link.run(
@@ -201,6 +209,15 @@ class SemanticCache:
             )
         except RedisUnavailable:
             pass
+
+    async def _vector(self, query: SemanticQuery) -> np.ndarray | None:
+        """The query's vector, embedded once; None when the embedder cannot."""
+        if query.vector is None:
+            try:
+                query.vector = await self._embedder.embed(query.text)
+            except SluiceError:  # a provider's embeddings failed: go on without the semantic cache
+                return None
+        return query.vector
 
     def _query_text(self, body: dict[str, Any]) -> str | None:
         """The last user message's text, when the request may take part at all."""
