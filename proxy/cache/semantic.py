@@ -17,7 +17,9 @@ cosine similarity of at least ``threshold`` and the same key terms
 in km".
 
 A lookup embeds the query only when some entry of its scope has its key
-terms (no hit is possible otherwise); else it is embedded once, at store. An entry holds the query's vector, its key terms and the exact cache key of
+terms (no hit is possible otherwise); else it is embedded once, at store.
+
+An entry holds the query's vector, its key terms and the exact cache key of
 its answer; the answer itself stays in the exact cache (and expires with it).
 The index keeps at most ``max_entries`` entries, the oldest going first:
 about 4 × dimensions + 1 KB each, so under 16 MB for 10,000 entries with
