@@ -141,6 +141,8 @@ class Gateway:
             snapshot["dedup"].update(in_flight=len(flights), waiting=flights.waiting(), remote_waiting=flights.remote_waiting())
             if self.pipeline.lane is not None:
                 snapshot["cache"].update(lane_hits=self.pipeline.lane.hits, lane_entries=len(self.pipeline.lane))
+            if self.pipeline.semantic is not None:
+                snapshot["cache"]["semantic_entries"] = len(self.pipeline.semantic.index)
         if isinstance(self.cache, RedisCache):
             snapshot["cache"].update(near_entries=len(self.cache.near), near_live=self.cache.near.live)
         return _json(snapshot)

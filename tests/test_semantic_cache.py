@@ -53,6 +53,7 @@ def test_a_paraphrase_gets_the_earlier_answer_and_is_counted_apart(start_proxy, 
     assert headers["x-sluice-attempts"] == "0" and upstream_calls(fake_openai) == 1
     stats = httpx.get(f"{proxy.url}/stats").json()
     assert stats["cache"]["semantic_hits"] == 1 and stats["cache"]["hits"] == 0 and stats["cache"]["misses"] == 1
+    assert stats["cache"]["semantic_entries"] == 1
     metrics = httpx.get(f"{proxy.url}/metrics").text
     assert 'sluice_cache_events_total{result="semantic"} 1.0' in metrics
 
