@@ -578,3 +578,17 @@ def test_step_zero_drops_turn_by_turn() -> None:
     window = count_messages([*turn(2)[1:], *turn(3), user("q")], MODEL)
     assert trim_history(messages, MODEL, window, 0, step=0) == [*turn(2)[1:], *turn(3), user("q")]
     assert len(trim_history(messages, MODEL, window, 0)) < len(messages) - 3, "a block of turns goes at once"
+
+
+@FAST
+@given(
+    CONVERSATION.map(lambda ms: [{**m, "content": m["content"] and m["content"] + "   \n\n\n\n x"} for m in ms]),
+    st.sampled_from(["safe", "aggressive"]),
+)
+def test_a_message_is_compressed_the_same_whatever_follows_it(messages: list[dict], mode: str) -> None:
+    """The next request resends this one's messages and more: their compressed form, and so the
+    upstream prompt's start (the provider's prompt cache), must not change."""
+    whole = run(messages, mode).messages
+    for end in range(1, len(messages)):
+        earlier = run(messages[:end], mode).messages
+        assert earlier == whole[: len(earlier)]
