@@ -1,8 +1,9 @@
 """Prices and the cost of a usage record (CONTRACT §2, the price file).
 
-Usage is the hub's (OpenAI chat) shape: ``prompt_tokens`` counts every input
-token, provider-cached reads (``prompt_tokens_details.cached_tokens``) and
-cache writes (``prompt_tokens_details.cache_creation_input_tokens``, from
+Usage is read in any of the three client APIs' shapes (``Usage.of``). In the
+hub's (Chat Completions) shape ``prompt_tokens`` counts every input token,
+provider-cached reads (``prompt_tokens_details.cached_tokens``) and cache
+writes (``prompt_tokens_details.cache_creation_input_tokens``, from
 Anthropic) included; ``completion_tokens`` counts reasoning tokens too, which
 are billed as output.
 """
@@ -47,20 +48,34 @@ NO_COST = Cost()
 
 
 @dataclass(frozen=True, slots=True)
-class PromptTokens:
-    """The input side of a usage record, split by how the provider bills it."""
+class Usage:
+    """A usage record split by how providers bill it: every input token (``prompt``),
+    of which ``cached`` were read from and ``cache_write`` written to the provider's
+    prompt cache, and every output token (``completion``, reasoning included)."""
 
-    total: int
+    prompt: int
     cached: int
     cache_write: int
+    completion: int
 
     @classmethod
-    def of(cls, usage: dict[str, Any]) -> PromptTokens:
-        details = usage.get("prompt_tokens_details") or {}
+    def of(cls, usage: dict[str, Any]) -> Usage:
+        """From Chat Completions' ``usage``, Responses' or Anthropic Messages'."""
+        if "prompt_tokens" in usage:
+            details = usage.get("prompt_tokens_details") or {}
+            return cls(
+                _int(usage.get("prompt_tokens")),
+                _int(details.get("cached_tokens")),
+                _int(details.get("cache_creation_input_tokens")),
+                _int(usage.get("completion_tokens")),
+            )
+        if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+            # Messages: input_tokens counts only what was neither read from nor written to the cache.
+            cached, written = _int(usage.get("cache_read_input_tokens")), _int(usage.get("cache_creation_input_tokens"))
+            return cls(_int(usage.get("input_tokens")) + cached + written, cached, written, _int(usage.get("output_tokens")))
+        details = usage.get("input_tokens_details") or {}
         return cls(
-            _int(usage.get("prompt_tokens")),
-            _int(details.get("cached_tokens")),
-            _int(details.get("cache_creation_input_tokens")),
+            _int(usage.get("input_tokens")), _int(details.get("cached_tokens")), 0, _int(usage.get("output_tokens"))
         )
 
 
@@ -142,17 +157,17 @@ class Prices:
         if not usage:
             return NO_COST
         price = self.price(provider, model)
-        prompt = PromptTokens.of(usage)
+        tokens = Usage.of(usage)
         cached_price = price.input if price.cached_input is None else price.cached_input
         write_price = price.input if price.cache_write is None else price.cache_write
-        plain = max(0, prompt.total - prompt.cached - prompt.cache_write)
+        plain = max(0, tokens.prompt - tokens.cached - tokens.cache_write)
         spent = (
             plain * price.input
-            + prompt.cached * cached_price
-            + prompt.cache_write * write_price
-            + _int(usage.get("completion_tokens")) * price.output
+            + tokens.cached * cached_price
+            + tokens.cache_write * write_price
+            + tokens.completion * price.output
         ) / 1_000_000
-        saved = prompt.cached * (price.input - cached_price) / 1_000_000
+        saved = tokens.cached * (price.input - cached_price) / 1_000_000
         return Cost(spent, saved)
 
     def input_cost(self, provider: str, model: str, tokens: int) -> float:

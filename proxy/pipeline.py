@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounting import Prices, PromptTokens
+from proxy.accounting import Prices, Usage
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
 from proxy.cache.semantic import SemanticCache, SemanticQuery
@@ -345,7 +345,7 @@ class Pipeline:
         if usage:
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             record.completion_tokens = int(usage.get("completion_tokens") or 0)
-            record.cached_tokens = PromptTokens.of(usage).cached
+            record.cached_tokens = Usage.of(usage).cached
         record.cost_usd = cost
         record.cost_saved_provider_cache_usd = costs.saved_by_provider_cache
         record.cost_saved_usd = self.prices.input_cost(target.provider, target.model, record.tokens_saved)
