@@ -19,6 +19,7 @@ no local memory, one upstream call per lookup.
 from __future__ import annotations
 
 import abc
+import asyncio
 import functools
 import struct
 import unicodedata
@@ -60,8 +61,6 @@ class StaticEmbedder(Embedder):
         self._segment = functools.lru_cache(maxsize=_WORD_CACHE)(self._viterbi)
 
     async def load(self) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.load_now)
 
     def load_now(self) -> None:
