@@ -19,7 +19,7 @@ def _load(path: str | None, host: str | None = None, port: int | None = None) ->
     or exit 2 naming every problem (the exposure rule included: it depends on the host)."""
     try:
         config = load_config(path)
-        Prices.load(config.pricing_file)
+        Prices.load(config.pricing_file, config.pricing_file_required)
         server = dataclasses.replace(
             config.server,
             host=host if host is not None else config.server.host,

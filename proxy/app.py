@@ -22,6 +22,7 @@ from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.keys import identity_of
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis import RedisCache
+from proxy.cache.semantic import build_semantic_cache
 from proxy.config import Config, load_config
 from proxy.count_tokens import PATH as COUNT_TOKENS_PATH
 from proxy.count_tokens import count_tokens
@@ -74,7 +75,7 @@ class Gateway:
     def __init__(self, config: Config, log_format: str = "json") -> None:
         self.config = config
         self.telemetry = Telemetry(log_format, config)
-        self.prices = Prices.load(config.pricing_file)
+        self.prices = Prices.load(config.pricing_file, config.pricing_file_required)
         self.providers: dict[str, Provider] = {}
         self.cache: CacheBackend | None = None
         self.breakers = Breakers(config.breaker, config.alias_targets())
@@ -113,6 +114,9 @@ class Gateway:
         )
         if self.cache is not None and self.config.cache.hit_lane:
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
+        if self.cache is not None and self.config.cache.semantic.mode != "off":
+            self.pipeline.semantic = build_semantic_cache(self.config, self.cache, self.providers, self.shared)
+            await self.pipeline.semantic.start()
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights
 
@@ -169,6 +173,8 @@ class Gateway:
             snapshot["dedup"].update(in_flight=len(flights), waiting=flights.waiting(), remote_waiting=flights.remote_waiting())
             if self.pipeline.lane is not None:
                 snapshot["cache"].update(lane_hits=self.pipeline.lane.hits, lane_entries=len(self.pipeline.lane))
+            if self.pipeline.semantic is not None:
+                snapshot["cache"]["semantic_entries"] = len(self.pipeline.semantic.index)
         if isinstance(self.cache, RedisCache):
             snapshot["cache"].update(near_entries=len(self.cache.near), near_live=self.cache.near.live)
         return _json(snapshot)

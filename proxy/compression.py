@@ -26,6 +26,12 @@ message's token count (BPE is not monotonic) is discarded.
 
 ``aggressive`` adds removal of the filler phrases in ``FILLER_PHRASES`` from
 user messages: opt-in, because a politeness word can be the point of a prompt.
+
+Providers cache prompt prefixes (cached input costs 10-50% of the price), so
+nothing here may make a prompt's start change from one request to the next:
+each message is rewritten from its own content alone, and history trimming
+drops blocks of turns and then keeps that cut while the conversation regrows
+(``trim_history``; measured by ``bench/prefix_stability.py``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ SYSTEM_ROLES = frozenset({"system", "developer"})
 TOOL_RESULT_ROLES = frozenset({"tool", "function"})
 # Room kept for the answer when the request does not say how long it may be.
 DEFAULT_OUTPUT_RESERVE = 4096
+# Share of the prompt budget that trimming drops at once: the cut then holds
+# while the conversation regrows by as much (bench/prefix_stability.py).
+TRIM_STEP = 0.6
 
 
 @dataclass(slots=True)
@@ -371,7 +380,11 @@ def _filler_match(match: re.Match[str]) -> str:
 
 
 def trim_history(
-    messages: list[dict], model: str, context_window: int, max_output_tokens: int | None
+    messages: list[dict],
+    model: str,
+    context_window: int,
+    max_output_tokens: int | None,
+    step: float = TRIM_STEP,
 ) -> list[dict]:
     """Drop the oldest turns until prompt and answer fit ``context_window``.
 
@@ -382,6 +395,10 @@ def trim_history(
     assistant tool call together with every tool result answering it, so no
     result is ever left without its call. Returns ``messages`` itself when it
     fits; raises ``ContextOverflow`` when even the kept messages do not.
+
+    Turns go in blocks of at least ``step`` × the prompt budget (see
+    ``_cut``), so the cut stays put while the conversation grows and the
+    provider's prompt cache keeps hitting; ``step=0`` drops turn by turn.
     """
     reserve = max_output_tokens if max_output_tokens is not None else min(DEFAULT_OUTPUT_RESERVE, context_window // 4)
     limit = context_window - reserve
@@ -391,12 +408,12 @@ def trim_history(
     total = REPLY_PRIMING_TOKENS + sum(sizes)
     if total <= limit:
         return messages
-    dropped: set[int] = set()
-    for turn in _droppable_turns(messages):
-        if total <= limit:
-            break
-        dropped.update(turn)
-        total -= sum(sizes[i] for i in turn)
+    turns, kept = _turns(messages)
+    turn_sizes = [sum(sizes[i] for i in turn) for turn in turns]
+    droppable = [kept.isdisjoint(turn) for turn in turns]
+    cut = _cut(turn_sizes, droppable, total - limit, step * max(limit, 0))
+    dropped = {i for turn, drop in zip(turns[:cut], droppable) if drop for i in turn}
+    total -= sum(sizes[i] for i in dropped)
     # Without a requested length the reserve is only a courtesy: a prompt that
     # fits the window is still sent, the answer gets whatever room is left.
     if total > limit and (max_output_tokens is not None or total >= context_window):
@@ -409,8 +426,38 @@ def trim_history(
     return [message for i, message in enumerate(messages) if i not in dropped]
 
 
-def _droppable_turns(messages: list[dict]) -> list[list[int]]:
-    """Turns (lists of message indexes), oldest first, that trimming may drop."""
+def _cut(turn_sizes: list[int], droppable: list[bool], excess: int, block: float) -> int:
+    """How many of the oldest turns to drop (the kept ones among them stay) to shed ``excess`` tokens.
+
+    Cuts fall only at the ends of blocks: runs of turns, counted from the
+    oldest, of at least ``block`` tokens. A block's end depends on older turns
+    alone (kept ones counted too, so one that stops being kept moves nothing),
+    so as new turns arrive the same cut is chosen again until the prompt
+    outgrows it, then the next block goes: every upstream prompt between two
+    jumps starts with the one before it. Past the last whole block (only when
+    the kept messages are huge) turns go one by one; with none enough, all go.
+    """
+    seen = 0
+    block_start = 0
+    ends: list[int] = []
+    for count, size in enumerate(turn_sizes, 1):
+        seen += size
+        if seen - block_start >= block:
+            ends.append(count)
+            block_start = seen
+    candidates = ends + list(range((ends[-1] if ends else 0) + 1, len(turn_sizes) + 1))
+    shed = 0
+    done = 0
+    for count in candidates:
+        shed += sum(size for size, drop in zip(turn_sizes[done:count], droppable[done:count]) if drop)
+        done = count
+        if shed >= excess:
+            return count
+    return len(turn_sizes)
+
+
+def _turns(messages: list[dict]) -> tuple[list[list[int]], set[int]]:
+    """Turns (lists of message indexes) but system ones, oldest first, and the indexes always kept."""
     turns: list[list[int]] = []
     turn_of_call: dict[str, list[int]] = {}
     last_call_turn: list[int] | None = None
@@ -434,7 +481,7 @@ def _droppable_turns(messages: list[dict]) -> list[list[int]]:
                 if isinstance(call, dict) and isinstance(call.get("id"), str):
                     turn_of_call[call["id"]] = turn
     kept = _kept_indexes(messages)
-    return [turn for turn in turns if kept.isdisjoint(turn)]
+    return [turn for turn in turns if messages[turn[0]].get("role") not in SYSTEM_ROLES], kept
 
 
 def _kept_indexes(messages: list[dict]) -> set[int]:

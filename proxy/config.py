@@ -8,6 +8,7 @@ everything to fix.
 from __future__ import annotations
 
 import ipaddress
+import importlib.util
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,12 @@ import yaml
 from proxy.tokens import ENCODINGS
 
 DEFAULT_CONFIG_PATH = "config/sluice.yaml"
+DEFAULT_PRICING_FILE = "config/prices.yaml"  # relative to the config file's folder; may be absent
 PROVIDER_TYPES = ("openai", "gemini", "ollama", "anthropic")
 COMPRESSION_MODES = ("off", "safe", "aggressive")
 CACHE_BACKENDS = ("memory", "redis")
+SEMANTIC_MODES = ("off", "on", "opt-in")
+SEMANTIC_THRESHOLD = 0.85  # cosine similarity; chosen on bench/data/semantic_pairs.jsonl (bench/semantic.py)
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -99,6 +103,24 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EmbedderConfig:
+    """``builtin``: the static model shipped in a wheel (proxy/cache/embedder.py); else a
+    configured provider's embeddings endpoint and ``model``."""
+
+    provider: str = "builtin"
+    model: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SemanticConfig:
+    mode: str = "off"  # off | on | opt-in (X-Sluice-Semantic: on)
+    threshold: float = SEMANTIC_THRESHOLD
+    max_entries: int = 10000
+    deterministic_only: bool = True  # temperature 0 and no tools
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     enabled: bool = True
     backend: str = "memory"
@@ -108,6 +130,7 @@ class CacheConfig:
     max_bytes: int = 256 * 1024 * 1024
     hit_lane: bool = True  # extension: repeated hits answered before ASGI (proxy/hit_lane.py)
     near_copy: bool = True  # extension: with Redis, each process keeps what it read (proxy/cache/near.py)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +166,7 @@ class ApiKey:
     tpm: int | None = None
     budget_usd_per_day: float | None = None
     models: tuple[str, ...] | None = None  # allow-list: aliases, "provider/model", "provider/*"; None: any model
+    semantic: bool | None = None  # this key's requests in (true) or out (false) of the semantic cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +197,8 @@ class Config:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
-    pricing_file: str | None = "config/prices.yaml"
+    pricing_file: str | None = DEFAULT_PRICING_FILE
+    pricing_file_required: bool = False  # named in the config: then it must exist
     context_windows: dict[str, int] = field(default_factory=dict)
     token_encodings: dict[str, str] = field(default_factory=dict)
 
@@ -267,10 +292,11 @@ def load_config(path: str | None = None) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
-    return parse_config(text, source=path)
+    return parse_config(text, source=path, folder=Path(path).resolve().parent)
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+def parse_config(text: str, source: str = "<config>", folder: Path | None = None) -> Config:
+    """``folder`` (the config file's) anchors relative paths such as ``pricing_file``."""
     try:
         data = yaml.safe_load(interpolate(text))
     except yaml.YAMLError as exc:
@@ -279,14 +305,15 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{source}: the top level must be a mapping"])
-    return _Validator().config(data)
+    return _Validator(folder).config(data)
 
 
 class _Validator:
     """Builds the dataclasses from plain data, recording a problem per bad field."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path | None = None) -> None:
         self.problems: list[str] = []
+        self.folder = folder
 
     def fail(self, path: str, message: str) -> None:
         self.problems.append(f"{path}: {message}")
@@ -338,10 +365,16 @@ class _Validator:
             return default
         return value
 
+    def path(self, value: str) -> str:
+        """A relative path resolves against the config file's folder (CONTRACT §2)."""
+        if not value or self.folder is None or Path(value).is_absolute():
+            return value
+        return str(self.folder / value)
+
     # -- sections --
 
     def config(self, data: dict[str, Any]) -> Config:
-        self.unknown(data, "", set(Config.__dataclass_fields__))
+        self.unknown(data, "", set(Config.__dataclass_fields__) - {"pricing_file_required"})
         server = self.server(self.section(data, "server", set(ServerConfig.__dataclass_fields__)))
         providers = self.providers(data.get("providers"))
         names = {p.name for p in providers}
@@ -352,16 +385,20 @@ class _Validator:
         models = self.models(data.get("models"), names)
         self.pass_through_aliases(models, providers)
         cache = self.cache(self.section(data, "cache", set(CacheConfig.__dataclass_fields__)))
+        embedder = cache.semantic.embedder.provider
+        if embedder != "builtin" and names and embedder not in names:
+            self.fail("cache.semantic.embedder.provider", f"names no configured provider: {embedder!r}")
         dedup_data = self.section(data, "dedup", {"enabled"})
         compression = self.compression(self.section(data, "compression", {"mode", "trim_history"}))
         retry = self.retry(self.section(data, "retry", set(RetryConfig.__dataclass_fields__)))
         breaker = self.breaker(self.section(data, "breaker", set(BreakerConfig.__dataclass_fields__)))
         auth = self.auth(self.section(data, "auth", set(AuthConfig.__dataclass_fields__)), names)
         responses = self.responses(self.section(data, "responses", set(ResponsesConfig.__dataclass_fields__)))
+        pricing_required = data.get("pricing_file") is not None
         if "pricing_file" in data and data["pricing_file"] is None:
-            pricing_file = None  # an explicit null: no price file, every model free
+            pricing_file = None  # an explicit null: the built-in price table alone
         else:
-            pricing_file = self.value(data, "pricing_file", "pricing_file", str, "config/prices.yaml")
+            pricing_file = self.path(self.value(data, "pricing_file", "pricing_file", str, DEFAULT_PRICING_FILE))
         context_windows = self.model_table(data.get("context_windows"), "context_windows", "token count", int, _positive)
         token_encodings = self.model_table(
             data.get("token_encodings"), "token_encodings", "tiktoken encoding", str, _one_of(ENCODINGS)
@@ -381,6 +418,7 @@ class _Validator:
             auth=auth,
             responses=responses,
             pricing_file=pricing_file or None,
+            pricing_file_required=pricing_required,
             context_windows=context_windows,
             token_encodings=token_encodings,
         )
@@ -548,6 +586,43 @@ class _Validator:
             max_bytes=self.value(data, "max_bytes", "cache.max_bytes", int, d.max_bytes, _positive),
             hit_lane=self.value(data, "hit_lane", "cache.hit_lane", bool, d.hit_lane),
             near_copy=self.value(data, "near_copy", "cache.near_copy", bool, d.near_copy),
+            semantic=self.semantic(data.get("semantic")),
+        )
+
+    def semantic(self, data: Any) -> SemanticConfig:
+        d = SemanticConfig()
+        if data is None:
+            return d
+        if not isinstance(data, dict):
+            self.fail("cache.semantic", "must be a mapping")
+            return d
+        self.unknown(data, "cache.semantic", set(SemanticConfig.__dataclass_fields__))
+        mode = data.get("mode")
+        if isinstance(mode, bool):  # YAML reads a bare off/on as a boolean
+            data = {**data, "mode": "on" if mode else "off"}
+        embedder_data = data.get("embedder")
+        embedder = d.embedder
+        if isinstance(embedder_data, dict):
+            self.unknown(embedder_data, "cache.semantic.embedder", set(EmbedderConfig.__dataclass_fields__))
+            embedder = EmbedderConfig(
+                provider=self.value(embedder_data, "provider", "cache.semantic.embedder.provider", str, "builtin"),
+                model=self.value(embedder_data, "model", "cache.semantic.embedder.model", str, ""),
+            )
+            if embedder.provider != "builtin" and not embedder.model:
+                self.fail("cache.semantic.embedder.model", "is required with a provider's embeddings")
+        elif embedder_data is not None:
+            self.fail("cache.semantic.embedder", "must be a mapping with provider and model")
+        needs = ("numpy", "static_model") if embedder.provider == "builtin" else ("numpy",)
+        if data.get("mode") not in (None, "off") and not all(importlib.util.find_spec(name) for name in needs):
+            self.fail("cache.semantic.mode", "needs the semantic extra: pip install 'sluice[semantic]'")
+        return SemanticConfig(
+            mode=self.value(data, "mode", "cache.semantic.mode", str, d.mode, _one_of(SEMANTIC_MODES)),
+            threshold=self.value(data, "threshold", "cache.semantic.threshold", float, d.threshold, _unit_interval),
+            max_entries=self.value(data, "max_entries", "cache.semantic.max_entries", int, d.max_entries, _positive),
+            deterministic_only=self.value(
+                data, "deterministic_only", "cache.semantic.deterministic_only", bool, d.deterministic_only
+            ),
+            embedder=embedder,
         )
 
     def responses(self, data: dict[str, Any]) -> ResponsesConfig:
@@ -622,6 +697,7 @@ class _Validator:
                         item, "budget_usd_per_day", f"{path}.budget_usd_per_day", float, None, _non_negative
                     ),
                     models=self.allowed_models(item.get("models"), f"{path}.models", provider_names),
+                    semantic=self.value(item, "semantic", f"{path}.semantic", bool, None),
                 )
             )
         return AuthConfig(
@@ -704,6 +780,10 @@ def _redis_url(value: str) -> str | None:
     if not re.match(r"^(redis|rediss|unix)://", value):
         return "must be a redis://, rediss:// or unix:// URL"
     return None
+
+
+def _unit_interval(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be above 0 and at most 1"
 
 
 def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:

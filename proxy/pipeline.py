@@ -25,9 +25,10 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounting import Prices
+from proxy.accounting import Prices, Usage
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
+from proxy.cache.semantic import SemanticCache, SemanticQuery
 from proxy.completions import Completion, StreamAssembler, replay_chunks
 from proxy.compression import DEFAULT_OUTPUT_RESERVE, compress
 from proxy.config import Config, Target
@@ -77,6 +78,7 @@ class Job:
     request_id: str
     cache_key: str | None
     bridged: bool = False
+    semantic: SemanticQuery | None = None  # set when the semantic cache may store this job's answer
 
     def native_to(self, provider: Provider) -> bool:
         """Whether ``provider`` gets the client's own body rather than the hub request."""
@@ -106,6 +108,7 @@ class Pipeline:
         self.flights = FlightRegistry()
         self.remote_flights: RemoteFlights | None = None  # set by Gateway with the Redis backend and dedup on
         self.lane: HitLane | None = None  # set by Gateway when cache.hit_lane is on
+        self.semantic: SemanticCache | None = None  # set by Gateway when cache.semantic.mode is not off
         self._dedup = config.dedup.enabled
         self._pass_credentials = not config.auth.keys  # with proxy keys, the caller's header holds one of them
         self._windows: dict[str, int | None] = {}
@@ -147,9 +150,15 @@ class Pipeline:
         )
 
         answer = await self._lookup(job, record)
+        if answer is None and self.semantic is not None and surface.api == "chat" and record.cache == "miss":
+            switch = principal.key.semantic if principal.key is not None else None
+            job.semantic, hit = await self.semantic.lookup(route.key, body, identity, options, switch)
+            if hit is not None:
+                answer, record.cache, record.similarity = hit.answer, "semantic", hit.similarity
         if answer is not None:
             response, payload = self._cached_response(answer, job, parsed, record)
-            if self.lane is not None and surface.hit_lane and (principal.key is None or not has_limits(principal.key)):
+            lane_allowed = record.cache == "hit" and surface.hit_lane and (principal.key is None or not has_limits(principal.key))
+            if self.lane is not None and lane_allowed:
                 # a key with limits must be counted, and may be refused, on every request
                 self.lane.learn(request.scope, raw, job.cache_key, answer, response.raw_headers, payload, parsed.stream, record)  # type: ignore[arg-type]
             return response
@@ -201,7 +210,9 @@ class Pipeline:
         try:
             await self.cache.set(job.cache_key, CachedAnswer(completion, provider), ttl)
         except CacheUnavailable:
-            pass
+            return
+        if job.semantic is not None and self.semantic is not None:
+            await self.semantic.store(job.semantic, job.cache_key)
 
     # -- flights --
 
@@ -365,6 +376,8 @@ class Pipeline:
             headers["X-Sluice-Dedup"] = "joined"
         if record.trimmed_messages:
             headers["X-Sluice-Trimmed-Messages"] = str(record.trimmed_messages)
+        if record.similarity is not None:
+            headers["X-Sluice-Similarity"] = f"{record.similarity:.4f}"
         return headers
 
     def _cached_response(
@@ -400,14 +413,17 @@ class Pipeline:
             return
         usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
-        cost = self.prices.cost(target.provider, target.model, usage)
+        costs = self.prices.costs(target.provider, target.model, usage)
+        cost = costs.spent
         if record.dedup:
             record.cost_saved_usd = cost
             return
         if usage:
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             record.completion_tokens = int(usage.get("completion_tokens") or 0)
+            record.cached_tokens = Usage.of(usage).cached
         record.cost_usd = cost
+        record.cost_saved_provider_cache_usd = costs.saved_by_provider_cache
         record.cost_saved_usd = self.prices.input_cost(target.provider, target.model, record.tokens_saved)
         self.limiter.charge(principal, record.prompt_tokens + record.completion_tokens, cost)
 

@@ -23,6 +23,7 @@ class RequestOptions:
     no_store: bool
     ttl: float | None
     compression: str
+    semantic: bool | None = None  # X-Sluice-Semantic: on/off; None when absent
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +37,7 @@ class ClientHeaders:
     compression: str | None = None
     content_length: str | None = None
     passed: dict[str, str] | None = None  # headers an upstream of the API's own type takes as sent
+    semantic: str | None = None  # X-Sluice-Semantic: on|off
 
     @property
     def credential(self) -> str | None:
@@ -52,6 +54,7 @@ _WANTED = {
     b"x-sluice-cache-ttl": "cache_ttl",
     b"x-sluice-compression": "compression",
     b"content-length": "content_length",
+    b"x-sluice-semantic": "semantic",
 }
 PASSED_HEADERS = frozenset(
     {b"anthropic-beta", b"openai-beta", b"openai-organization", b"openai-project"}
@@ -116,9 +119,16 @@ def request_options(headers: ClientHeaders, default_compression: str) -> Request
         raise InvalidRequest(
             f"X-Sluice-Compression must be one of {', '.join(COMPRESSION_MODES)}.", param="X-Sluice-Compression"
         )
+    semantic = None
+    if headers.semantic is not None:
+        switch = headers.semantic.strip().lower()
+        if switch not in ("on", "off"):
+            raise InvalidRequest("X-Sluice-Semantic must be on or off.", param="X-Sluice-Semantic")
+        semantic = switch == "on"
     return RequestOptions(
         no_cache="no-cache" in cache_control,
         no_store="no-store" in cache_control,
         ttl=ttl,
         compression=compression,
+        semantic=semantic,
     )

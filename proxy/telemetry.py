@@ -60,9 +60,12 @@ class RequestRecord:
     completion_tokens: int = 0
     tokens_saved: int = 0
     tokens_saved_cache: int = 0
+    cached_tokens: int = 0  # prompt tokens the provider read from its own prompt cache
+    similarity: float | None = None  # a semantic cache hit's
     trimmed_messages: int = 0
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
+    cost_saved_provider_cache_usd: float = 0.0
     upstream_seconds: float = 0.0
     ttft_seconds: float | None = None
     bytes_in: int = 0
@@ -218,11 +221,15 @@ class Metrics:
         self.retries = Counter("sluice_retries_total", "Upstream retries.", ["provider"], registry=r)
         self.fallbacks = Counter("sluice_fallbacks_total", "Fallbacks to a later alias target.", registry=r)
         # Children of fixed label sets, looked up once: labels() costs ~3 µs a call.
-        self.cache_event = {result: self.cache_events.labels(result) for result in ("hit", "miss", "bypass")}
+        self.cache_event = {
+            result: self.cache_events.labels(result) for result in ("hit", "semantic", "miss", "bypass")
+        }
         self.token_kinds = {
-            kind: self.tokens.labels(kind) for kind in ("prompt", "completion", "saved_compression", "saved_cache")
+            kind: self.tokens.labels(kind)
+            for kind in ("prompt", "completion", "saved_compression", "saved_cache", "cached_by_provider")
         }
         self.cost_spent, self.cost_saved = self.cost.labels("spent"), self.cost.labels("saved")
+        self.cost_saved_provider_cache = self.cost.labels("saved_by_provider_cache")
         self.breaker_state = Gauge(
             "sluice_breaker_state", "Breaker state per target: 0 closed, 1 half-open, 2 open.",
             ["provider", "target"], registry=r, multiprocess_mode="max",
@@ -259,11 +266,14 @@ class Stats:
         self.errors = 0
         self.cache_hits = 0
         self.cache_misses = 0
+        self.semantic_hits = 0
         self.dedup_joined = 0
         self.retries = 0
         self.fallbacks = 0
-        self.tokens = {"prompt": 0, "completion": 0, "saved_by_compression": 0, "saved_by_cache": 0}
-        self.cost = {"spent": 0.0, "saved": 0.0}
+        self.tokens = {
+            "prompt": 0, "completion": 0, "saved_by_compression": 0, "saved_by_cache": 0, "cached_by_provider": 0
+        }
+        self.cost = {"spent": 0.0, "saved": 0.0, "saved_by_provider_cache": 0.0}
         self.providers: dict[str, dict[str, int]] = {name: {"requests": 0, "errors": 0} for name in providers}
         self.keys: dict[str, dict[str, Any]] = {}
         self.latencies: deque[float] = deque(maxlen=window)
@@ -279,6 +289,8 @@ class Stats:
             self.cache_hits += n
         elif record.cache == "miss":
             self.cache_misses += n
+        elif record.cache == "semantic":
+            self.semantic_hits += n
         self.dedup_joined += record.dedup * n
         self.retries += record.retries * n
         self.fallbacks += record.fallbacks * n
@@ -287,8 +299,10 @@ class Stats:
         tokens["completion"] += record.completion_tokens * n
         tokens["saved_by_compression"] += record.tokens_saved * n
         tokens["saved_by_cache"] += record.tokens_saved_cache * n
+        tokens["cached_by_provider"] += record.cached_tokens * n
         self.cost["spent"] += record.cost_usd * n
         self.cost["saved"] += record.cost_saved_usd * n
+        self.cost["saved_by_provider_cache"] += record.cost_saved_provider_cache_usd * n
         if record.provider:
             provider = self.providers.setdefault(record.provider, {"requests": 0, "errors": 0})
             provider["requests"] += n
@@ -316,9 +330,14 @@ class Stats:
                 "misses": self.cache_misses,
                 "hit_rate": round(self.cache_hits / lookups, 4) if lookups else 0.0,
                 "entries": cache_entries,
+                "semantic_hits": self.semantic_hits,
             },
             "dedup": {"joined": self.dedup_joined},
-            "tokens": dict(self.tokens),
+            "tokens": {
+                **self.tokens,
+                "cached_by_provider_share": round(self.tokens["cached_by_provider"] / self.tokens["prompt"], 4)
+                if self.tokens["prompt"] else 0.0,
+            },
             "cost_usd": {k: round(v, 8) for k, v in self.cost.items()},
             "latency_ms": _percentiles(self.latencies),
             "ttft_ms": _percentiles(self.ttfts),
@@ -348,6 +367,7 @@ def log_fields(record: RequestRecord, request_id: str, latency: float) -> dict[s
         attempts=record.attempts,
         prompt_tokens=record.prompt_tokens,
         completion_tokens=record.completion_tokens,
+        cached_tokens=record.cached_tokens,
         tokens_saved=record.tokens_saved,
         cost_usd=round(record.cost_usd, 8),
         latency_ms=round(latency * 1000, 3),
@@ -510,10 +530,14 @@ class Telemetry:
             tokens["saved_compression"].inc(record.tokens_saved * n)
         if record.tokens_saved_cache:
             tokens["saved_cache"].inc(record.tokens_saved_cache * n)
+        if record.cached_tokens:
+            tokens["cached_by_provider"].inc(record.cached_tokens * n)
         if record.cost_usd:
             m.cost_spent.inc(record.cost_usd * n)
         if record.cost_saved_usd:
             m.cost_saved.inc(record.cost_saved_usd * n)
+        if record.cost_saved_provider_cache_usd:
+            m.cost_saved_provider_cache.inc(record.cost_saved_provider_cache_usd * n)
         if record.dedup:
             m.dedup_joined.inc(n)
         if record.retries:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 
 import pytest
@@ -551,3 +552,43 @@ def test_trimming_fits_keeps_what_it_must_and_never_orphans_results(
         calls.update(call["id"] for call in m.get("tool_calls", ()))
         if m["role"] == "tool":
             assert m["tool_call_id"] in calls
+
+
+def test_the_cut_holds_while_the_conversation_grows() -> None:
+    """Each request resends the history plus a new turn; the upstream prompt keeps its
+    start (and the provider's prompt cache its hits) until the window fills again."""
+    system = {"role": "system", "content": "You are terse."}
+    history: list[dict] = []
+    sent: list[list[dict]] = []
+    for i in range(60):
+        history += turn(i, words=40)
+        sent.append(trim_history([system, *history, user(f"next {i}")], MODEL, 2000, 200))
+    trimmed = [prompt for prompt in sent if len(prompt) < len(history) + 2]
+    assert len(trimmed) > 40, "the conversation outgrew the window early"
+    stable = sum(
+        1 for before, after in itertools.pairwise(trimmed) if after[: len(before) - 1] == before[:-1]
+    )
+    assert stable / (len(trimmed) - 1) >= 0.9
+    for prompt in trimmed:
+        assert prompt[0] is system and count_messages(prompt, MODEL) + 200 <= 2000
+
+
+def test_step_zero_drops_turn_by_turn() -> None:
+    messages = [*turn(1), *turn(2), *turn(3), user("q")]
+    window = count_messages([*turn(2)[1:], *turn(3), user("q")], MODEL)
+    assert trim_history(messages, MODEL, window, 0, step=0) == [*turn(2)[1:], *turn(3), user("q")]
+    assert len(trim_history(messages, MODEL, window, 0)) < len(messages) - 3, "a block of turns goes at once"
+
+
+@FAST
+@given(
+    CONVERSATION.map(lambda ms: [{**m, "content": m["content"] and m["content"] + "   \n\n\n\n x"} for m in ms]),
+    st.sampled_from(["safe", "aggressive"]),
+)
+def test_a_message_is_compressed_the_same_whatever_follows_it(messages: list[dict], mode: str) -> None:
+    """The next request resends this one's messages and more: their compressed form, and so the
+    upstream prompt's start (the provider's prompt cache), must not change."""
+    whole = run(messages, mode).messages
+    for end in range(1, len(messages)):
+        earlier = run(messages[:end], mode).messages
+        assert earlier == whole[: len(earlier)]

@@ -299,8 +299,8 @@ def test_k8s_configmap_is_the_config_the_image_loads():
     config_file = Path(option(IMAGE_CMD, "--config"))
     assert str(config_file.parent) == mount["mountPath"] and config_file.name in configmap["data"]
     config = check_config(configmap["data"][config_file.name], "configmap.yaml: sluice.yaml")
-    # pricing_file is relative to the working directory /app.
-    assert config.pricing_file == "config/prices.yaml" and "prices.yaml" in configmap["data"]
+    # pricing_file is relative to the config file's folder, /app/config.
+    assert config.pricing_file == "prices.yaml" and "prices.yaml" in configmap["data"]
     assert yaml.safe_load(configmap["data"]["prices.yaml"])["models"]
 
 

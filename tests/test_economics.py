@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import openai_config
@@ -93,7 +95,7 @@ def test_usage_and_cost_add_up_over_hits_and_misses(start_proxy, fake_openai, tm
 
 def _keyed(fake_openai, tmp_path, **limits):  # type: ignore[no-untyped-def]
     prices = tmp_path / "prices.yaml"
-    prices.write_text("default: {input: 100000.0, output: 100000.0}\n")
+    prices.write_text("models:\n  gpt-4o-mini: {input: 100000.0, output: 100000.0}\n")
     key = {"name": "team-a", "key": "sk-team-a", **limits}
     return openai_config(fake_openai, cache={"enabled": False}, auth={"keys": [key]}, pricing_file=str(prices))
 
@@ -127,3 +129,21 @@ def test_daily_budget(start_proxy, fake_openai, tmp_path) -> None:
     assert_limited(post(proxy, BODY, headers=AUTH), "budget_exceeded")
     stats = httpx.get(f"{proxy.url}/stats").json()
     assert stats["keys"]["team-a"]["requests"] == 2 and stats["keys"]["team-a"]["cost_usd"] == pytest.approx(1.8)
+
+
+def test_trimming_keeps_its_cut_across_turns(start_proxy, fake_openai) -> None:
+    """A chat that outgrows the window: the upstream prompt keeps its start from one request
+    to the next (so the provider's prompt cache hits), jumping only now and then."""
+    proxy = start_proxy(openai_config(fake_openai, cache={"enabled": False}, context_windows={"tiny-model": 1200}))
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+    messages: list[dict] = [{"role": "system", "content": "You are terse."}]
+    for i in range(60):
+        messages.append({"role": "user", "content": f"question {i}: " + "tell me more " * 4})
+        answer = client.chat.completions.create(model="tiny-model", messages=messages, max_tokens=100)  # type: ignore[arg-type]
+        messages.append({"role": "assistant", "content": answer.choices[0].message.content})
+    sent = [call.json["messages"] for call in fake_openai.calls("/chat/completions")]
+    trimmed = [prompt for prompt, full in zip(sent, range(2, 122, 2)) if len(prompt) < full]
+    assert len(trimmed) >= 20
+    kept_start = sum(1 for before, after in itertools.pairwise(trimmed) if after[: len(before)] == before)
+    assert kept_start / (len(trimmed) - 1) >= 0.9
+    assert all(prompt[0] == messages[0] for prompt in sent)

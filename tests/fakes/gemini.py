@@ -69,6 +69,7 @@ PART_EXTRA = {"thought", "thoughtSignature"}
 DECLARATION_FIELDS = {"name", "description", "parameters", "parametersJsonSchema", "response", "responseJsonSchema"}
 
 _ids = itertools.count(1)
+THOUGHT_TOKENS = 5  # reported when the request sets a thinking budget
 
 
 def error_body(code: int, message: str, status: str | None = None) -> dict[str, Any]:
@@ -138,6 +139,10 @@ class FakeGemini(FakeServer):
     embedding_models = {"text-embedding-004", "gemini-embedding-001"}
     max_page_size = 1000
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: set[bytes] = set()  # every prompt seen, for implicit caching
+
     def stream_frame(self, item: Any) -> bytes:
         """Gemini ends each SSE event with CRLF pairs."""
         data = item if isinstance(item, bytes) else orjson.dumps(item)
@@ -187,17 +192,35 @@ class FakeGemini(FakeServer):
 
     # -- generateContent --
 
+    def reset(self) -> None:
+        super().reset()
+        self.prompts.clear()
+
     def answer(self, model: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The non-streamed ``GenerateContentResponse`` for a valid request."""
         config = payload.get("generationConfig") or {}
         call = _function_call(payload, model)
         prompt = _prompt_tokens(payload)
+        cached = self._implicitly_cached(model, payload)
+        thoughts = THOUGHT_TOKENS if (config.get("thinkingConfig") or {}).get("thinkingBudget") else None
         if call:
-            return response([candidate([call])], usage_metadata(prompt, 3), model)
+            return response([candidate([call])], usage_metadata(prompt, 3, thoughts=thoughts, cached=cached), model)
         text, finish = _reply_text(payload)
         count = config.get("candidateCount", 1)
         candidates = [candidate([{"text": text}], finish, index) for index in range(count)]
-        return response(candidates, usage_metadata(prompt, _words(text) * count), model)
+        usage = usage_metadata(prompt, _words(text) * count, thoughts=thoughts, cached=cached)
+        return response(candidates, usage, model)
+
+    def _implicitly_cached(self, model: str, payload: dict[str, Any]) -> int | None:
+        """Gemini's implicit caching: the longest earlier prompt (same model and system
+        instruction) that this one starts with is read from cache; absent when none is."""
+        contents = payload["contents"]
+        system = payload.get("systemInstruction")
+        self.prompts.add(orjson.dumps([model, system, contents]))
+        for end in range(len(contents) - 1, 0, -1):
+            if orjson.dumps([model, system, contents[:end]]) in self.prompts:
+                return _prompt_tokens({"contents": contents[:end], "systemInstruction": system})
+        return None
 
     def _stream_answer(self, model: str, payload: dict[str, Any], sse: bool) -> Response:
         events = stream_events(self.answer(model, payload))
