@@ -29,7 +29,8 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from proxy.config import ProviderConfig
-from proxy.http import Http2UpstreamClient, UpstreamClient, upstream_client
+from proxy.http import UpstreamClient, upstream_client
+from proxy.http2 import Http2UpstreamClient
 from proxy.http1 import Http1Client
 from tests.conftest import openai_config
 from tests.fakes.openai import FakeOpenAI, stream_chunks
