@@ -48,6 +48,21 @@ class ClientHeaders:
     cache_ttl: str | None = None
     compression: str | None = None
     content_length: str | None = None
+    openai_organization: str | None = None
+    openai_project: str | None = None
+    openai_beta: str | None = None
+
+    @property
+    def forwarded(self) -> dict[str, str]:
+        """The client headers an upstream takes as sent, keyed in lower case: ``Call.headers``."""
+        found: dict[str, str] = {}
+        if self.openai_organization is not None:
+            found["openai-organization"] = self.openai_organization
+        if self.openai_project is not None:
+            found["openai-project"] = self.openai_project
+        if self.openai_beta is not None:
+            found["openai-beta"] = self.openai_beta
+        return found
 
 
 _WANTED = {
@@ -56,6 +71,9 @@ _WANTED = {
     b"x-sluice-cache-ttl": "cache_ttl",
     b"x-sluice-compression": "compression",
     b"content-length": "content_length",
+    b"openai-organization": "openai_organization",
+    b"openai-project": "openai_project",
+    b"openai-beta": "openai_beta",
 }
 
 

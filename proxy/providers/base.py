@@ -50,6 +50,7 @@ class ChunkStream:
     def __init__(self, response: UpstreamResponse, chunks: AsyncIterator[list[Chunk]]) -> None:
         self._response = response
         self._chunks = chunks
+        self.upstream_headers: dict[str, str] | None = None  # for the client, as ``Completion.upstream_headers``
 
     def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return self._chunks
@@ -175,6 +176,16 @@ def retry_after_seconds(headers: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def passed_back(response: UpstreamResponse) -> dict[str, str] | None:
+    """The upstream's answer headers a client should see: ``x-request-id`` and ``x-ratelimit-*``."""
+    found = {
+        name: value
+        for name, value in response.headers.items()
+        if name.lower() == "x-request-id" or name.lower().startswith("x-ratelimit-")
+    }
+    return found or None
 
 
 async def raise_upstream_error(response: UpstreamResponse) -> None:

@@ -1,7 +1,11 @@
 """OpenAI and OpenAI-compatible upstreams: a passthrough, bytes in and bytes out.
 
 The client's body goes upstream as sent (only ``model`` is rewritten when
-routing changed it, and streams ask for usage); answers come back unchanged.
+routing changed it, and streams ask for usage unless ``stream_usage: false``);
+answers come back unchanged. The client's ``OpenAI-Organization``,
+``OpenAI-Project`` and ``OpenAI-Beta`` go along; the upstream's
+``x-request-id`` and ``x-ratelimit-*`` come back on the answer
+(``upstream_headers``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import UpstreamConnectionError
+from proxy.errors import UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, passed_back, raise_upstream_error, translated
+
+CLIENT_HEADERS = ("openai-organization", "openai-project", "openai-beta")
+"""Client headers (lower case, as ``Call.headers`` keys them) an OpenAI upstream receives as sent."""
 
 
 class OpenAIProvider(Provider):
@@ -25,8 +32,12 @@ class OpenAIProvider(Provider):
         self._embeddings_url = f"{config.base_url}/embeddings"
         self._models_url = f"{config.base_url}/models"
 
-    def _headers(self, authorization: str | None) -> dict[str, str]:
+    def _headers(self, authorization: str | None, client: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if client:
+            for name in CLIENT_HEADERS:
+                if name in client:
+                    headers[name] = client[name]
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         elif authorization:
@@ -34,8 +45,12 @@ class OpenAIProvider(Provider):
         return headers
 
     @staticmethod
-    def _payload(call: Call, stream: bool = False) -> bytes:
-        """The client's bytes when nothing must change, else the body re-encoded."""
+    def _payload(call: Call, stream: bool = False, ask_usage: bool = True) -> bytes:
+        """The client's bytes when nothing must change, else the body re-encoded.
+
+        ``ask_usage``: a stream asks for its usage chunk (``stream_usage``; without
+        it the pipeline estimates usage with tiktoken).
+        """
         changes: dict[str, Any] = {}
         if call.body.get("model") != call.model:
             changes["model"] = call.model
@@ -43,25 +58,30 @@ class OpenAIProvider(Provider):
             if call.body.get("stream") is not True:
                 changes["stream"] = True
             options = call.body.get("stream_options") or {}
-            if not options.get("include_usage"):
+            if ask_usage and not options.get("include_usage"):
                 changes["stream_options"] = {**options, "include_usage": True}
         if not changes and call.raw is not None:
             return call.raw
         return orjson.dumps({**call.body, **changes})
 
     async def _post(self, url: str, call: Call, payload: bytes) -> UpstreamResponse:
-        response = await self.client.request("POST", url, self._headers(call.authorization), payload)
+        response = await self.client.request("POST", url, self._headers(call.authorization, call.headers), payload)
         if response.status >= 400:
             await raise_upstream_error(response)
         return response
 
     async def chat(self, call: Call) -> Completion:
         response = await self._post(self._chat_url, call, self._payload(call))
-        return _completion(await response.read())
+        completion = _completion(await response.read())
+        completion.upstream_headers = passed_back(response)
+        return completion
 
     async def chat_stream(self, call: Call) -> ChunkStream:
-        response = await self._post(self._chat_url, call, self._payload(call, stream=True))
-        return ChunkStream(response, _chunks(response))
+        payload = self._payload(call, stream=True, ask_usage=self.config.stream_usage)
+        response = await self._post(self._chat_url, call, payload)
+        stream = ChunkStream(response, _chunks(response))
+        stream.upstream_headers = passed_back(response)
+        return stream
 
     async def embed(self, call: Call) -> Completion:
         response = await self._post(self._embeddings_url, call, self._payload(call))
@@ -79,9 +99,9 @@ def _parse(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamConnectionError("upstream sent a body that is not JSON") from None
+        raise UpstreamProtocolError("upstream sent a body that is not JSON") from None
     if not isinstance(data, dict):
-        raise UpstreamConnectionError("upstream sent JSON that is not an object")
+        raise UpstreamProtocolError("upstream sent JSON that is not an object")
     return data
 
 
@@ -100,7 +120,7 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
         parsed = _parse(data)
         if "error" in parsed and "choices" not in parsed:
             error = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
-            raise UpstreamConnectionError(f"upstream stream failed: {error.get('message', 'unknown error')}")
+            raise UpstreamProtocolError(f"upstream stream failed: {error.get('message', 'unknown error')}")
         return [Chunk(data, parsed)]
 
     async for chunks in translated(response.sse_batches(), chunk):
@@ -108,4 +128,4 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
         if done:
             return
     if not done:
-        raise UpstreamConnectionError("upstream stream ended before [DONE]")
+        raise UpstreamProtocolError("upstream stream ended before [DONE]")
