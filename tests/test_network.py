@@ -268,3 +268,105 @@ class _SilentServer:
         self._socket.close()
         for connection in self._held:
             connection.close()
+
+
+# -- lossless stream replay --
+
+
+def _rich_stream() -> list[dict[str, Any]]:
+    """A thinking model's stream with citations, audio and a legacy function call, as one choice."""
+    from tests.fakes.openai import chunk, usage
+
+    cid, model = "chatcmpl-rich", "gpt-4o-mini"
+    deltas = [
+        {"role": "assistant", "content": "", "reasoning_content": "Let me "},
+        {"reasoning_content": "think."},
+        {"content": "Paris", "annotations": [{"type": "url_citation", "url_citation": {"url": "https://a.example", "title": "A", "start_index": 0, "end_index": 5}}]},
+        {"content": " it is.", "annotations": [{"type": "url_citation", "url_citation": {"url": "https://b.example", "title": "B", "start_index": 6, "end_index": 12}}]},
+        {"audio": {"id": "audio_1", "data": "AAAA", "transcript": "Paris"}},
+        {"audio": {"id": "audio_1", "data": "BBBB", "transcript": " it is."}},
+        {"function_call": {"name": "lookup", "arguments": '{"q":'}},
+        {"function_call": {"arguments": '"Paris"}'}},
+        {"vendor_extension": {"score": 1}},
+    ]
+    chunks = [chunk(cid, model, delta) for delta in deltas] + [chunk(cid, model, {}, "stop")]
+    return chunks + [{**chunk(cid, model, {}), "choices": [], "usage": usage()}]
+
+
+EXPECTED_MESSAGE = {
+    "content": "Paris it is.",
+    "reasoning_content": "Let me think.",
+    "annotations": [
+        {"type": "url_citation", "url_citation": {"url": "https://a.example", "title": "A", "start_index": 0, "end_index": 5}},
+        {"type": "url_citation", "url_citation": {"url": "https://b.example", "title": "B", "start_index": 6, "end_index": 12}},
+    ],
+    "audio": {"id": "audio_1", "data": "AAAABBBB", "transcript": "Paris it is."},
+    "function_call": {"name": "lookup", "arguments": '{"q":"Paris"}'},
+    "vendor_extension": {"score": 1},
+}
+
+
+def _folded(stream: Any) -> dict[str, Any]:
+    """What an SDK stream's deltas add up to, field by field (the SDK keeps unknown fields as extras)."""
+    from proxy.completions import StreamAssembler
+
+    assembler = StreamAssembler()
+    for item in stream:
+        assembler.add(item.model_dump(exclude_unset=True))
+    return assembler.completion().data["choices"][0]["message"]
+
+
+def test_a_cached_stream_replays_every_field_as_json_and_as_sse(start_proxy, fake_openai) -> None:
+    fake_openai.script(Reply(chunks=_rich_stream()))
+    proxy = start_proxy(openai_config(fake_openai, dedup={"enabled": False}))
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client", max_retries=0)
+
+    live = _folded(client.chat.completions.create(**CHAT, stream=True))
+    raw = client.chat.completions.with_raw_response.create(**CHAT, stream=True)
+    assert raw.headers["x-sluice-cache"] == "hit"
+    replayed = _folded(raw.parse())
+    as_json = client.chat.completions.with_raw_response.create(**CHAT)
+    assert as_json.headers["x-sluice-cache"] == "hit"
+    message = orjson.loads(as_json.content)["choices"][0]["message"]
+
+    for name, value in EXPECTED_MESSAGE.items():
+        assert live[name] == value, name
+        assert replayed[name] == value, name
+        assert message[name] == value, name
+    assert len(fake_openai.calls("/chat/completions")) == 1
+
+
+# -- headers between client and an OpenAI upstream --
+
+
+def test_client_openai_headers_are_read_in_one_pass() -> None:
+    from proxy.requests import read_headers
+
+    scope = {"headers": [(b"openai-organization", b"org-1"), (b"openai-beta", b"assistants=v2"), (b"x-other", b"1")]}
+    assert read_headers(scope).forwarded == {"openai-organization": "org-1", "openai-beta": "assistants=v2"}
+    assert read_headers({"headers": []}).forwarded == {}
+
+
+async def test_openai_headers_go_upstream_and_request_id_and_rate_limits_come_back(fake_openai) -> None:
+    from proxy.config import ProviderConfig
+    from proxy.http import upstream_client
+    from proxy.providers.base import Call
+    from proxy.providers.openai import OpenAIProvider
+
+    passed = {"x-request-id": "req_up_1", "x-ratelimit-remaining-requests": "99", "x-ratelimit-limit-tokens": "1000"}
+    fake_openai.script(Reply(json=completion("gpt-4o-mini", "hi"), headers={**passed, "x-internal": "no"}))
+    fake_openai.script(Reply(chunks=_rich_stream(), headers=passed))
+    config = ProviderConfig(name="openai", type="openai", base_url=f"{fake_openai.url}/v1", api_key="sk-up")
+    provider = OpenAIProvider(config, upstream_client(config))
+    sent = {"openai-organization": "org-1", "openai-project": "proj-1", "openai-beta": "assistants=v2"}
+    try:
+        answer = await provider.chat(Call("gpt-4o-mini", dict(CHAT), headers={**sent, "anthropic-beta": "x"}))
+        assert answer.upstream_headers == passed
+        stream = await provider.chat_stream(Call("gpt-4o-mini", {**CHAT, "stream": True}, headers=sent))
+        assert stream.upstream_headers == passed
+        await stream.aclose()
+    finally:
+        await provider.aclose()
+    for recorded in fake_openai.calls("/chat/completions"):
+        assert {name: recorded.headers.get(name) for name in sent} == sent
+        assert "anthropic-beta" not in recorded.headers
