@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -175,6 +176,7 @@ class Config:
         data = asdict(self)
         for provider in data["providers"]:
             provider["api_key"] = _mask(provider["api_key"])
+            provider["proxy"] = _mask_url_password(provider["proxy"])
         for key in data["auth"]["keys"]:
             key["key"] = _mask(key["key"])
         data["auth"]["admin_key"] = _mask(data["auth"]["admin_key"])
@@ -403,6 +405,8 @@ class _Validator:
             )
             if tls.key_file and not tls.cert_file:
                 self.fail(f"{path}.tls.key_file", "needs cert_file")
+            elif problem := _tls_problem(tls):
+                self.fail(f"{path}.tls", problem)
         provider_fields = dict(
             api_key=self.value(data, "api_key", f"{path}.api_key", str, ""),
             pass_client_key=self.value(data, "pass_client_key", f"{path}.pass_client_key", bool, False),
@@ -411,7 +415,7 @@ class _Validator:
             http2=self.value(data, "http2", f"{path}.http2", bool, True),
             responses=self.value(data, "responses", f"{path}.responses", bool, True),
             stream_usage=self.value(data, "stream_usage", f"{path}.stream_usage", bool, True),
-            proxy=self.value(data, "proxy", f"{path}.proxy", str, ""),
+            proxy=self.value(data, "proxy", f"{path}.proxy", str, "", _proxy_url),
             tls=tls,
         )
         if len(self.problems) > before or name is None or kind is None or base_url is None:
@@ -604,6 +608,31 @@ def _port(value: int) -> str | None:
 def _url(value: str) -> str | None:
     if not re.match(r"^https?://[^/\s]+", value):
         return f"must be an http:// or https:// URL, got {value!r}"
+    return None
+
+
+def _proxy_url(value: str) -> str | None:
+    if not value:
+        return None
+    from proxy.egress import ForwardProxy  # here: proxy.egress builds on this module's dataclasses
+
+    try:
+        ForwardProxy.parse(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _tls_problem(tls: TLSConfig) -> str | None:
+    """Why the TLS files cannot be used, loading them as the upstream clients will."""
+    if not (tls.ca_file or tls.cert_file):
+        return None
+    from proxy.egress import tls_context  # here: proxy.egress builds on this module's dataclasses
+
+    try:
+        tls_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot load ca_file/cert_file/key_file: {exc}"
     return None
 
 

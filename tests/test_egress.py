@@ -98,3 +98,20 @@ async def test_dns_answers_are_reused_until_they_expire() -> None:
         assert sorted(dialer._addresses) == sorted(first)
     finally:
         server.close()
+
+
+def test_config_refuses_a_bad_proxy_or_unreadable_tls_files_and_masks_the_proxy_password(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from proxy.config import ConfigError, parse_config
+
+    def config(**provider: object) -> str:
+        import yaml
+
+        entry = {"name": "p", "type": "openai", "base_url": "https://api.example/v1", **provider}
+        return yaml.safe_dump({"providers": [entry]})
+
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.proxy: forward proxy must be an http:// URL"):
+        parse_config(config(proxy="socks5://gate:1080"))
+    with pytest.raises(ConfigError, match=r"providers\[0\]\.tls: cannot load"):
+        parse_config(config(tls={"ca_file": str(tmp_path / "missing.pem")}))
+    masked = parse_config(config(proxy="http://user:hunter2@gate:3128")).masked()
+    assert masked["providers"][0]["proxy"] == "http://user:***@gate:3128"
