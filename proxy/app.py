@@ -28,7 +28,7 @@ from proxy.hit_lane import HitLane
 from proxy.limits import Limiter
 from proxy.middleware import RequestMiddleware
 from proxy.pipeline import Pipeline
-from proxy.protocol import LANE_STATE
+from proxy.protocol import LANE_STATE, lane_enabled
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
 from proxy.resilience import Breakers, Resilience
@@ -93,7 +93,7 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
-        if self.cache is not None and self.config.cache.hit_lane:
+        if self.cache is not None and lane_enabled(self.config):
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights
