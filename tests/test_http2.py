@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
-from proxy.config import ProviderConfig
+from proxy.config import ProviderConfig, TLSConfig
 from proxy.http import UpstreamClient, upstream_client
 from proxy.http2 import Http2UpstreamClient
 from proxy.http1 import Http1Client
@@ -364,3 +364,24 @@ async def test_cancelled_requests_leave_the_shared_connection_intact(tls_upstrea
     assert not failures, f"{len(failures)} requests failed beside cancelled ones, first: {failures[0]!r}"
     assert finished > 0 and set(tls_upstream.versions) == {"2"}
     assert tls_upstream.connections <= 2  # a second one only if a hang-up aborted the first one's handshake
+
+
+async def test_the_httpx_internals_used_are_there(certificates) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """proxy/http2.py sets ``AsyncHTTPTransport._pool`` and walks httpcore's HTTP/2 connections
+    (pyproject pins the range); should either change shape, this says so before production does."""
+    assert hasattr(httpx.AsyncHTTPTransport(), "_pool")
+    upstream = HypercornFakeOpenAI(certificates).start()
+    config = ProviderConfig(
+        name="p", type="openai", base_url=f"{upstream.url}/v1", tls=TLSConfig(ca_file=str(certificates["ca"]))
+    )
+    client = Http2UpstreamClient(config)
+    try:
+        response = await client.request("GET", f"{upstream.url}/v1/models", {})
+        await response.read()
+        [pooled] = client._pool.connections
+        connection = pooled._connection
+        assert hasattr(connection, "_h2_state") and hasattr(connection, "_events")
+        assert callable(connection._write_outgoing_data)
+    finally:
+        await client.aclose()
+        upstream.stop()
