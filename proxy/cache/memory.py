@@ -1,4 +1,4 @@
-"""In-process cache: TTL per entry, LRU-bounded by entry count and total bytes."""
+"""In-process cache: TTL per entry, LRU-bounded by entry count and by the memory its entries hold."""
 
 from __future__ import annotations
 
@@ -6,9 +6,7 @@ import time
 
 from cachetools import TLRUCache
 
-from proxy.cache.base import CacheBackend, CachedAnswer
-
-_ENTRY_OVERHEAD = 256  # bytes of bookkeeping per entry, so tiny answers still count
+from proxy.cache.base import CacheBackend, CachedAnswer, held_bytes
 
 
 class MemoryCache(CacheBackend):
@@ -18,7 +16,7 @@ class MemoryCache(CacheBackend):
             maxsize=max_bytes,
             ttu=lambda _key, value, now: now + value[1],
             timer=time.monotonic,
-            getsizeof=lambda value: len(value[0].completion.body) + _ENTRY_OVERHEAD,
+            getsizeof=lambda value: held_bytes(value[0]),
         )
 
     async def get(self, key: str) -> CachedAnswer | None:
