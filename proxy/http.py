@@ -30,6 +30,7 @@ class UpstreamResponse(Protocol):
 
     status: int
     headers: Mapping[str, str]  # looked up without regard to case
+    raw_headers: list[tuple[bytes, bytes]]  # as received: for scanning many without building ``headers``
 
     async def read(self) -> bytes: ...
 

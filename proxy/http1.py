@@ -438,13 +438,11 @@ class Http1Response(StreamedBody):
     the connection to the pool) or ``close`` drops it.
     """
 
-    __slots__ = ("_conn", "_raw", "_headers", "status", "_decoder")
+    __slots__ = ("_conn", "raw_headers", "_headers", "status")
 
     def __init__(self, conn: _Connection) -> None:
-        self._conn: _Connection | None = None
-        self._decoder = _decoder(conn.encoding) if conn.encoding is not None else None  # may raise: own conn after
-        self._conn = conn
-        self._raw = conn.raw_headers()
+        self._conn: _Connection | None = conn
+        self.raw_headers: list[tuple[bytes, bytes]] = conn.raw_headers()
         self._headers: _Headers | None = None
         self.status: int = conn.status
 
@@ -452,7 +450,7 @@ class Http1Response(StreamedBody):
     def headers(self) -> Mapping[str, str]:
         """Case-insensitive; built on first use (providers read headers only on errors)."""
         if self._headers is None:
-            self._headers = _headers(self._raw)
+            self._headers = _headers(self.raw_headers)
         return self._headers
 
     async def read(self) -> bytes:
@@ -469,8 +467,6 @@ class Http1Response(StreamedBody):
                     raise _error(conn, "upstream read timed out", "upstream connection failed")
             body = conn.body
             data = body[0] if len(body) == 1 else b"".join(body)
-            if self._decoder is not None:
-                data = _inflate(self._decoder, data, MAX_BODY_BYTES) + self._decoder.flush()
         except BaseException:
             self.close()
             raise
@@ -478,16 +474,6 @@ class Http1Response(StreamedBody):
         return data
 
     async def _piece(self) -> bytes:
-        decoder = self._decoder
-        if decoder is None:
-            return await self._next()
-        while data := await self._next():
-            if decoded := _inflate(decoder, data, MAX_EVENT_BYTES):
-                return decoded
-        return decoder.flush()
-
-    async def _next(self) -> bytes:
-        """The next piece as it came off the connection; empty at the end."""
         conn = self._conn
         if conn is None:
             return b""
@@ -536,6 +522,37 @@ class Http1Response(StreamedBody):
                 self.close()
             except Exception:  # noqa: BLE001 - the loop may be gone at interpreter exit
                 pass
+
+
+class _InflatedResponse(Http1Response):
+    """An answer the upstream compressed unasked (gzip or deflate), inflated as it is read.
+
+    A class of its own so that the answers nobody compressed, nearly all of
+    them, pay nothing for it.
+    """
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, conn: _Connection, decoder: Any) -> None:
+        super().__init__(conn)
+        self._decoder = decoder
+
+    async def read(self) -> bytes:
+        return _inflate(self._decoder, await super().read(), MAX_BODY_BYTES) + self._decoder.flush()
+
+    async def _piece(self) -> bytes:
+        while data := await super()._piece():
+            if decoded := _inflate(self._decoder, data, MAX_EVENT_BYTES):
+                return decoded
+        return self._decoder.flush()
+
+
+def _response(conn: _Connection) -> Http1Response:
+    """The answer whose head ``conn`` just read; raises before taking the connection when its encoding is unknown."""
+    if conn.encoding is None:
+        return Http1Response(conn)
+    decoder = _decoder(conn.encoding)
+    return Http1Response(conn) if decoder is None else _InflatedResponse(conn, decoder)
 
 
 def _error(conn: _Connection, timed_out: str, broke: str) -> UpstreamFailure:
@@ -659,7 +676,7 @@ class Http1Client:
                     conn = await self._open()
                 await conn.start(data, method == "HEAD", deadline)
                 if conn.head_done:
-                    return Http1Response(conn)
+                    return _response(conn)
                 failure = conn.failure
                 if failure not in (_TIMEOUT, _TOTAL) and not conn.got_bytes and conn.exchanges > 1 and not retried:
                     # The server closed this kept-alive connection as we reused it: once more, fresh.

@@ -59,6 +59,10 @@ class Http2UpstreamResponse(StreamedBody):
         self.status: int = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
+    @property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        return self._response.headers.raw
+
     async def read(self) -> bytes:
         try:
             async with asyncio.timeout_at(self._deadline):
