@@ -22,7 +22,8 @@ TINYPROXY = shutil.which("tinyproxy")
 
 
 class Tinyproxy:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, credentials: tuple[str, str] | None = None) -> None:
+        self.credentials = credentials  # when set, clients must send them (Proxy-Authorization: Basic)
         self.port = free_port()
         self.log = workdir / "tinyproxy.log"
         self.config = workdir / "tinyproxy.conf"
@@ -37,7 +38,7 @@ class Tinyproxy:
         # No ConnectPort line: CONNECT to any port (the fakes listen on random ones).
         self.config.write_text(
             f'Port {self.port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 20\nLogLevel Info\nLogFile "{self.log}"\n'
-            "DisableViaHeader No\n"
+            "DisableViaHeader No\n" + (f"BasicAuth {self.credentials[0]} {self.credentials[1]}\n" if self.credentials else "")
         )
         self.log.touch()
         self.process = subprocess.Popen([TINYPROXY, "-d", "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -61,6 +62,13 @@ class Tinyproxy:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(5)
+
+
+@pytest.fixture(scope="module")
+def tinyproxy_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tinyproxy]:
+    proxy = Tinyproxy(tmp_path_factory.mktemp("tinyproxy-auth"), credentials=("sluice", "s3cret")).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 from tests.conftest import openai_config
 from tests.fakes.openai import FakeOpenAI, completion
 from tests.fakes.server import Reply
-from tests.forward_proxy import Tinyproxy, tinyproxy  # noqa: F401
+from tests.forward_proxy import Tinyproxy, tinyproxy, tinyproxy_with_auth  # noqa: F401
 from tests.test_http2 import HypercornFakeOpenAI, certificates  # noqa: F401
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
@@ -93,6 +93,20 @@ def test_a_providers_proxy_overrides_the_environment(start_proxy, tls_upstream, 
     assert proxy_log.requests() == [f"CONNECT 127.0.0.1:{tls_upstream.port} HTTP/1.1"]
 
 
+@pytest.mark.parametrize("http2", [True, False])
+def test_a_proxy_that_requires_credentials_gets_them_from_the_url_and_they_never_leak(
+    start_proxy, tls_upstream, certificates, tinyproxy_with_auth, http2  # noqa: F811
+) -> None:
+    tls = {"ca_file": str(certificates["ca"])}
+    url = tinyproxy_with_auth.url.replace("http://", "http://sluice:s3cret@")
+    proxy = start_proxy(_config(tls_upstream, {"http2": http2, "proxy": url, "tls": tls}))
+    assert _ask(proxy).choices[0].message.content == "echo: hello"
+    refused = start_proxy(_config(tls_upstream, {"http2": http2, "proxy": tinyproxy_with_auth.url, "tls": tls}, retry={"max_attempts": 1}))
+    response = httpx.post(f"{refused.url}/v1/chat/completions", json=CHAT)
+    assert response.status_code == 502 and "s3cret" not in response.text
+    assert "s3cret" not in proxy.logs() + refused.logs()
+
+
 def test_plain_http_goes_through_the_proxy_in_absolute_form(start_proxy, fake_openai, proxy_log) -> None:  # noqa: F811
     proxy = start_proxy(_config(fake_openai), env={"http_proxy": proxy_log.url})
     assert _ask(proxy).choices[0].message.content == "echo: hello"
@@ -100,6 +114,13 @@ def test_plain_http_goes_through_the_proxy_in_absolute_form(start_proxy, fake_op
     target = f"POST http://127.0.0.1:{fake_openai.port}/v1/chat/completions HTTP/1.1"
     assert proxy_log.requests() == [target, target]
     assert "tinyproxy" in fake_openai.calls("/chat/completions")[0].headers["via"]
+
+
+def test_plain_http_through_a_proxy_that_requires_credentials(start_proxy, fake_openai, tinyproxy_with_auth) -> None:  # noqa: F811
+    url = tinyproxy_with_auth.url.replace("http://", "http://sluice:s3cret@")
+    proxy = start_proxy(_config(fake_openai, {"proxy": url}))
+    assert _ask(proxy).choices[0].message.content == "echo: hello"
+    assert "proxy-authorization" not in fake_openai.calls("/chat/completions")[0].headers
 
 
 # -- TLS --
