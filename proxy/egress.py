@@ -109,7 +109,7 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return None
 
 
-def tls_context(tls: TLSConfig, alpn: list[str] | None = None) -> ssl.SSLContext:
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
     """The TLS settings of one provider's connections.
 
     ``ssl.create_default_context`` loads the system's store, and OpenSSL adds
@@ -123,8 +123,6 @@ def tls_context(tls: TLSConfig, alpn: list[str] | None = None) -> ssl.SSLContext
         context.verify_mode = ssl.CERT_NONE
     if tls.cert_file:
         context.load_cert_chain(tls.cert_file, tls.key_file or None)
-    if alpn:
-        context.set_alpn_protocols(alpn)
     return context
 
 

@@ -78,3 +78,14 @@ def test_held_bytes_is_an_upper_bound_of_what_an_answer_holds() -> None:
         parsed = orjson.loads(body)
         held = sys.getsizeof(body) + deep(parsed, set())
         assert held <= held_bytes(CachedAnswer(Completion(body, parsed), "p")) <= 3 * held
+
+
+async def test_the_cache_keeps_no_upstream_headers_of_the_call_that_made_an_answer() -> None:
+    from proxy.cache.memory import MemoryCache
+
+    live = Completion(b"{}", {}, upstream_headers={"x-request-id": "req_up_1"})
+    cache = MemoryCache(10, 10**6)
+    await cache.set("k", CachedAnswer(live, "p"), 60)
+    stored = await cache.get("k")
+    assert stored is not None and stored.completion.upstream_headers is None
+    assert live.upstream_headers == {"x-request-id": "req_up_1"}  # the live answer still carries them

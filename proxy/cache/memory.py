@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from cachetools import TLRUCache
 
@@ -29,6 +30,8 @@ class MemoryCache(CacheBackend):
             return None
 
     async def set(self, key: str, answer: CachedAnswer, ttl: float) -> None:
+        if answer.completion.upstream_headers is not None:  # they describe the call that made it, not a hit
+            answer.completion = replace(answer.completion, upstream_headers=None)
         try:
             self._cache[key] = (answer, ttl)
         except ValueError:  # larger than the whole byte budget: not cacheable
