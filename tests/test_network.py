@@ -391,3 +391,36 @@ async def test_openai_headers_go_upstream_and_request_id_and_rate_limits_come_ba
     for recorded in fake_openai.calls("/chat/completions"):
         assert {name: recorded.headers.get(name) for name in sent} == sent
         assert "anthropic-beta" not in recorded.headers
+
+
+async def test_the_pool_gauge_counts_requests_waiting_for_a_connection(fake_openai) -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from proxy.config import ProviderConfig, Timeout
+    from proxy.http import upstream_client
+    from proxy.pool_waiting import PoolWaitingCollector, pool_waiting
+    from proxy.providers.openai import OpenAIProvider
+
+    fake_openai.script(Reply(hang=True))
+    config = ProviderConfig(
+        name="openai", type="openai", base_url=f"{fake_openai.url}/v1", max_connections=1, timeout=Timeout(pool=30)
+    )
+    providers = {"openai": OpenAIProvider(config, upstream_client(config))}
+    registry = CollectorRegistry()
+    registry.register(PoolWaitingCollector(providers))
+    client = providers["openai"].client
+    hung = asyncio.create_task(client.request("POST", f"{fake_openai.url}/v1/chat/completions", {}, b"{}"))
+    waiting = [asyncio.create_task(client.request("GET", f"{fake_openai.url}/v1/models", {})) for _ in range(2)]
+    try:
+        async with asyncio.timeout(5):
+            while pool_waiting(providers) != {"openai": 2}:
+                await asyncio.sleep(0.01)
+        assert 'sluice_upstream_pool_waiting{provider="openai"} 2.0' in generate_latest(registry).decode()
+    finally:
+        for task in (hung, *waiting):
+            task.cancel()
+        await asyncio.gather(hung, *waiting, return_exceptions=True)
+        await providers["openai"].aclose()
+    assert pool_waiting(providers) == {"openai": 0}
