@@ -212,6 +212,25 @@ def test_a_full_pool_answers_503_upstream_busy_and_spares_the_breaker(start_prox
     hung.join(10)
 
 
+def test_a_busy_target_hands_the_request_to_the_next_target_of_an_alias(start_proxy, fake_openai) -> None:
+    backup = FakeOpenAI().start()
+    try:
+        fake_openai.script(Reply(hang=True))
+        config = _config(fake_openai, {"max_connections": 1, "timeout": {"pool": 0.2}})
+        config["providers"].append({"name": "backup", "type": "openai", "base_url": f"{backup.url}/v1", "api_key": "k2"})
+        config["models"] = [{"name": "smart", "targets": [{"provider": "openai", "model": "gpt-4o"}, {"provider": "backup", "model": "gpt-4o"}]}]
+        proxy = start_proxy(config)
+        hung = threading.Thread(target=lambda: httpx.post(f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=30))
+        hung.start()
+        _until(lambda: len(fake_openai.calls("/chat/completions")) == 1)
+        response = httpx.post(f"{proxy.url}/v1/chat/completions", json={**CHAT, "model": "smart"}, timeout=30)
+        assert response.status_code == 200 and response.headers["x-sluice-provider"] == "backup"
+        proxy.stop()
+        hung.join(10)
+    finally:
+        backup.stop()
+
+
 @pytest.mark.parametrize("http2", [True, False])
 def test_a_connect_timeout_is_a_504_that_says_connect(start_proxy, http2) -> None:
     silent = _SilentServer()  # accepts TCP, never answers the TLS handshake
