@@ -415,12 +415,16 @@ class _Validator:
             http2=self.value(data, "http2", f"{path}.http2", bool, True),
             responses=self.value(data, "responses", f"{path}.responses", bool, True),
             stream_usage=self.value(data, "stream_usage", f"{path}.stream_usage", bool, True),
-            proxy=self.value(data, "proxy", f"{path}.proxy", str, "", _proxy_url),
+            proxy=self.value(data, "proxy", f"{path}.proxy", str, ""),
             tls=tls,
         )
         if len(self.problems) > before or name is None or kind is None or base_url is None:
             return None
-        return ProviderConfig(name=name, type=kind, base_url=base_url.rstrip("/"), **provider_fields)
+        provider = ProviderConfig(name=name, type=kind, base_url=base_url.rstrip("/"), **provider_fields)
+        if problem := _proxy_problem(provider):
+            self.fail(path, problem)
+            return None
+        return provider
 
     def models(self, data: Any, provider_names: set[str]) -> tuple[ModelAlias, ...]:
         if data is None:
@@ -611,13 +615,12 @@ def _url(value: str) -> str | None:
     return None
 
 
-def _proxy_url(value: str) -> str | None:
-    if not value:
-        return None
-    from proxy.egress import ForwardProxy  # here: proxy.egress builds on this module's dataclasses
+def _proxy_problem(provider: ProviderConfig) -> str | None:
+    """Why the forward proxy this provider would use (its ``proxy``, else the environment's) cannot be used."""
+    from proxy.egress import forward_proxy  # here: proxy.egress builds on this module's dataclasses
 
     try:
-        ForwardProxy.parse(value)
+        forward_proxy(provider)
     except ValueError as exc:
         return str(exc)
     return None

@@ -60,19 +60,34 @@ def forward_proxy(config: ProviderConfig, environ: Mapping[str, str] = os.enviro
     """The proxy this provider's upstream is reached through, or None for a direct connection.
 
     A provider's ``proxy`` wins over the environment (``NO_PROXY`` included).
+    ``ValueError`` names the setting or variable that holds an unusable URL.
     """
     if config.proxy:
-        return ForwardProxy.parse(config.proxy)
+        return _parsed("proxy", config.proxy)
     parts = urlsplit(config.base_url)
     scheme = parts.scheme.lower()
-    url = _env(environ, f"{scheme}_proxy") or _env(environ, "all_proxy")
-    if not url or bypassed(parts.hostname or "", _env(environ, "no_proxy")):
+    name, url = _env(environ, f"{scheme}_proxy")
+    if not url:
+        name, url = _env(environ, "all_proxy")
+    if not url or bypassed(parts.hostname or "", _env(environ, "no_proxy")[1]):
         return None
-    return ForwardProxy.parse(url)
+    return _parsed(name, url)
 
 
-def _env(environ: Mapping[str, str], name: str) -> str:
-    return (environ.get(name) or environ.get(name.upper()) or "").strip()
+def _env(environ: Mapping[str, str], name: str) -> tuple[str, str]:
+    """The variable (lower case first, as curl) and its value."""
+    for variable in (name, name.upper()):
+        value = (environ.get(variable) or "").strip()
+        if value:
+            return variable, value
+    return name, ""
+
+
+def _parsed(source: str, url: str) -> ForwardProxy:
+    try:
+        return ForwardProxy.parse(url)
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
 
 
 def bypassed(host: str, no_proxy: str) -> bool:

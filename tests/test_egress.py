@@ -100,7 +100,7 @@ async def test_dns_answers_are_reused_until_they_expire() -> None:
         server.close()
 
 
-def test_config_refuses_a_bad_proxy_or_unreadable_tls_files_and_masks_the_proxy_password(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_config_refuses_a_bad_proxy_or_unreadable_tls_files_and_masks_the_proxy_password(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from proxy.config import ConfigError, parse_config
 
     def config(**provider: object) -> str:
@@ -109,8 +109,13 @@ def test_config_refuses_a_bad_proxy_or_unreadable_tls_files_and_masks_the_proxy_
         entry = {"name": "p", "type": "openai", "base_url": "https://api.example/v1", **provider}
         return yaml.safe_dump({"providers": [entry]})
 
-    with pytest.raises(ConfigError, match=r"providers\[0\]\.proxy: forward proxy must be an http:// URL"):
+    with pytest.raises(ConfigError, match=r"providers\[0\]: proxy: forward proxy must be an http:// URL"):
         parse_config(config(proxy="socks5://gate:1080"))
+    monkeypatch.setenv("ALL_PROXY", "socks5://gate:1080")
+    with pytest.raises(ConfigError, match=r"providers\[0\]: ALL_PROXY: forward proxy must be an http:// URL"):
+        parse_config(config())
+    monkeypatch.setenv("NO_PROXY", "api.example")
+    parse_config(config())  # a proxy that does not apply is no problem
     with pytest.raises(ConfigError, match=r"providers\[0\]\.tls: cannot load"):
         parse_config(config(tls={"ca_file": str(tmp_path / "missing.pem")}))
     masked = parse_config(config(proxy="http://user:hunter2@gate:3128")).masked()
