@@ -541,9 +541,13 @@ class _InflatedResponse(Http1Response):
         return _inflate(self._decoder, await super().read(), MAX_BODY_BYTES) + self._decoder.flush()
 
     async def _piece(self) -> bytes:
-        while data := await super()._piece():
-            if decoded := _inflate(self._decoder, data, MAX_EVENT_BYTES):
-                return decoded
+        try:
+            while data := await super()._piece():
+                if decoded := _inflate(self._decoder, data, MAX_EVENT_BYTES):
+                    return decoded
+        except UpstreamProtocolError:
+            self.close()  # a stream that cannot be decoded is abandoned: its connection goes
+            raise
         return self._decoder.flush()
 
 
