@@ -15,9 +15,9 @@ call. httpx decodes a gzip or deflate answer itself.
 httpx and httpcore internals it touches, and why (pinned in pyproject.toml,
 checked by tests/test_http2.py::test_the_httpx_internals_used_are_there):
 ``AsyncHTTPTransport._pool``, to give httpcore a network backend on asyncio's
-transports (httpx has no public way; without it, httpx's own pool is used),
-and the walk in ``release`` (without it, abandoned streams are only
-released, not reset).
+transports (httpx has no public way; without it, httpx builds its own pool
+with the same settings on its default backend), and the walk in ``release``
+(without it, abandoned streams are only released, not reset).
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ class Http2UpstreamClient:
     """
 
     def __init__(self, config: ProviderConfig) -> None:
+        context = tls_context(config.tls)
         options: dict[str, Any] = dict(
-            ssl_context=tls_context(config.tls),
+            ssl_context=context,
             max_connections=config.max_connections,
             max_keepalive_connections=config.max_connections,
             http1=True,  # for a TLS upstream that does not offer h2 by ALPN
@@ -118,14 +119,22 @@ class Http2UpstreamClient:
             network_backend=_AsyncioBackend(),
         )
         proxy = forward_proxy(config)
+        headers = {"Proxy-Authorization": proxy.authorization} if proxy is not None and proxy.authorization else None
         if proxy is None:
             self._pool: httpcore.AsyncConnectionPool = httpcore.AsyncConnectionPool(**options)
         else:  # https:// upstreams only: httpcore opens a CONNECT tunnel through it
-            headers = {"Proxy-Authorization": proxy.authorization} if proxy.authorization else None
             self._pool = httpcore.AsyncHTTPProxy(f"http://{proxy.host}:{proxy.port}", proxy_headers=headers, **options)
         transport = httpx.AsyncHTTPTransport(trust_env=False)
         if hasattr(transport, "_pool"):  # httpx has no public way to choose the network backend
             transport._pool = self._pool
+        else:  # httpx changed shape: its own pool, the same settings
+            transport = httpx.AsyncHTTPTransport(
+                verify=context,
+                http2=True,
+                limits=httpx.Limits(max_connections=config.max_connections),
+                proxy=None if proxy is None else httpx.Proxy(f"http://{proxy.host}:{proxy.port}", headers=headers),
+                trust_env=False,
+            )
         self._name = config.name
         self._pool_timeout = config.timeout.pool
         self._total = config.timeout.total
