@@ -405,6 +405,8 @@ class _Connection(asyncio.Protocol):
                 self.encoding = value.strip().lower()
 
     def on_headers_complete(self) -> None:
+        if self.failure is not None:  # refused mid-head (too large): what follows in this read is not an answer
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # 100 Continue, 103 Early Hints: the real answer follows
@@ -424,6 +426,8 @@ class _Connection(asyncio.Protocol):
                 self._fail_now("response body too large")
 
     def on_message_complete(self) -> None:
+        if self.failure is not None:
+            return
         if self._interim:
             self._interim = False
             return

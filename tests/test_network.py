@@ -274,7 +274,7 @@ def test_stream_usage_false_leaves_stream_options_alone_and_usage_is_estimated(s
     )
     assert text == "echo: hello"
     assert "stream_options" not in fake_openai.calls("/chat/completions")[0].json
-    line = next(orjson.loads(l) for l in proxy.logs().splitlines() if '"/v1/chat/completions"' in l)
+    [line] = proxy.wait_for_log(lambda line: line.get("path") == "/v1/chat/completions")
     assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0
 
 
