@@ -458,7 +458,16 @@ def test_the_installed_uvicorn_has_the_internals_the_lane_extends() -> None:
     assert uvicorn_mismatch() is None, uvicorn_mismatch()
 
 
-def test_with_the_lane_off_uvicorns_own_protocol_serves(start_proxy, fake_openai) -> None:  # type: ignore[no-untyped-def]
+def test_a_uvicorn_without_those_internals_is_detected(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from proxy import protocol
+
+    monkeypatch.setattr(protocol, "_READ", protocol._READ | {"renamed_attribute"})
+    assert protocol._mismatch() == "HttpToolsProtocol no longer sets renamed_attribute"
+    monkeypatch.setattr(protocol, "_EXTENDED", (*protocol._EXTENDED, "on_renamed"))
+    assert protocol._mismatch() == "HttpToolsProtocol has no on_renamed"
+
+
+def test_with_the_lane_off_uvicorns_own_protocol_serves(def test_with_the_lane_off_uvicorns_own_protocol_serves(start_proxy, fake_openai) -> None:  # type: ignore[no-untyped-def]
     from proxy.config import parse_config
     from proxy.server import _uvicorn_options
 
