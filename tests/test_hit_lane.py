@@ -467,7 +467,7 @@ def test_a_uvicorn_without_those_internals_is_detected(monkeypatch) -> None:  # 
     assert protocol._mismatch() == "HttpToolsProtocol has no on_renamed"
 
 
-def test_with_the_lane_off_uvicorns_own_protocol_serves(def test_with_the_lane_off_uvicorns_own_protocol_serves(start_proxy, fake_openai) -> None:  # type: ignore[no-untyped-def]
+def test_with_the_lane_off_uvicorns_own_protocol_serves(start_proxy, fake_openai) -> None:  # type: ignore[no-untyped-def]
     from proxy.config import parse_config
     from proxy.server import _uvicorn_options
 
