@@ -32,8 +32,9 @@ import structlog
 from proxy.config import Config
 from proxy.hit_lane import MAX_BODY, PATHS, HitLane, LaneHit
 
+from uvicorn import __version__ as UVICORN_VERSION
+
 try:
-    import uvicorn
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 except ImportError:  # uvicorn moved its protocol: ``uvicorn_mismatch`` keeps the lane off
     HttpToolsProtocol = RequestResponseCycle = asyncio.Protocol  # type: ignore[assignment,misc]
@@ -65,8 +66,7 @@ def uvicorn_mismatch() -> str | None:
     """
     reason = _mismatch()
     if reason is not None:
-        version = getattr(globals().get("uvicorn"), "__version__", "unknown")
-        _log.warning("hit_lane_off", reason=reason, uvicorn=version)
+        _log.warning("hit_lane_off", reason=reason, uvicorn=UVICORN_VERSION)
     return reason
 
 
