@@ -31,7 +31,7 @@ from proxy.hit_lane import HitLane
 from proxy.limits import AdminGuard, Limiter
 from proxy.middleware import RequestMiddleware
 from proxy.pipeline import Pipeline
-from proxy.protocol import LANE_STATE
+from proxy.protocol import LANE_STATE, lane_enabled
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
 from proxy.requests import read_headers
@@ -112,7 +112,7 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
-        if self.cache is not None and self.config.cache.hit_lane:
+        if self.cache is not None and lane_enabled(self.config):
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
         if self.cache is not None and self.config.cache.semantic.mode != "off":
             self.pipeline.semantic = build_semantic_cache(self.config, self.cache, self.providers, self.shared)

@@ -11,6 +11,7 @@ import ipaddress
 import importlib.util
 import os
 import re
+import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -217,6 +218,7 @@ class Config:
         data = asdict(self)
         for provider in data["providers"]:
             provider["api_key"] = _mask(provider["api_key"])
+            provider["proxy"] = _mask_url_password(provider["proxy"])
         for key in data["auth"]["keys"]:
             key["key"] = _mask(key["key"])
         data["auth"]["admin_key"] = _mask(data["auth"]["admin_key"])
@@ -496,6 +498,8 @@ class _Validator:
             )
             if tls.key_file and not tls.cert_file:
                 self.fail(f"{path}.tls.key_file", "needs cert_file")
+            elif problem := _tls_problem(tls):
+                self.fail(f"{path}.tls", problem)
         provider_fields = dict(
             api_key=self.value(data, "api_key", f"{path}.api_key", str, ""),
             pass_client_key=self.value(data, "pass_client_key", f"{path}.pass_client_key", bool, False),
@@ -509,7 +513,11 @@ class _Validator:
         )
         if len(self.problems) > before or name is None or kind is None or base_url is None:
             return None
-        return ProviderConfig(name=name, type=kind, base_url=base_url.rstrip("/"), **provider_fields)
+        provider = ProviderConfig(name=name, type=kind, base_url=base_url.rstrip("/"), **provider_fields)
+        if problem := _proxy_problem(provider):
+            self.fail(path, problem)
+            return None
+        return provider
 
     def models(self, data: Any, provider_names: set[str]) -> tuple[ModelAlias, ...]:
         if data is None:
@@ -773,6 +781,30 @@ def _port(value: int) -> str | None:
 def _url(value: str) -> str | None:
     if not re.match(r"^https?://[^/\s]+", value):
         return f"must be an http:// or https:// URL, got {value!r}"
+    return None
+
+
+def _proxy_problem(provider: ProviderConfig) -> str | None:
+    """Why the forward proxy this provider would use (its ``proxy``, else the environment's) cannot be used."""
+    from proxy.egress import forward_proxy  # here: proxy.egress builds on this module's dataclasses
+
+    try:
+        forward_proxy(provider)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _tls_problem(tls: TLSConfig) -> str | None:
+    """Why the TLS files cannot be used, loading them as the upstream clients will."""
+    if not (tls.ca_file or tls.cert_file):
+        return None
+    from proxy.egress import tls_context  # here: proxy.egress builds on this module's dataclasses
+
+    try:
+        tls_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot load ca_file/cert_file/key_file: {exc}"
     return None
 
 

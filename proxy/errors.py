@@ -147,10 +147,41 @@ class UpstreamConnectionError(UpstreamFailure):
     """The connection failed or was reset before a complete answer arrived."""
 
 
+class UpstreamProtocolError(UpstreamFailure):
+    """The upstream answered, but not in its protocol's terms: a body that is not JSON, an error
+    event inside a stream, a stream cut short, an unknown content encoding, an oversized answer.
+
+    Retried like a connection error, deliberately: these are mostly an
+    overloaded or restarting upstream, and a retry never happens after the
+    first byte reached the client.
+    """
+
+
 class UpstreamReadTimeout(UpstreamFailure):
-    """Connecting or reading took longer than the provider's timeout."""
+    """Reading took longer than the provider's ``timeout.read``, or the call longer than ``timeout.total``."""
 
     status, code, type = 504, "upstream_timeout", "api_error"
+
+
+class UpstreamConnectTimeout(UpstreamReadTimeout):
+    """Connecting (TCP, a proxy's tunnel, TLS) took longer than ``timeout.connect``: a 504 like a read timeout."""
+
+
+class UpstreamBusy(UpstreamFailure):
+    """No pooled connection to the upstream freed within ``timeout.pool``.
+
+    A local condition, not the upstream's health: it never counts against the
+    breaker, is not retried against the same target (the wait was the
+    retry), and lets the next target of an alias try.
+    """
+
+    status, code, type = 503, "upstream_busy", "api_error"
+
+    RETRY_AFTER = 1.0
+    """Seconds a client is asked to wait: connections free as answers finish."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=self.RETRY_AFTER)
 
 
 def _code_for_status(status: int) -> str:

@@ -113,7 +113,7 @@ class HitLane:
     ) -> None:
         """Remember the hit the full path just served for this request (its ``headers`` as
         sent, ``payload`` unframed), if its bytes were hit before and the lane may answer them."""
-        found = _request_key(scope["raw_path"], scope["headers"], raw)
+        found = _request_key(_received_path(scope), scope["headers"], raw)
         if found is None:
             return
         key = found[0]
@@ -200,6 +200,18 @@ class HitLane:
         """The answer is written: log, count and time it like any other request."""
         self.hits += 1
         hit.entry.telemetry.report(hit.request_id, time.perf_counter() - started)
+
+
+def _received_path(scope: Scope) -> bytes:
+    """The path as the client sent it, which is what ``lookup`` is given: uvicorn puts
+    ``--root-path`` in front of ``raw_path``, and the protocol sees the request line bare."""
+    raw: bytes = scope["raw_path"]
+    root = scope.get("root_path")
+    if root:
+        prefix = root.encode("latin-1")
+        if raw.startswith(prefix):
+            return raw[len(prefix) :]
+    return raw
 
 
 def _request_key(

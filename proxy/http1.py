@@ -11,19 +11,27 @@ commit that introduced it).
 One ``Http1Client`` per provider (one scheme, host and port):
 
 * a pool of at most ``max_connections`` keep-alive connections, reused
-  last-in first-out; when all are busy, callers wait first-in first-out
-  without a time limit (aiohttp's semantics). A connection the server closes
-  while idle leaves the pool at once.
+  last-in first-out; when all are busy, callers wait first-in first-out for
+  up to ``timeout.pool`` seconds (then ``UpstreamBusy``, a 503), counted in
+  ``waiting``. A connection the server closes while idle leaves the pool at
+  once.
+* connections are opened by ``proxy.egress``: through a forward proxy when
+  one applies (``https://`` in a CONNECT tunnel, ``http://`` in absolute
+  form), DNS cached, addresses raced (Happy Eyeballs), the provider's TLS
+  settings; all of it within ``timeout.connect`` (``UpstreamConnectTimeout``).
 * the request goes out as one write of bytes built once: request line,
   ``Host``, ``Content-Length`` (with a body), the caller's headers. No
-  ``User-Agent``, no ``Accept-Encoding``, so upstreams do not compress.
+  ``User-Agent``, no ``Accept-Encoding``: upstreams need not compress, and
+  Sluice does not pay to inflate. A gzip or deflate answer sent anyway is
+  decoded; other encodings are refused (``UpstreamProtocolError``).
 * the response is parsed by httptools (llhttp): ``Content-Length``, chunked
-  or read-until-close bodies; 1xx interim answers are skipped.
+  or read-until-close bodies; 1xx interim answers are skipped. Heads over
+  ``MAX_HEAD_BYTES`` and whole bodies over ``MAX_BODY_BYTES`` are refused.
 * one timer per connection enforces the read timeout (no byte for
-  ``timeout.read`` seconds) and closes connections idle in the pool for
-  ``KEEPALIVE_IDLE`` seconds: data only stamps the time, and the timer, when
-  it fires, compares that stamp and re-arms itself, so reading costs no
-  timer handle per chunk.
+  ``timeout.read`` seconds) and the whole call's ``timeout.total``, and
+  closes connections idle in the pool for ``KEEPALIVE_IDLE`` seconds: data
+  only stamps the time, and the timer, when it fires, compares that stamp
+  and re-arms itself, so reading costs no timer handle per chunk.
 * a reused connection that the server closed before any byte of the answer
   (the keep-alive race) is retried once on a fresh connection; nothing is
   retried once a byte of the answer arrived.
@@ -39,7 +47,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import ssl
+import zlib
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -48,8 +58,16 @@ from urllib.parse import quote, urlsplit
 import httptools
 
 from proxy.config import ProviderConfig
-from proxy.errors import UpstreamConnectionError, UpstreamReadTimeout
-from proxy.http import StreamedBody
+from proxy.egress import Dialer, ForwardProxy, forward_proxy, tls_context
+from proxy.errors import (
+    UpstreamBusy,
+    UpstreamConnectionError,
+    UpstreamConnectTimeout,
+    UpstreamFailure,
+    UpstreamProtocolError,
+    UpstreamReadTimeout,
+)
+from proxy.sse import MAX_EVENT_BYTES, StreamedBody
 
 KEEPALIVE_IDLE = 15.0
 """Seconds an unused kept-alive connection stays in the pool (aiohttp's default, which Sluice had).
@@ -65,8 +83,23 @@ HIGH_WATER = 256 * 1024
 _HEAD, _ANY, _ALL = 1, 2, 3
 """What a waiter waits for: the response head, any body bytes, the whole body."""
 
+MAX_HEAD_BYTES = 64 * 1024
+"""The largest response head (status line and headers) accepted from an upstream or a proxy."""
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""The largest whole (non-streamed) answer accepted, after decoding; streams are bounded per event."""
+
 _TIMEOUT = "timeout"
-"""The failure reason a read timeout leaves (every other reason is a short text)."""
+_TOTAL = "total"
+"""The failure reasons a read timeout and ``timeout.total`` leave (every other reason is a short text)."""
+
+_PROTOCOL_FAILURES = frozenset(
+    {"malformed HTTP response", "unexpected protocol upgrade", "response head too large", "response body too large"}
+)
+"""Failure reasons that are the answer's fault, not the connection's: ``UpstreamProtocolError``."""
+
+_DECODERS = {b"gzip": 31, b"x-gzip": 31, b"deflate": 15}
+"""zlib window bits per ``Content-Encoding`` Sluice decodes."""
 
 _RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 """Request headers this client writes itself; a caller's copies are dropped."""
@@ -130,6 +163,9 @@ class _Connection(asyncio.Protocol):
         "paused",
         "_last",
         "_timer",
+        "_deadline",
+        "_head_bytes",
+        "encoding",
     )
 
     def __init__(self, client: Http1Client, loop: asyncio.AbstractEventLoop) -> None:
@@ -158,12 +194,21 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._head_bytes = 0
+        self.encoding: bytes | None = None
 
     # -- the exchange, driven by Http1Client and Http1Response --
 
-    def start(self, data: bytes, no_body: bool) -> asyncio.Future[None]:
-        """Send a request; the future resolves when the head arrived or the exchange failed."""
+    def start(self, data: bytes, no_body: bool, deadline: float) -> asyncio.Future[None]:
+        """Send a request; the future resolves when the head arrived or the exchange failed.
+
+        ``deadline`` (loop time) ends the exchange, however busy, for ``timeout.total``.
+        """
         self.exchanges += 1
+        self._deadline = deadline
+        self._head_bytes = 0
+        self.encoding = None
         self._active = True
         self._raw_headers = []
         self._interim = False
@@ -230,12 +275,15 @@ class _Connection(asyncio.Protocol):
 
     def _arm(self) -> None:
         self._last = now = self._loop.time()
+        due = now + self._read_timeout
+        if self._deadline < due:
+            due = self._deadline
         timer = self._timer
         if timer is None:
-            self._timer = self._loop.call_at(now + min(self._read_timeout, self._client._idle_limit), self._on_timer)
-        elif timer.when() > now + self._read_timeout:  # only with a read timeout shorter than the idle limit
+            self._timer = self._loop.call_at(min(due, now + self._client._idle_limit), self._on_timer)
+        elif timer.when() > due:  # only with a read timeout (or total) shorter than the idle limit
             timer.cancel()
-            self._timer = self._loop.call_at(now + self._read_timeout, self._on_timer)
+            self._timer = self._loop.call_at(due, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -248,17 +296,26 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()  # kept alive long enough unused: the pool lets it go
                 return
             when = self._last + idle_limit
-        elif self._active and not self.complete and not self.paused and self.failure is None:
-            due = self._last + self._read_timeout
+        elif self._active and not self.complete and self.failure is None:
+            due = self._deadline
             if now >= due:
-                self.failure = _TIMEOUT
-                self._wake()
-                self.transport.abort()
+                self._expire(_TOTAL)
                 return
+            if not self.paused:  # a paused stream waits on its reader, not on the upstream
+                read_due = self._last + self._read_timeout
+                if now >= read_due:
+                    self._expire(_TIMEOUT)
+                    return
+                due = min(due, read_due)
             when = min(due, now + idle_limit)
         else:
             when = now + idle_limit
         self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _expire(self, reason: str) -> None:
+        self.failure = reason
+        self._wake()
+        self.transport.abort()
 
     # -- asyncio.Protocol --
 
@@ -341,12 +398,20 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self.head_done:  # trailers of a chunked body are not headers
             self._raw_headers.append((name, value))
+            self._head_bytes += len(name) + len(value)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail_now("response head too large")
+            elif len(name) == 16 and name.lower() == b"content-encoding":
+                self.encoding = value.strip().lower()
 
     def on_headers_complete(self) -> None:
+        if self.failure is not None:  # refused mid-head (too large): what follows in this read is not an answer
+            return
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._interim = True  # 100 Continue, 103 Early Hints: the real answer follows
             self._raw_headers = []
+            self.encoding = None
             return
         self.status = status
         self.head_done = True
@@ -357,8 +422,12 @@ class _Connection(asyncio.Protocol):
         if not self._no_body:
             self.body.append(body)
             self.buffered += len(body)
+            if self.buffered > MAX_BODY_BYTES:  # a stream's reader drains (and pauses) long before
+                self._fail_now("response body too large")
 
     def on_message_complete(self) -> None:
+        if self.failure is not None:
+            return
         if self._interim:
             self._interim = False
             return
@@ -373,11 +442,11 @@ class Http1Response(StreamedBody):
     the connection to the pool) or ``close`` drops it.
     """
 
-    __slots__ = ("_conn", "_raw", "_headers", "status")
+    __slots__ = ("_conn", "raw_headers", "_headers", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
-        self._raw = conn.raw_headers()
+        self.raw_headers: list[tuple[bytes, bytes]] = conn.raw_headers()
         self._headers: _Headers | None = None
         self.status: int = conn.status
 
@@ -385,7 +454,7 @@ class Http1Response(StreamedBody):
     def headers(self) -> Mapping[str, str]:
         """Case-insensitive; built on first use (providers read headers only on errors)."""
         if self._headers is None:
-            self._headers = _headers(self._raw)
+            self._headers = _headers(self.raw_headers)
         return self._headers
 
     async def read(self) -> bytes:
@@ -399,9 +468,7 @@ class Http1Response(StreamedBody):
                 while not conn.complete and conn.failure is None:
                     await conn.wait(_ALL)
                 if not conn.complete:
-                    if conn.failure == _TIMEOUT:
-                        raise UpstreamReadTimeout("upstream read timed out")
-                    raise UpstreamConnectionError(f"upstream connection failed: {conn.failure}")
+                    raise _error(conn, "upstream read timed out", "upstream connection failed")
             body = conn.body
             data = body[0] if len(body) == 1 else b"".join(body)
         except BaseException:
@@ -429,11 +496,8 @@ class Http1Response(StreamedBody):
                 self.close()
                 return b""
             if conn.failure is not None:
-                failure = conn.failure
                 self.close()
-                if failure == _TIMEOUT:
-                    raise UpstreamReadTimeout("upstream read timed out mid-stream")
-                raise UpstreamConnectionError(f"upstream stream broke: {failure}")
+                raise _error(conn, "upstream read timed out mid-stream", "upstream stream broke")
             await conn.wait(_ANY)
 
     def close(self) -> None:
@@ -464,6 +528,99 @@ class Http1Response(StreamedBody):
                 pass
 
 
+class _InflatedResponse(Http1Response):
+    """An answer the upstream compressed unasked (gzip or deflate), inflated as it is read.
+
+    A class of its own so that the answers nobody compressed, nearly all of
+    them, pay nothing for it.
+    """
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, conn: _Connection, decoder: Any) -> None:
+        super().__init__(conn)
+        self._decoder = decoder
+
+    async def read(self) -> bytes:
+        return _inflate(self._decoder, await super().read(), MAX_BODY_BYTES) + self._decoder.flush()
+
+    async def _piece(self) -> bytes:
+        try:
+            while data := await super()._piece():
+                if decoded := _inflate(self._decoder, data, MAX_EVENT_BYTES):
+                    return decoded
+        except UpstreamProtocolError:
+            self.close()  # a stream that cannot be decoded is abandoned: its connection goes
+            raise
+        return self._decoder.flush()
+
+
+def _response(conn: _Connection) -> Http1Response:
+    """The answer whose head ``conn`` just read; raises before taking the connection when its encoding is unknown."""
+    if conn.encoding is None:
+        return Http1Response(conn)
+    decoder = _decoder(conn.encoding)
+    return Http1Response(conn) if decoder is None else _InflatedResponse(conn, decoder)
+
+
+def _error(conn: _Connection, timed_out: str, broke: str) -> UpstreamFailure:
+    """The exception for how ``conn``'s exchange failed, worded for where it was noticed."""
+    failure = conn.failure or "connection closed by upstream"
+    if failure == _TIMEOUT:
+        return UpstreamReadTimeout(timed_out)
+    if failure == _TOTAL:
+        return UpstreamReadTimeout(f"upstream call took longer than timeout.total ({conn._client._total:g}s)")
+    if failure in _PROTOCOL_FAILURES:
+        return UpstreamProtocolError(f"upstream answer refused: {failure}")
+    return UpstreamConnectionError(f"{broke}: {failure}")
+
+
+def _decoder(encoding: bytes) -> Any:
+    """A zlib stream for a ``Content-Encoding`` (None for identity); other encodings are refused."""
+    if encoding in (b"", b"identity"):
+        return None
+    bits = _DECODERS.get(encoding)
+    if bits is None:
+        name = encoding.decode("latin-1")[:40]
+        raise UpstreamProtocolError(f"upstream answered with content-encoding {name!r}, which Sluice does not decode")
+    return zlib.decompressobj(bits)
+
+
+def _inflate(decoder: Any, data: bytes, limit: int) -> bytes:
+    try:
+        decoded = decoder.decompress(data, limit)
+    except zlib.error:
+        raise UpstreamProtocolError("upstream sent a body its content-encoding does not decode") from None
+    if decoder.unconsumed_tail:
+        raise UpstreamProtocolError("upstream answer refused: response body too large")
+    return decoded
+
+
+class _TunnelRefused(OSError):
+    """A forward proxy answered CONNECT with something other than 2xx."""
+
+
+async def _tunnel(sock: socket.socket, authority: str, proxy: ForwardProxy) -> None:
+    """Ask ``proxy`` over ``sock`` for a tunnel to ``authority``; returns once it is open."""
+    loop = asyncio.get_running_loop()
+    request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+    if proxy.authorization:
+        request += f"Proxy-Authorization: {proxy.authorization}\r\n"
+    await loop.sock_sendall(sock, (request + "\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:  # nothing follows the answer until TLS starts
+        piece = await loop.sock_recv(sock, 4096)
+        if not piece:
+            raise _TunnelRefused("closed the connection")
+        head += piece
+        if len(head) > MAX_HEAD_BYTES:
+            raise _TunnelRefused("answered with an oversized head")
+    status = head.partition(b"\r\n")[0].decode("latin-1")
+    code = status.split(" ")[1] if status.count(" ") else ""
+    if not (len(code) == 3 and code.startswith("2")):
+        raise _TunnelRefused(f"answered {status[:80]!r}")
+
+
 class Http1Client:
     """A pool of HTTP/1.1 connections to one upstream origin, built once in the app's lifespan."""
 
@@ -472,17 +629,35 @@ class Http1Client:
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("base_url must be an http:// or https:// URL with a host")
+        self._name = config.name
         self._scheme = scheme
         self._host = parts.hostname
         self._port = parts.port or (443 if scheme == "https" else 80)
         netloc = parts.netloc.rpartition("@")[2]
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._host_header = netloc
-        self._ssl = ssl.create_default_context() if scheme == "https" else None
+        self._ssl = tls_context(config.tls) if scheme == "https" else None
+        self._proxy = forward_proxy(config)
+        self._tunnel = self._proxy is not None and scheme == "https"
+        self._authority = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
+        # Through a proxy, plain HTTP names the whole URL in the request line (absolute form).
+        self._prefix = f"{scheme}://{netloc}" if self._proxy is not None and not self._tunnel else ""
+        self._proxy_auth = (
+            f"Proxy-Authorization: {self._proxy.authorization}\r\n"
+            if self._proxy is not None and self._proxy.authorization and not self._tunnel
+            else ""
+        )
+        self._dialer = (
+            Dialer(self._proxy.host, self._proxy.port) if self._proxy is not None else Dialer(self._host, self._port)
+        )
         self._connect_timeout = config.timeout.connect
         self._read_timeout = config.timeout.read
+        self._pool_timeout = config.timeout.pool
+        self._total = config.timeout.total
         self._idle_limit = KEEPALIVE_IDLE
         self._limit = config.max_connections
+        self.waiting = 0
+        """Requests waiting for a free connection right now (the ``upstream pool waiting`` gauge)."""
         self._idle: list[_Connection] = []
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._slots = 0  # connections open or being opened, idle ones included
@@ -499,6 +674,7 @@ class Http1Client:
         data = self._encode(method, url, headers, body)
         if self._closed:
             raise UpstreamConnectionError("upstream connection failed: client closed")
+        deadline = asyncio.get_running_loop().time() + self._total
         conn = await self._acquire()
         retried = False
         try:
@@ -506,19 +682,17 @@ class Http1Client:
                 if conn is None or conn.closed or conn.transport.is_closing():
                     conn = None  # its slot is ours: fill it with a new connection
                     conn = await self._open()
-                await conn.start(data, method == "HEAD")
+                await conn.start(data, method == "HEAD", deadline)
                 if conn.head_done:
-                    return Http1Response(conn)
+                    return _response(conn)
                 failure = conn.failure
-                if failure != _TIMEOUT and not conn.got_bytes and conn.exchanges > 1 and not retried:
+                if failure not in (_TIMEOUT, _TOTAL) and not conn.got_bytes and conn.exchanges > 1 and not retried:
                     # The server closed this kept-alive connection as we reused it: once more, fresh.
                     retried = True
                     conn.abort()
                     conn = None
                     continue
-                if failure == _TIMEOUT:
-                    raise UpstreamReadTimeout("upstream timed out")
-                raise UpstreamConnectionError(f"upstream connection failed: {failure}")
+                raise _error(conn, "upstream timed out", "upstream connection failed")
         except BaseException:
             if conn is not None:
                 conn.abort()
@@ -551,12 +725,21 @@ class Http1Client:
             return None
         waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self.waiting += 1
         try:
-            return await waiter
-        except BaseException:
+            async with asyncio.timeout(self._pool_timeout):
+                return await waiter
+        except BaseException as exc:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._give(waiter.result())  # handed over just as we were cancelled: pass it on
+                self._give(waiter.result())  # handed over just as we gave up: pass it on
+            if isinstance(exc, TimeoutError):
+                raise UpstreamBusy(
+                    f"No connection to provider {self._name!r} freed within timeout.pool ({self._pool_timeout:g}s): "
+                    f"all {self._limit} are in use."
+                ) from None
             raise
+        finally:
+            self.waiting -= 1
 
     def _give(self, conn: _Connection | None) -> None:
         """Return a slot: with a healthy connection in it, or empty (its connection closed)."""
@@ -592,25 +775,36 @@ class Http1Client:
         if self._closed:
             raise UpstreamConnectionError("upstream connection failed: client closed")
         loop = asyncio.get_running_loop()
+        where = f"{self._host}:{self._port}"
+        if self._proxy is not None:
+            where += f" through proxy {self._proxy.host}:{self._proxy.port}"
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, loop),
-                    self._host,
-                    self._port,
-                    ssl=self._ssl,
-                    server_hostname=self._host if self._ssl is not None else None,
-                )
+                sock = await self._dialer.connect()
+                try:
+                    if self._tunnel:
+                        await _tunnel(sock, self._authority, self._proxy)  # type: ignore[arg-type]
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(self, loop),
+                        sock=sock,
+                        ssl=self._ssl,
+                        server_hostname=self._host if self._ssl is not None else None,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
         except TimeoutError as exc:
-            raise UpstreamReadTimeout("upstream timed out") from exc
+            raise UpstreamConnectTimeout(
+                f"upstream connect timed out: no connection to {where} within timeout.connect ({self._connect_timeout:g}s)"
+            ) from exc
         except ssl.SSLCertVerificationError as exc:
             raise UpstreamConnectionError(
-                f"upstream connection failed: cannot connect to {self._host}:{self._port} (TLS certificate not trusted)"
+                f"upstream connection failed: cannot connect to {where} (TLS certificate not trusted)"
             ) from exc
+        except _TunnelRefused as exc:
+            raise UpstreamConnectionError(f"upstream connection failed: the proxy for {where} {exc}") from exc
         except OSError as exc:
-            raise UpstreamConnectionError(
-                f"upstream connection failed: cannot connect to {self._host}:{self._port}"
-            ) from exc
+            raise UpstreamConnectionError(f"upstream connection failed: cannot connect to {where}") from exc
         if self._closed:
             conn.abort()
             raise UpstreamConnectionError("upstream connection failed: client closed")
@@ -623,7 +817,7 @@ class Http1Client:
         key = (method, url)
         head = self._heads.get(key)
         if head is None:
-            head = f"{method} {self._target(url)} HTTP/1.1\r\nHost: {self._host_header}\r\n"
+            head = f"{method} {self._prefix}{self._target(url)} HTTP/1.1\r\nHost: {self._host_header}\r\n{self._proxy_auth}"
             if len(self._heads) >= 256:
                 self._heads.clear()
             self._heads[key] = head

@@ -11,25 +11,89 @@ progress, a server shutting down and any error in the lane all take
 uvicorn's path.
 
 It relies on ``HttpToolsProtocol`` internals (its parser callbacks, ``url``,
-``headers``, ``cycle``, ``on_response_complete``), so pyproject pins uvicorn's minor
-version and ``tests/test_hit_lane.py`` exercises each branch here, most in the real
-server.
+``headers``, ``cycle``, ``on_response_complete``). Rather than pin uvicorn
+(and miss its security fixes), ``uvicorn_mismatch`` checks at startup that
+the installed uvicorn still has them; when it does not, ``lane_enabled``
+turns the lane off with one log line and uvicorn's own protocol serves
+everything. ``tests/test_hit_lane.py`` exercises each branch here, most in
+the real server; ``make test`` runs it on the newest uvicorn as well.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import time
 from typing import Any
 
 import structlog
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from proxy.config import Config
 from proxy.hit_lane import MAX_BODY, PATHS, HitLane, LaneHit
+
+from uvicorn import __version__ as UVICORN_VERSION
+
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+except ImportError:  # uvicorn moved its protocol: ``uvicorn_mismatch`` keeps the lane off
+    HttpToolsProtocol = RequestResponseCycle = asyncio.Protocol  # type: ignore[assignment,misc]
 
 LANE_STATE = "sluice.hit_lane"
 """The key under which the app's lifespan state holds the lane."""
 
 _log = structlog.get_logger("sluice")
+
+
+_EXTENDED = (
+    "connection_made", "connection_lost", "shutdown", "on_url", "on_header", "on_headers_complete", "on_body",
+    "on_message_complete", "on_response_complete", "_unset_keepalive_if_required",
+)  # fmt: skip
+"""The ``HttpToolsProtocol`` methods ``SluiceProtocol`` overrides or calls."""
+
+_READ = frozenset({"url", "headers", "cycle", "parser", "expect_100_continue", "server_state", "app_state", "transport"})
+"""The attributes it reads, which uvicorn's protocol methods must still set."""
+
+
+@functools.cache
+def uvicorn_mismatch() -> str | None:
+    """Why the installed uvicorn cannot carry the lane, or None when its internals are the ones it extends.
+
+    Checked once per process, from the code itself: the methods exist, the
+    protocol's own code still sets every attribute read here, the request
+    cycle still has ``response_complete``, and the constructor takes the
+    arguments uvicorn passes. Logged once when it does not fit.
+    """
+    reason = _mismatch()
+    if reason is not None:
+        _log.warning("hit_lane_off", reason=reason, uvicorn=UVICORN_VERSION)
+    return reason
+
+
+def _mismatch() -> str | None:
+    if HttpToolsProtocol is asyncio.Protocol:
+        return "uvicorn.protocols.http.httptools_impl is gone"
+    missing = [name for name in _EXTENDED if not callable(getattr(HttpToolsProtocol, name, None))]
+    if missing:
+        return f"HttpToolsProtocol has no {', '.join(missing)}"
+    names: set[str] = set()
+    for function in vars(HttpToolsProtocol).values():
+        names.update(getattr(getattr(function, "__code__", None), "co_names", ()))
+    unset = sorted(_READ - names)
+    if unset:
+        return f"HttpToolsProtocol no longer sets {', '.join(unset)}"
+    cycle_names = {n for f in vars(RequestResponseCycle).values() for n in getattr(getattr(f, "__code__", None), "co_names", ())}
+    if "response_complete" not in cycle_names:
+        return "RequestResponseCycle has no response_complete"
+    parameters = set(inspect.signature(HttpToolsProtocol.__init__).parameters)
+    if not {"config", "server_state", "app_state"} <= parameters:
+        return "HttpToolsProtocol takes other constructor arguments"
+    return None
+
+
+def lane_enabled(config: Config) -> bool:
+    """Whether this process serves with the hit lane: asked for, a cache to learn from, and a uvicorn that fits."""
+    return config.cache.enabled and config.cache.hit_lane and uvicorn_mismatch() is None
 
 
 class SluiceProtocol(HttpToolsProtocol):

@@ -21,10 +21,12 @@ from proxy.config import BreakerConfig, RetryConfig, Target
 from proxy.errors import (
     CircuitOpen,
     SluiceError,
+    UpstreamBusy,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamFailure,
     UpstreamHTTPError,
+    UpstreamProtocolError,
     UpstreamReadTimeout,
     UpstreamTimeout,
 )
@@ -215,14 +217,14 @@ class Resilience:
     def retryable(self, error: BaseException) -> bool:
         if isinstance(error, UpstreamHTTPError):
             return error.status in self._retry_statuses
-        return isinstance(error, (UpstreamConnectionError, UpstreamReadTimeout))
+        return isinstance(error, (UpstreamConnectionError, UpstreamProtocolError, UpstreamReadTimeout))
 
     @staticmethod
     def is_provider_failure(error: BaseException) -> bool:
-        """Client errors (4xx, 429 included) say nothing about the provider's health."""
+        """Client errors (4xx, 429 included) and a busy local pool say nothing about the provider's health."""
         if isinstance(error, UpstreamHTTPError):
             return error.status >= 500
-        return isinstance(error, UpstreamFailure)
+        return isinstance(error, UpstreamFailure) and not isinstance(error, UpstreamBusy)
 
     def backoff(self, retry_number: int, error: BaseException | None) -> float:
         """Full jitter, raised to the upstream's Retry-After; both capped."""
@@ -251,7 +253,7 @@ class Resilience:
                 value = await self._with_retries(target, breaker, attempt, attempts)
             except UpstreamFailure as exc:
                 last_error = exc
-                if not self.retryable(exc):
+                if not self.retryable(exc) and not isinstance(exc, UpstreamBusy):
                     raise _final(exc) from None
                 continue
             return Result(value, target)
@@ -322,8 +324,10 @@ def _final(error: SluiceError) -> SluiceError:
     """What the client sees once every attempt and target failed."""
     if isinstance(error, UpstreamReadTimeout):
         return UpstreamTimeout(f"The upstream timed out after every attempt: {error.message}")
-    if isinstance(error, UpstreamHTTPError) and (error.status < 500 or error.status == OVERLOADED):
-        return error  # a client error, or Anthropic's "overloaded", which its clients know how to wait out (CONTRACT §9)
+    if (isinstance(error, UpstreamHTTPError) and (error.status < 500 or error.status == OVERLOADED)) or isinstance(
+        error, UpstreamBusy
+    ):
+        return error  # a client error, Anthropic's "overloaded" (CONTRACT §9), or no free connection here
     if isinstance(error, UpstreamFailure):
         return UpstreamError(error.message, param=error.param)
     return error

@@ -16,7 +16,7 @@ import uvicorn
 
 from proxy.app import create_app
 from proxy.config import Config
-from proxy.protocol import SluiceProtocol
+from proxy.protocol import SluiceProtocol, lane_enabled
 
 
 class _DrainingServer(uvicorn.Server):
@@ -32,7 +32,7 @@ def _uvicorn_options(config: Config) -> dict:
         host=config.server.host,
         port=config.server.port,
         loop="uvloop",
-        http=SluiceProtocol,
+        http=SluiceProtocol if lane_enabled(config) else "httptools",  # the lane's protocol only when it is on
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=config.server.drain_seconds,

@@ -20,7 +20,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from proxy.completions import StreamAssembler, replay_chunks
 from proxy.config import ProviderConfig
-from proxy.errors import InvalidRequest, UpstreamConnectionError, UpstreamHTTPError
+from proxy.errors import InvalidRequest, UpstreamFailure, UpstreamHTTPError, UpstreamProtocolError
 from proxy.providers import build_provider
 from proxy.providers import anthropic as a
 from proxy.providers.base import Call
@@ -345,7 +345,7 @@ def test_error_event_fails_the_stream_after_what_came_before() -> None:
     events = stream_events(message([text("one two")]))[:4]
     sent = [chunk for event in events for chunk in stream.feed(event)]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in sent) == "one"
-    with pytest.raises(UpstreamConnectionError, match="Overloaded") as caught:
+    with pytest.raises(UpstreamProtocolError, match="Overloaded") as caught:
         stream.feed(error_body("overloaded_error", "Overloaded"))
     assert caught.value.type == "overloaded_error"
 
@@ -354,7 +354,7 @@ def test_a_stream_cut_before_message_stop_is_broken() -> None:
     stream = a.AnthropicStream()
     for event in stream_events(message([text("hi")]))[:-1]:
         stream.feed(event)
-    with pytest.raises(UpstreamConnectionError, match="message_stop"):
+    with pytest.raises(UpstreamProtocolError, match="message_stop"):
         stream.close()
 
 
@@ -406,7 +406,7 @@ async def test_native_stream_cut_before_message_stop_raises(provider: a.Anthropi
     fake_anthropic.script(Reply(chunks=events, cut_after=4))
     stream = await provider.native_stream("messages", messages_call({"model": MODEL, "max_tokens": 50, "stream": True, "messages": [user("x")]}))
     received = []
-    with pytest.raises(UpstreamConnectionError):
+    with pytest.raises(UpstreamFailure):  # the connection broke, or it ended cleanly before message_stop
         async for batch in stream:
             received.extend(batch)
     await stream.aclose()
@@ -417,7 +417,7 @@ async def test_native_stream_error_event_raises_with_the_upstreams_type(provider
     events = stream_events(message([text("hi")]))[:3] + [error_body("overloaded_error", "Overloaded")]
     fake_anthropic.script(Reply(chunks=events))
     stream = await provider.native_stream("messages", messages_call({"model": MODEL, "max_tokens": 5, "stream": True, "messages": [user("x")]}))
-    with pytest.raises(UpstreamConnectionError) as caught:
+    with pytest.raises(UpstreamProtocolError) as caught:
         async for _ in stream:
             pass
     await stream.aclose()

@@ -22,6 +22,7 @@ import openai
 import orjson
 import pytest
 import uvicorn
+import yaml
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from uvicorn.server import ServerState
 
@@ -455,3 +456,71 @@ def test_observing_in_bulk_renders_as_observing_one_by_one() -> None:
     observe_all(h2, values)
     strip = lambda text: [line for line in text.splitlines() if "_created" not in line]  # noqa: E731
     assert strip(generate_latest(one).decode()) == strip(generate_latest(bulk).decode())
+
+
+# -- uvicorn's internals and its options --
+
+
+def test_the_installed_uvicorn_has_the_internals_the_lane_extends() -> None:
+    """Fails on a uvicorn whose protocol changed shape: production then runs with the lane off
+    (``hit_lane_off`` in the log), and this file's tests show what the lane needs from it."""
+    from proxy.protocol import uvicorn_mismatch
+
+    assert uvicorn_mismatch() is None, uvicorn_mismatch()
+
+
+def test_a_uvicorn_without_those_internals_is_detected(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from proxy import protocol
+
+    monkeypatch.setattr(protocol, "_READ", protocol._READ | {"renamed_attribute"})
+    assert protocol._mismatch() == "HttpToolsProtocol no longer sets renamed_attribute"
+    monkeypatch.setattr(protocol, "_EXTENDED", (*protocol._EXTENDED, "on_renamed"))
+    assert protocol._mismatch() == "HttpToolsProtocol has no on_renamed"
+
+
+def test_with_the_lane_off_uvicorns_own_protocol_serves(start_proxy, fake_openai) -> None:  # type: ignore[no-untyped-def]
+    from proxy.config import parse_config
+    from proxy.server import _uvicorn_options
+
+    config = parse_config(yaml.safe_dump(openai_config(fake_openai, cache={"hit_lane": False})))
+    assert _uvicorn_options(config)["http"] == "httptools"
+    on = parse_config(yaml.safe_dump(openai_config(fake_openai)))
+    assert _uvicorn_options(on)["http"] is SluiceProtocol
+
+
+def test_the_lane_learns_and_answers_under_a_root_path(tmp_path, fake_openai) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+    import time
+    from types import SimpleNamespace
+
+    from tests.fakes.server import free_port
+
+    config = tmp_path / "sluice.yaml"
+    config.write_text(yaml.safe_dump(openai_config(fake_openai)))
+    port = free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", "proxy.app:app_from_environment", "--factory", "--port", str(port),
+        "--root-path", "/api", "--http", "proxy.protocol:SluiceProtocol", "--loop", "uvloop", "--log-level", "warning",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env={**os.environ, "SLUICE_CONFIG": str(config)}, stdout=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                httpx.get(f"{url}/healthz")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and process.poll() is None, "uvicorn did not start"
+                time.sleep(0.05)
+
+        proxy = SimpleNamespace(url=url)
+        body = body_for("behind a path prefix")
+        learned(proxy, body)
+        assert post(proxy, body).headers["x-sluice-cache"] == "hit"
+        assert cache_stats(proxy)["lane_hits"] == 1
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -8,9 +8,11 @@ writes: it sees each parsed request and writes whatever bytes the case needs
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import ssl
 import struct
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from proxy.config import ProviderConfig, Timeout
-from proxy.errors import UpstreamConnectionError, UpstreamReadTimeout
+from proxy.errors import UpstreamConnectionError, UpstreamProtocolError, UpstreamReadTimeout
 from proxy.http import upstream_client
 from proxy import http1
 from proxy.http1 import HIGH_WATER, Http1Client
@@ -237,6 +239,34 @@ async def test_chunked_body_streams_in_pieces_and_reuses_the_connection(start) -
     response = await client.request("POST", f"{upstream.url()}/v1/again", {}, b"{}")
     assert await response.read() == b'{"ok":true}'
     assert upstream.connections == 1
+
+
+async def test_gzip_and_deflate_answers_are_decoded_streamed_or_whole(start) -> None:  # type: ignore[no-untyped-def]
+    events = b"".join(b"data: event %d\n\n" % n for n in range(50))
+    packed = {"gzip": gzip.compress(events), "deflate": zlib.compress(events)}
+
+    async def answer(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        encoding = request.target.rsplit("/", 1)[1]
+        if encoding == "br":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}")
+            return True
+        body = packed[encoding]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % encoding.encode())
+        for start_at in range(0, len(body), 7):  # small pieces: a deflate block spans many reads
+            piece = body[start_at : start_at + 7]
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    upstream, client = await start(answer)
+    for encoding in ("gzip", "deflate"):
+        response = await client.request("POST", f"{upstream.url()}/v1/{encoding}", {}, b"{}")
+        assert [data async for batch in response.sse_batches() for data in batch] == [b"event %d" % n for n in range(50)]
+        response = await client.request("POST", f"{upstream.url()}/v1/{encoding}", {}, b"{}")
+        assert await response.read() == events
+    with pytest.raises(UpstreamProtocolError, match="content-encoding 'br'"):
+        await client.request("POST", f"{upstream.url()}/v1/br", {}, b"{}")
+    assert len(client._idle) == client._slots  # the refused answer freed its slot
 
 
 async def test_body_without_length_is_read_until_the_server_closes(start) -> None:  # type: ignore[no-untyped-def]

@@ -13,6 +13,7 @@ import asyncio
 import datetime
 import ipaddress
 import random
+import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,8 +29,9 @@ from cryptography.x509.oid import NameOID
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
-from proxy.config import ProviderConfig
-from proxy.http import Http2UpstreamClient, UpstreamClient, upstream_client
+from proxy.config import ProviderConfig, TLSConfig
+from proxy.http import UpstreamClient, upstream_client
+from proxy.http2 import Http2UpstreamClient
 from proxy.http1 import Http1Client
 from tests.conftest import openai_config
 from tests.fakes.openai import FakeOpenAI, stream_chunks
@@ -38,8 +40,11 @@ from tests.fakes.server import Reply
 
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CA and a certificate it signed for 127.0.0.1 and localhost, as PEM files."""
-    directory = tmp_path_factory.mktemp("tls")
+    """A CA, a server certificate it signed for localhost, 127.0.0.1 and ::1, and a client certificate, as PEM files."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
     now = datetime.datetime.now(datetime.timezone.utc)
     valid = dict(not_valid_before=now - datetime.timedelta(hours=1), not_valid_after=now + datetime.timedelta(days=1))
 
@@ -53,24 +58,31 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    leaf_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    leaf = (
-        x509.CertificateBuilder(issuer_name=ca_name, subject_name=leaf_name, public_key=key.public_key(),
-                                serial_number=x509.random_serial_number(), **valid)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = {"ca": directory / "ca.pem", "cert": directory / "cert.pem", "key": directory / "key.pem"}
+
+    def leaf(name: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder(issuer_name=ca_name, subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]),
+                                    public_key=key.public_key(), serial_number=x509.random_serial_number(), **valid)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        pem = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        return pem, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+    server_cert, server_key = leaf("localhost", x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, names)
+    client_cert, client_key = leaf("sluice", x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    files = {
+        "ca": directory / "ca.pem", "cert": directory / "cert.pem", "key": directory / "key.pem",
+        "client_cert": directory / "client.pem", "client_key": directory / "client-key.pem",
+    }  # fmt: skip
     files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files["cert"].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    files["key"].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    for name, data in (("cert", server_cert), ("key", server_key), ("client_cert", client_cert), ("client_key", client_key)):
+        files[name].write_bytes(data)
     return files
 
 
@@ -82,9 +94,10 @@ class HypercornFakeOpenAI(FakeOpenAI):
     unscripted answer back, so concurrent requests overlap.
     """
 
-    def __init__(self, certificates: dict[str, Path] | None = None) -> None:
+    def __init__(self, certificates: dict[str, Path] | None = None, client_ca: Path | None = None) -> None:
         super().__init__()
         self.certificates = certificates
+        self.client_ca = client_ca  # when set, a client certificate this CA signed is required
         self.seen: list[tuple[str, tuple[str, int]]] = []
         self.delay = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -128,6 +141,8 @@ class HypercornFakeOpenAI(FakeOpenAI):
         config.keep_alive_max_requests = 10**9
         if self.certificates:
             config.certfile, config.keyfile = str(self.certificates["cert"]), str(self.certificates["key"])
+        if self.client_ca:
+            config.ca_certs, config.verify_mode = str(self.client_ca), ssl.CERT_REQUIRED
         ready = threading.Event()
 
         async def run() -> None:
@@ -292,8 +307,10 @@ def test_client_disconnect_while_waiting_cancels_the_upstream_call(start_proxy, 
     tls_upstream.script(Reply(hang=True))
     proxy = start_proxy(_config(tls_upstream), env=trust)
     body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
+    # The client gives up once the upstream holds its request: well past Sluice's first-request
+    # work (loading a token encoding), which on a loaded machine can outlast a short timeout.
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{proxy.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
+        httpx.post(f"{proxy.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=2))
     assert tls_upstream.disconnected.wait(5), "the upstream call kept running after the client left (no RST_STREAM)"
 
 
@@ -347,3 +364,24 @@ async def test_cancelled_requests_leave_the_shared_connection_intact(tls_upstrea
     assert not failures, f"{len(failures)} requests failed beside cancelled ones, first: {failures[0]!r}"
     assert finished > 0 and set(tls_upstream.versions) == {"2"}
     assert tls_upstream.connections <= 2  # a second one only if a hang-up aborted the first one's handshake
+
+
+async def test_the_httpx_internals_used_are_there(certificates) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """proxy/http2.py sets ``AsyncHTTPTransport._pool`` and walks httpcore's HTTP/2 connections
+    (pyproject pins the range); should either change shape, this says so before production does."""
+    assert hasattr(httpx.AsyncHTTPTransport(), "_pool")
+    upstream = HypercornFakeOpenAI(certificates).start()
+    config = ProviderConfig(
+        name="p", type="openai", base_url=f"{upstream.url}/v1", tls=TLSConfig(ca_file=str(certificates["ca"]))
+    )
+    client = Http2UpstreamClient(config)
+    try:
+        response = await client.request("GET", f"{upstream.url}/v1/models", {})
+        await response.read()
+        [pooled] = client._pool.connections
+        connection = pooled._connection
+        assert hasattr(connection, "_h2_state") and hasattr(connection, "_events")
+        assert callable(connection._write_outgoing_data)
+    finally:
+        await client.aclose()
+        upstream.stop()

@@ -156,14 +156,14 @@ def test_bridged_openai_goes_through_chat_completions(client: openai.OpenAI, fak
 
 
 def test_native_request_reaches_openai_as_sent(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
-    """Body as sent (model routed); OpenAI-Beta passed on, the organization not with Sluice's own key."""
+    """Body as sent (model routed); the client's OpenAI-Beta and OpenAI-Organization passed on."""
     extra = {"OpenAI-Beta": "responses=experimental", "OpenAI-Organization": "org-of-the-caller"}
     client.responses.create(model=NATIVE, input="hi", store=False, stream=False, extra_headers=extra)
     (call,) = fake_openai.calls("/responses")
     assert call.json == {"model": "gpt-4o-mini", "input": "hi", "store": False, "stream": False}
     assert call.headers["authorization"] == "Bearer sk-upstream"
     assert call.headers["openai-beta"] == "responses=experimental"
-    assert "openai-organization" not in call.headers
+    assert call.headers["openai-organization"] == "org-of-the-caller"
 
 
 def test_native_with_the_callers_own_key(

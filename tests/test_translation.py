@@ -16,7 +16,7 @@ from openai.types import CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from proxy.completions import Chunk, StreamAssembler
-from proxy.errors import InvalidRequest, UpstreamConnectionError
+from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.providers import gemini, ollama
 from proxy.providers import translate as t
 from proxy.providers.base import translated
@@ -534,11 +534,11 @@ def test_gemini_stream_blocked_prompt() -> None:
 def test_gemini_stream_cut_before_finish_or_failing_raises() -> None:
     stream = gemini.GeminiStream("m")
     stream.feed(response([candidate([{"text": "Hel"}], None)]))
-    with pytest.raises(UpstreamConnectionError):
+    with pytest.raises(UpstreamProtocolError):
         stream.close()
-    with pytest.raises(UpstreamConnectionError):
+    with pytest.raises(UpstreamProtocolError):
         gemini.GeminiStream("m").close()
-    with pytest.raises(UpstreamConnectionError, match="quota exceeded"):
+    with pytest.raises(UpstreamProtocolError, match="quota exceeded"):
         gemini.GeminiStream("m").feed({"error": {"code": 429, "message": "quota exceeded", "status": "RESOURCE_EXHAUSTED"}})
 
 
@@ -755,9 +755,9 @@ def test_ollama_stream_tool_calls_finish_with_tool_calls() -> None:
 def test_ollama_stream_errors() -> None:
     stream = ollama.OllamaStream("m")
     stream.feed(message_line("m", "partial"))
-    with pytest.raises(UpstreamConnectionError, match="out of memory"):
+    with pytest.raises(UpstreamProtocolError, match="out of memory"):
         stream.feed({"error": "out of memory"})
-    with pytest.raises(UpstreamConnectionError):
+    with pytest.raises(UpstreamProtocolError):
         stream.close()
 
 
@@ -784,7 +784,7 @@ async def test_a_failing_event_lets_the_chunks_before_it_in_its_batch_through() 
         return [Chunk.from_data({"object": "chat.completion.chunk", "text": t.parse_json(data)["text"]})]
 
     received: list[list[str]] = []
-    with pytest.raises(UpstreamConnectionError, match="not JSON"):
+    with pytest.raises(UpstreamProtocolError, match="not JSON"):
         async for chunks in translated(batches(), translate):
             received.append([chunk.data["text"] for chunk in chunks])
     assert received == [["a", "b"]]

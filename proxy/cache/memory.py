@@ -1,14 +1,13 @@
-"""In-process cache: TTL per entry, LRU-bounded by entry count and total bytes."""
+"""In-process cache: TTL per entry, LRU-bounded by entry count and by the memory its entries hold."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from cachetools import TLRUCache
 
-from proxy.cache.base import CacheBackend, CachedAnswer
-
-_ENTRY_OVERHEAD = 256  # bytes of bookkeeping per entry, so tiny answers still count
+from proxy.cache.base import CacheBackend, CachedAnswer, held_bytes
 
 
 class MemoryCache(CacheBackend):
@@ -18,7 +17,7 @@ class MemoryCache(CacheBackend):
             maxsize=max_bytes,
             ttu=lambda _key, value, now: now + value[1],
             timer=time.monotonic,
-            getsizeof=lambda value: len(value[0].completion.body) + _ENTRY_OVERHEAD,
+            getsizeof=lambda value: held_bytes(value[0]),
         )
 
     async def get(self, key: str) -> CachedAnswer | None:
@@ -31,6 +30,8 @@ class MemoryCache(CacheBackend):
             return None
 
     async def set(self, key: str, answer: CachedAnswer, ttl: float) -> None:
+        if answer.completion.upstream_headers is not None:  # they describe the call that made it, not a hit
+            answer.completion = replace(answer.completion, upstream_headers=None)
         try:
             self._cache[key] = (answer, ttl)
         except ValueError:  # larger than the whole byte budget: not cacheable

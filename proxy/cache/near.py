@@ -22,9 +22,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from proxy.cache.base import CachedAnswer
+from proxy.cache.base import CachedAnswer, held_bytes
 
-_ENTRY_OVERHEAD = 256
 _CHANGED_MAX = 10_000
 """Keys whose last invalidation is remembered; past this they are forgotten, and no read then in flight is kept."""
 
@@ -33,7 +32,7 @@ class NearCache:
     def __init__(self, max_entries: int, max_bytes: int) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._entries: dict[str, tuple[CachedAnswer, float]] = {}  # key → (answer, monotonic deadline)
+        self._entries: dict[str, tuple[CachedAnswer, float, int]] = {}  # key → (answer, monotonic deadline, size)
         self._size = 0
         self.live = False
         self.epoch = 0
@@ -59,13 +58,13 @@ class NearCache:
         """Keep what a read that began at ``epoch`` found, for the ``ttl_ms`` Redis gave it."""
         if not self.live or ttl_ms <= 0 or self._flushed > epoch or self._changed.get(key, -1) > epoch:
             return
-        size = len(answer.completion.body) + _ENTRY_OVERHEAD
+        size = held_bytes(answer)
         if size > self._max_bytes:
             return
         self._drop(key)
         while self._entries and (len(self._entries) >= self._max_entries or self._size + size > self._max_bytes):
             self._drop(next(iter(self._entries)))  # the oldest kept first
-        self._entries[key] = (answer, time.monotonic() + ttl_ms / 1000)
+        self._entries[key] = (answer, time.monotonic() + ttl_ms / 1000, size)
         self._size += size
 
     def invalidate(self, keys: Iterable[str] | None) -> None:
@@ -89,4 +88,4 @@ class NearCache:
     def _drop(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
-            self._size -= len(entry[0].completion.body) + _ENTRY_OVERHEAD
+            self._size -= entry[2]

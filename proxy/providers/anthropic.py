@@ -22,7 +22,7 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import InvalidRequest, UpstreamConnectionError
+from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
 from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
@@ -350,7 +350,7 @@ class AnthropicStream:
         if builder is None:
             if kind == "ping":
                 return []
-            raise UpstreamConnectionError(f"upstream stream began with {kind!r}, not message_start")
+            raise UpstreamProtocolError(f"upstream stream began with {kind!r}, not message_start")
         if kind == "content_block_start":
             return _some(self._block_start(builder, event.get("content_block") or {}))
         if kind == "content_block_delta":
@@ -396,7 +396,7 @@ class AnthropicStream:
     def close(self) -> list[dict[str, Any]]:
         """The usage chunk once the upstream closed; raises if it never sent ``message_stop``."""
         if self._builder is None or not self._stopped:
-            raise UpstreamConnectionError("upstream stream ended before message_stop")
+            raise UpstreamProtocolError("upstream stream ended before message_stop")
         self._builder.require_finished()
         final = usage(self._usage)
         return [self._builder.usage_chunk(final)] if final else []
@@ -418,11 +418,11 @@ def _some(chunk: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [chunk] if chunk is not None else []
 
 
-def _stream_error(event: dict[str, Any]) -> UpstreamConnectionError:
+def _stream_error(event: dict[str, Any]) -> UpstreamProtocolError:
     """An ``error`` event after the stream began (``overloaded_error`` mid-answer and the like)."""
     error = event.get("error") if isinstance(event.get("error"), dict) else {}
     kind = error.get("type") if isinstance(error.get("type"), str) else None
-    return UpstreamConnectionError(f"upstream stream failed: {error.get('message') or 'unknown error'}", type=kind)
+    return UpstreamProtocolError(f"upstream stream failed: {error.get('message') or 'unknown error'}", type=kind)
 
 
 def model_ids(data: dict[str, Any]) -> list[str]:
@@ -544,4 +544,4 @@ async def _native_chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk
     async for chunks in translated(response.sse_batches(), event):
         yield chunks
     if not stopped:
-        raise UpstreamConnectionError("upstream stream ended before message_stop")
+        raise UpstreamProtocolError("upstream stream ended before message_stop")

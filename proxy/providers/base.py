@@ -19,7 +19,7 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import SHAPE_ERRORS, InvalidRequest, SluiceError, UpstreamConnectionError, UpstreamHTTPError
+from proxy.errors import SHAPE_ERRORS, InvalidRequest, SluiceError, UpstreamProtocolError, UpstreamHTTPError
 from proxy.http import UpstreamClient, UpstreamResponse
 
 
@@ -51,6 +51,7 @@ class ChunkStream:
     def __init__(self, response: UpstreamResponse, chunks: AsyncIterator[list[Chunk]]) -> None:
         self._response = response
         self._chunks = chunks
+        self.upstream_headers: dict[str, str] | None = None  # for the client, as ``Completion.upstream_headers``
 
     def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return self._chunks
@@ -79,7 +80,7 @@ def from_upstream(translate: Callable[..., T], *args: Any) -> T:
     try:
         return translate(*args)
     except SHAPE_ERRORS as exc:
-        raise UpstreamConnectionError(f"upstream sent an answer of an unexpected shape ({type(exc).__name__})") from None
+        raise UpstreamProtocolError(f"upstream sent an answer of an unexpected shape ({type(exc).__name__})") from None
 
 
 def path_model(model: str) -> str:
@@ -204,6 +205,23 @@ def retry_after_seconds(headers: Any) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def passed_back(response: UpstreamResponse) -> dict[str, str] | None:
+    """The upstream's answer headers a client should see: ``x-request-id`` and ``x-ratelimit-*``.
+
+    Scanned on the raw list, names lower-cased: ~0.4 µs for an answer without
+    them (building ``headers`` would cost ~7 µs on every answer).
+    """
+    found = None
+    for name, value in response.raw_headers:
+        if name[1:2] == b"-" and name[:1] in b"xX":
+            key = name.lower()
+            if key == b"x-request-id" or key.startswith(b"x-ratelimit-"):
+                if found is None:
+                    found = {}
+                found[key.decode("latin-1")] = value.decode("latin-1")
+    return found
 
 
 async def raise_upstream_error(response: UpstreamResponse) -> None:

@@ -25,7 +25,7 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import InvalidRequest, UpstreamConnectionError
+from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
 from proxy.providers.base import (
@@ -383,7 +383,7 @@ class GeminiStream:
         if "error" in event:
             error = event["error"]
             message = error.get("message") if isinstance(error, dict) else error
-            raise UpstreamConnectionError(f"upstream stream failed: {message or 'unknown error'}")
+            raise UpstreamProtocolError(f"upstream stream failed: {message or 'unknown error'}")
         builder = self._builder = self._builder or t.ChunkBuilder(self.model, t.completion_id(event.get("responseId")))
         chunks = []
         for candidate in event.get("candidates") or ():
@@ -406,7 +406,7 @@ class GeminiStream:
     def close(self) -> list[dict[str, Any]]:
         """The last chunks once the upstream closed; raises if it stopped before finishing."""
         if self._builder is None:
-            raise UpstreamConnectionError("upstream stream ended before its first event")
+            raise UpstreamProtocolError("upstream stream ended before its first event")
         self._builder.require_finished()
         return [self._builder.usage_chunk(self._usage)] if self._usage else []
 
@@ -504,7 +504,7 @@ class GeminiProvider(Provider):
             ids.extend(from_upstream(model_ids, data))
             token = data.get("nextPageToken") or ""
             if not isinstance(token, str):
-                raise UpstreamConnectionError("upstream sent a nextPageToken that is not a string")
+                raise UpstreamProtocolError("upstream sent a nextPageToken that is not a string")
             if not token:
                 return ids
 

@@ -6,7 +6,7 @@ and ``OllamaStream`` (NDJSON lines → chunks); the provider class only sends
 and receives. Answers carry the ``model`` the client asked for.
 
 Ollama streams NDJSON and can fail after answering 200: an ``{"error": ...}``
-line mid-stream becomes ``UpstreamConnectionError``, which the pipeline sends
+line mid-stream becomes ``UpstreamProtocolError``, which the pipeline sends
 as the stream's last SSE event.
 """
 
@@ -20,7 +20,7 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import InvalidRequest, UpstreamConnectionError
+from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
 from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, raise_upstream_error, translated
@@ -256,7 +256,7 @@ class OllamaStream:
 
     def feed(self, line: dict[str, Any]) -> list[dict[str, Any]]:
         if "error" in line:
-            raise UpstreamConnectionError(f"upstream stream failed: {line['error'] or 'unknown error'}")
+            raise UpstreamProtocolError(f"upstream stream failed: {line['error'] or 'unknown error'}")
         msg = line.get("message") or {}
         finish = finish_reason(line.get("done_reason"), False) if line.get("done") else None
         chunk = self._builder.delta(
@@ -325,7 +325,7 @@ class OllamaProvider(Provider):
         response = await self._send("POST", self._chat_url, call.authorization, wire)
         data = t.parse_json(await response.read())
         if "error" in data:
-            raise UpstreamConnectionError(f"upstream failed: {data['error']}")
+            raise UpstreamProtocolError(f"upstream failed: {data['error']}")
         return Completion.from_data(from_upstream(chat_response, data, _client_model(call)))
 
     async def chat_stream(self, call: Call) -> ChunkStream:

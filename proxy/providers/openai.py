@@ -1,9 +1,11 @@
 """OpenAI and OpenAI-compatible upstreams: a passthrough, bytes in and bytes out.
 
 The client's body goes upstream as sent (only ``model`` is rewritten when
-routing changed it, and chat streams ask for usage); answers come back
-unchanged. Besides Chat Completions, the upstream speaks the Responses API
-(unless ``responses: false``) and legacy completions natively.
+routing changed it, and chat streams ask for usage unless ``stream_usage:
+false``); answers come back unchanged. Besides Chat Completions, the upstream
+speaks the Responses API (unless ``responses: false``) and legacy completions
+natively. The upstream's ``x-request-id`` and ``x-ratelimit-*`` come back on
+the answer (``upstream_headers``).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import UpstreamConnectionError
+from proxy.errors import UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, passed_back, raise_upstream_error, translated
 
 
-_CALLER_SCOPED = frozenset({"openai-organization", "openai-project"})
+CLIENT_HEADERS = frozenset({"openai-organization", "openai-project", "openai-beta"})
+"""Client headers (lower case, as ``Call.headers`` keys them) an OpenAI upstream receives as sent."""
 
 
 class OpenAIProvider(Provider):
@@ -32,15 +35,13 @@ class OpenAIProvider(Provider):
         self._native_urls = {"responses": f"{config.base_url}/responses", "completions": f"{config.base_url}/completions"}
 
     def _headers(self, authorization: str | None, passed: Mapping[str, str] | None = None) -> dict[str, str]:
-        """``passed``: the client's ``openai-*`` headers. ``OpenAI-Beta`` always goes on; the
-        organization and project only with the caller's own key, never to choose where the
-        operator's key is billed."""
+        """``passed``: the client's headers; those an OpenAI upstream reads go on as sent."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         credential = self.credential(authorization)
         if credential:
             headers["Authorization"] = f"Bearer {credential}"
         for name, value in (passed or {}).items():
-            if name == "openai-beta" or (name in _CALLER_SCOPED and not self.config.api_key):
+            if name in CLIENT_HEADERS:
                 headers[name] = value
         return headers
 
@@ -51,7 +52,8 @@ class OpenAIProvider(Provider):
     def _payload(call: Call, stream: bool = False, ask_usage: bool = True) -> bytes:
         """The client's bytes when nothing must change, else the body re-encoded.
 
-        ``ask_usage``: a chat stream asks for its usage chunk; native APIs are sent as they came.
+        ``ask_usage``: a chat stream asks for its usage chunk (``stream_usage``; without it the
+        pipeline estimates usage with tiktoken); native APIs are sent as they came.
         """
         changes: dict[str, Any] = {}
         if call.body.get("model") != call.model:
@@ -74,11 +76,16 @@ class OpenAIProvider(Provider):
 
     async def chat(self, call: Call) -> Completion:
         response = await self._post(self._chat_url, call, self._payload(call))
-        return _completion(await response.read())
+        completion = _completion(await response.read())
+        completion.upstream_headers = passed_back(response)
+        return completion
 
     async def chat_stream(self, call: Call) -> ChunkStream:
-        response = await self._post(self._chat_url, call, self._payload(call, stream=True))
-        return ChunkStream(response, _chunks(response))
+        payload = self._payload(call, stream=True, ask_usage=self.config.stream_usage)
+        response = await self._post(self._chat_url, call, payload)
+        stream = ChunkStream(response, _chunks(response))
+        stream.upstream_headers = passed_back(response)
+        return stream
 
     async def embed(self, call: Call) -> Completion:
         response = await self._post(self._embeddings_url, call, self._payload(call))
@@ -113,9 +120,9 @@ def _parse(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamConnectionError("upstream sent a body that is not JSON") from None
+        raise UpstreamProtocolError("upstream sent a body that is not JSON") from None
     if not isinstance(data, dict):
-        raise UpstreamConnectionError("upstream sent JSON that is not an object")
+        raise UpstreamProtocolError("upstream sent JSON that is not an object")
     return data
 
 
@@ -134,7 +141,7 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
         parsed = _parse(data)
         if "error" in parsed and "choices" not in parsed:
             error = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
-            raise UpstreamConnectionError(f"upstream stream failed: {error.get('message', 'unknown error')}")
+            raise UpstreamProtocolError(f"upstream stream failed: {error.get('message', 'unknown error')}")
         return [Chunk(data, parsed)]
 
     async for chunks in translated(response.sse_batches(), chunk):
@@ -142,7 +149,7 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
         if done:
             return
     if not done:
-        raise UpstreamConnectionError("upstream stream ended before [DONE]")
+        raise UpstreamProtocolError("upstream stream ended before [DONE]")
 
 
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
@@ -161,10 +168,10 @@ async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chu
         parsed = _parse(data)
         kind = parsed.get("type")
         if not isinstance(kind, str):
-            raise UpstreamConnectionError("upstream sent a Responses event without a type")
+            raise UpstreamProtocolError("upstream sent a Responses event without a type")
         if kind == "error":  # one error path: the pipeline retries it or ends the stream in the client's API
             message = parsed.get("message") or (parsed.get("error") or {}).get("message") or "unknown error"
-            raise UpstreamConnectionError(f"upstream stream failed: {message}")
+            raise UpstreamProtocolError(f"upstream stream failed: {message}")
         done = done or kind in _RESPONSE_ENDS
         return [Chunk(data, parsed, frame=b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")]
 
@@ -172,4 +179,4 @@ async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chu
         yield chunks
         if done:
             return
-    raise UpstreamConnectionError("upstream stream ended before response.completed")
+    raise UpstreamProtocolError("upstream stream ended before response.completed")

@@ -21,7 +21,7 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
-from proxy.errors import InvalidRequest, UpstreamConnectionError
+from proxy.errors import InvalidRequest, UpstreamProtocolError
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -75,9 +75,9 @@ def parse_json(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise UpstreamConnectionError("upstream sent a body that is not JSON") from None
+        raise UpstreamProtocolError("upstream sent a body that is not JSON") from None
     if not isinstance(data, dict):
-        raise UpstreamConnectionError("upstream sent JSON that is not an object")
+        raise UpstreamProtocolError("upstream sent JSON that is not an object")
     return data
 
 
@@ -425,7 +425,7 @@ class ChunkBuilder:
     def require_finished(self) -> None:
         """A stream that ends before every choice finished was cut, even if the connection closed cleanly."""
         if not self._choices or any(s.finish_reason is None for s in self._choices.values()):
-            raise UpstreamConnectionError("upstream stream ended before its finish reason")
+            raise UpstreamProtocolError("upstream stream ended before its finish reason")
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {

@@ -109,8 +109,8 @@ def error_body(message: str, code: str | None = None, type: str = "invalid_reque
 class FakeOpenAI(FakeServer):
     models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.responses = ResponsesState()
 
     def stream_end(self) -> bytes:

@@ -23,9 +23,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -67,12 +67,13 @@ class StreamCut(Exception):
 class FakeServer:
     """Base for fake upstreams: subclasses implement ``default_reply``."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.replies: deque[Reply] = deque()
         self.requests: list[Recorded] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
-        self.port = free_port()
+        self.port = free_port(host)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -81,7 +82,7 @@ class FakeServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://[{self.host}]:{self.port}" if ":" in self.host else f"http://{self.host}:{self.port}"
 
     def script(self, *replies: Reply) -> None:
         self.replies.extend(replies)
@@ -97,7 +98,7 @@ class FakeServer:
 
     def start(self) -> FakeServer:
         config = uvicorn.Config(
-            self, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
+            self, host=self.host, port=self.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=1
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
