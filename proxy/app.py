@@ -34,7 +34,8 @@ from proxy.providers.base import Provider
 from proxy.resilience import Breakers, Resilience
 from proxy.responses import Answer
 from proxy.routing import Router
-from proxy.telemetry import Telemetry, configure_logging
+from proxy.telemetry import Telemetry
+from proxy.telemetry.logs import configure_logging
 from proxy.tokens import use_encodings
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Gateway:
 
     async def metrics(self, request: Request) -> Response:
         self.telemetry.flush()
-        self.telemetry.breaker_states(self.breakers.states())
+        self.telemetry.metrics.breaker_states(self.breakers.states())
         return Response(self.telemetry.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def stats(self, request: Request) -> Response:

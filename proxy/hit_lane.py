@@ -40,7 +40,9 @@ from starlette.types import Scope
 
 from proxy.cache.base import CacheBackend, CachedAnswer
 from proxy.middleware import client_request_id, new_request_id
-from proxy.telemetry import Repeat, RequestRecord, Telemetry
+from proxy.telemetry import Telemetry
+from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.repeat import Repeat
 
 MAX_BODY = 64 * 1024
 """Larger request bodies take the full path (uvicorn stops reading at this size until

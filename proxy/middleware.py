@@ -15,7 +15,8 @@ import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.errors import SluiceError, error_response
-from proxy.telemetry import RequestRecord, Telemetry
+from proxy.telemetry import Telemetry
+from proxy.telemetry.record import RequestRecord
 
 _log = structlog.get_logger("sluice")
 

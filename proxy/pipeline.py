@@ -42,7 +42,8 @@ from proxy.requests import (
 from proxy.resilience import Attempts, Resilience
 from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
-from proxy.telemetry import RequestRecord, Telemetry
+from proxy.telemetry import Telemetry
+from proxy.telemetry.record import RequestRecord
 from proxy.tokens import context_window, count_messages, count_text, load_encoding
 
 if TYPE_CHECKING:
