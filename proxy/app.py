@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from proxy import tracing
 from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.memory import MemoryCache
@@ -73,6 +74,7 @@ class Gateway:
 
     async def start(self) -> None:
         use_encodings(self.config.token_encodings)
+        tracing.configure(self.config)
         self.providers = {p.name: build_provider(p) for p in self.config.providers}
         self.cache = build_cache(self.config)
         if self.cache is not None:
@@ -94,7 +96,7 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
-        if self.cache is not None and self.config.cache.hit_lane:
+        if self.cache is not None and self.config.cache.hit_lane and tracing.TRACING is None:  # a lane hit has no span
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights
@@ -103,6 +105,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self.telemetry.flush()
+        tracing.shutdown()
         for provider in self.providers.values():
             await provider.aclose()
         if self.cache is not None:

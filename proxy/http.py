@@ -31,6 +31,7 @@ import h2.errors
 import httpcore
 import httpx
 
+from proxy import tracing
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamConnectionError, UpstreamReadTimeout
 
@@ -213,6 +214,8 @@ class Http2UpstreamClient:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> Http2UpstreamResponse:
         """Send a request and return once the response headers arrived."""
+        if tracing.TRACING is not None:
+            headers = tracing.upstream_headers(headers)
         request = self._client.build_request(method, url, headers=headers, content=body)
         try:
             response = await self._client.send(request, stream=True)

@@ -110,7 +110,7 @@ class Pipeline:
         raw, body = await read_json_body(request, headers, self.config.server.max_body_bytes)
         record.bytes_in = len(raw)
         parsed = parse_chat(body) if kind == CHAT else parse_embeddings(body)
-        record.model, record.stream = parsed.model, parsed.stream
+        record.model, record.stream, record.body = parsed.model, parsed.stream, body
         options = request_options(headers, self.config.compression.mode)
         route = self.router.resolve(parsed.model)
         await self.limiter.admit(principal)
@@ -299,7 +299,7 @@ class Pipeline:
         self, answer: CachedAnswer, route: Route, parsed: ParsedRequest, record: RequestRecord
     ) -> tuple[JSONAnswer | EventStream, bytes]:
         """The answer for a cache hit, and its body (a whole SSE stream for a streaming client)."""
-        record.provider = answer.provider
+        record.provider, record.completion = answer.provider, answer.completion
         usage = answer.completion.usage
         if usage:
             model = next((t.model for t in route.targets if t.provider == answer.provider), route.targets[0].model)
@@ -323,6 +323,7 @@ class Pipeline:
         completion = outcome.completion
         if completion is None or target is None:
             return
+        record.completion = completion
         usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
         cost = self.prices.cost(target.provider, target.model, usage)

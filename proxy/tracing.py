@@ -1,0 +1,330 @@
+"""OpenTelemetry traces in the GenAI semantic conventions, exported over OTLP/HTTP.
+
+Off unless the standard environment asks for it (``enabled_by``): then
+``TRACING`` stays None and each hook in the request path is one check of
+that global, so tracing off costs nothing. On, each request to the client
+APIs (``/v1/...``) is a SERVER span, continuing the client's ``traceparent``,
+and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
+retries and fallbacks show as siblings; the upstream receives the attempt
+span's ``traceparent``. Spans end from what the request's ``RequestRecord``
+holds at its end, and are exported in batches by the SDK's own thread.
+
+Prompt and completion text go into spans only with
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+
+Attribute names: https://opentelemetry.io/docs/specs/semconv/gen-ai/ (the
+``gen_ai.*`` registry), ``error.type`` and the HTTP ones from the general
+conventions; ``sluice.*`` are Sluice's own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.types import Scope
+
+from proxy.config import Config, Target
+from proxy.errors import SluiceError, UpstreamHTTPError
+from proxy.telemetry.record import RequestRecord
+
+CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+PROVIDER_NAMES = {"openai": "openai", "gemini": "gcp.gemini", "anthropic": "anthropic", "ollama": "ollama"}
+"""Provider type → ``gen_ai.provider.name`` (the conventions' well-known values where there is one)."""
+OPERATIONS = {"/v1/embeddings": "embeddings", "/v1/completions": "text_completion"}
+"""Path → ``gen_ai.operation.name``; every other client API path is a chat."""
+
+TRACING: Tracing | None = None
+"""The one tracer of this process, or None when tracing is off (set by ``configure``)."""
+
+
+@dataclass(slots=True)
+class _Request:
+    """What attempt spans need from their request: the parent span and the operation."""
+
+    span: Span
+    operation: str
+
+
+_request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
+_upstream: ContextVar[str | None] = ContextVar("sluice_traceparent_upstream", default=None)
+
+
+def enabled_by(environ: Mapping[str, str]) -> bool:
+    """Whether the standard ``OTEL_*`` variables ask for traces exported over OTLP."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = environ.get("OTEL_TRACES_EXPORTER")
+    if exporters is not None:
+        return "otlp" in {name.strip().lower() for name in exporters.split(",")}
+    return bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def configure(config: Config, environ: Mapping[str, str] = os.environ) -> None:
+    """Turn tracing on in this process when the environment asks (each worker calls this in its lifespan)."""
+    global TRACING
+    TRACING = Tracing(config, environ) if enabled_by(environ) else None
+
+
+def shutdown() -> None:
+    """Export what is still queued, then stop (at server shutdown)."""
+    global TRACING
+    if TRACING is not None:
+        TRACING.provider.shutdown()
+        TRACING = None
+
+
+def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with the current attempt's ``traceparent``, for an upstream request (tracing on)."""
+    traceparent = _upstream.get()
+    return {**headers, "traceparent": traceparent} if traceparent is not None else headers
+
+
+class Tracing:
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        # The SDK and the exporter load only when tracing is on (~0.15 s of imports).
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        resource = Resource.create()
+        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({SERVICE_NAME: "sluice"}))
+        self.provider = TracerProvider(resource=resource)
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        self.tracer = self.provider.get_tracer("sluice")
+        self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
+        self._propagator = TraceContextTextMapPropagator()
+        self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
+
+    # -- the request (SERVER) span --
+
+    def start_request(self, scope: Scope, record: RequestRecord) -> Token[_Request | None] | None:
+        """Open the request's span (client API paths only), continuing the client's trace context."""
+        path = scope["path"]
+        if not path.startswith("/v1/"):
+            return None
+        carrier = {
+            name.decode("latin-1"): value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name in (b"traceparent", b"tracestate")
+        }
+        parent = self._propagator.extract(carrier) if carrier else None
+        operation = OPERATIONS.get(path, "chat")
+        record.span = self.tracer.start_span(
+            operation,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"gen_ai.operation.name": operation, "http.request.method": scope["method"], "url.path": path},
+        )
+        return _request.set(_Request(record.span, operation))
+
+    def finish_request(self, record: RequestRecord, token: Token[_Request | None]) -> None:
+        """Name the span, set what the record learnt, end it."""
+        operation = token.var.get().operation  # type: ignore[union-attr]
+        _request.reset(token)
+        span: Span = record.span
+        span.update_name(f"{operation} {record.model}" if record.model else operation)
+        attributes: dict[str, Any] = {
+            "http.response.status_code": record.status,
+            "gen_ai.request.stream": record.stream,
+            "sluice.cache": record.cache or "off",
+            "sluice.dedup": record.dedup,
+            "sluice.tokens_saved": record.tokens_saved,
+            "sluice.attempts": record.attempts,
+        }
+        if record.model:
+            attributes["gen_ai.request.model"] = record.model
+        if record.provider:
+            attributes.update(self._providers.get(record.provider, {}))
+            attributes["sluice.provider"] = record.provider
+        if record.ttft_seconds is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = record.ttft_seconds
+        if record.completion is not None:
+            attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
+            attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
+            attributes.update(_answer_attributes(record.completion.data, record.upstream_model))
+            if self.capture_content:
+                attributes.update(_content(record.body, record.completion.data))
+        elif self.capture_content and record.body is not None:
+            attributes.update(_content(record.body, None))
+        if record.status >= 400 or record.error_code:
+            attributes["error.type"] = record.error_code or str(record.status)
+            if record.status >= 500 or record.status == 0:
+                span.set_status(Status(StatusCode.ERROR, record.error_code))
+        span.set_attributes(attributes)
+        span.end()
+
+    # -- the attempt (CLIENT) spans --
+
+    @contextmanager
+    def attempt(self, target: Target, number: int) -> Iterator[Span]:
+        """A span around one upstream attempt; the upstream request made inside carries its ``traceparent``."""
+        request = _request.get()
+        operation = request.operation if request is not None else "chat"
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": target.model,
+            "sluice.provider": target.provider,
+            "sluice.attempt": number,
+            **self._providers.get(target.provider, {}),
+        }
+        context = trace.set_span_in_context(request.span) if request is not None else None
+        span = self.tracer.start_span(
+            f"{operation} {target.model}", context=context, kind=SpanKind.CLIENT, attributes=attributes
+        )
+        sc = span.get_span_context()
+        token = _upstream.set(f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}")
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attributes(_failure(exc))
+            span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or type(exc).__name__))
+            raise
+        finally:
+            _upstream.reset(token)
+            span.end()
+
+    def attempt_answered(self, span: Span, value: object) -> None:
+        """A whole (non-streamed) answer came back: its model, finish reasons and usage on the attempt span."""
+        data = getattr(value, "data", None)
+        if isinstance(data, dict):
+            attributes = _answer_attributes(data, None)
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                attributes.update(_usage_totals(usage))
+            span.set_attributes(attributes)
+
+
+def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:
+    parts = urlsplit(base_url)
+    attributes: dict[str, Any] = {"gen_ai.provider.name": PROVIDER_NAMES.get(kind, kind)}
+    if parts.hostname:
+        attributes["server.address"] = parts.hostname
+        attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+    return attributes
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, UpstreamHTTPError):
+        return {"error.type": str(exc.status), "http.response.status_code": exc.status}
+    if isinstance(exc, SluiceError):
+        return {"error.type": exc.code if exc.code != "internal_error" else type(exc).__name__}
+    return {"error.type": type(exc).__qualname__}
+
+
+def _answer_attributes(data: dict[str, Any], upstream_model: str | None) -> dict[str, Any]:
+    """Response model, id, finish reasons and the usage details of an answer in any client API's shape."""
+    attributes: dict[str, Any] = {}
+    model = data.get("model") if isinstance(data.get("model"), str) else upstream_model
+    if model:
+        attributes["gen_ai.response.model"] = model
+    if isinstance(data.get("id"), str):
+        attributes["gen_ai.response.id"] = data["id"]
+    reasons = _finish_reasons(data)
+    if reasons:
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        attributes.update(_usage_details(usage))
+    return attributes
+
+
+def _finish_reasons(data: dict[str, Any]) -> list[str]:
+    choices = data.get("choices")
+    if isinstance(choices, list):
+        return [c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)]
+    for key in ("stop_reason", "status"):  # Messages, Responses
+        if isinstance(data.get(key), str):
+            return [data[key]]
+    return []
+
+
+def _usage_details(usage: dict[str, Any]) -> dict[str, Any]:
+    """Cache reads and writes, reasoning: Chat Completions, Responses and Messages spell them differently."""
+    inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    details = {
+        "gen_ai.usage.cache_read.input_tokens": _get(inputs, "cached_tokens") or _get(usage, "cache_read_input_tokens"),
+        "gen_ai.usage.cache_creation.input_tokens": _get(usage, "cache_creation_input_tokens"),
+        "gen_ai.usage.reasoning.output_tokens": _get(outputs, "reasoning_tokens"),
+    }
+    return {name: value for name, value in details.items() if value}
+
+
+def _usage_totals(usage: dict[str, Any]) -> dict[str, Any]:
+    inputs = _get(usage, "prompt_tokens") if "prompt_tokens" in usage else _get(usage, "input_tokens")
+    outputs = _get(usage, "completion_tokens") if "completion_tokens" in usage else _get(usage, "output_tokens")
+    return {"gen_ai.usage.input_tokens": inputs, "gen_ai.usage.output_tokens": outputs}
+
+
+def _get(data: Any, key: str) -> int:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> dict[str, str]:
+    """``gen_ai.input.messages`` / ``gen_ai.output.messages`` (JSON), only when content capture is on."""
+    attributes = {}
+    if body is not None:
+        messages = body.get("messages") if "messages" in body else body.get("input")
+        if messages is not None:
+            if isinstance(body.get("system"), (str, list)):  # Messages keeps its system prompt apart
+                messages = [{"role": "system", "content": body["system"]}, *messages]
+            attributes["gen_ai.input.messages"] = orjson.dumps(_messages(messages)).decode()
+    if answer is not None:
+        outputs = _outputs(answer)
+        if outputs:
+            attributes["gen_ai.output.messages"] = orjson.dumps(outputs).decode()
+    return attributes
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    """Messages as the conventions' role-and-parts shape; a bare string is one user message."""
+    if isinstance(messages, str):
+        return [{"role": "user", "parts": [{"type": "text", "content": messages}]}]
+    result = []
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, dict):
+            result.append({"role": message.get("role", "user"), "parts": _parts(message.get("content"))})
+    return result
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    parts = []
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "content": part["text"]})
+        elif isinstance(part, dict):
+            parts.append({"type": str(part.get("type", "unknown"))})
+    return parts
+
+
+def _outputs(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = answer.get("choices")
+    if isinstance(choices, list):
+        outputs = []
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                parts = _parts(message.get("content"))
+                for call in message.get("tool_calls") or ():
+                    function = call.get("function") or {}
+                    parts.append({"type": "tool_call", "id": call.get("id"), "name": function.get("name"), "arguments": function.get("arguments")})
+                outputs.append({"role": "assistant", "parts": parts, "finish_reason": choice.get("finish_reason")})
+        return outputs
+    if isinstance(answer.get("content"), list):  # a Messages answer
+        return [{"role": "assistant", "parts": _parts(answer["content"]), "finish_reason": answer.get("stop_reason")}]
+    return []
