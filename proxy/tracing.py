@@ -2,8 +2,8 @@
 
 Off unless the standard environment asks for it (``enabled_by``): then
 ``TRACING`` stays None and each hook in the request path is one check of
-that global, so tracing off costs nothing. On, each request to the client
-APIs (``/v1/...``) is a SERVER span, continuing the client's ``traceparent``,
+that global, so tracing off costs nothing. On, each model call
+(``OPERATIONS``) is a SERVER span, continuing the client's ``traceparent``,
 and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
 retries and fallbacks show as siblings; the upstream receives the attempt
 span's ``traceparent``. Spans end from what the request's ``RequestRecord``
@@ -40,8 +40,14 @@ from proxy.telemetry.record import RequestRecord
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 PROVIDER_NAMES = {"openai": "openai", "gemini": "gcp.gemini", "anthropic": "anthropic", "ollama": "ollama"}
 """Provider type → ``gen_ai.provider.name`` (the conventions' well-known values where there is one)."""
-OPERATIONS = {"/v1/embeddings": "embeddings", "/v1/completions": "text_completion"}
-"""Path → ``gen_ai.operation.name``; every other client API path is a chat."""
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "chat",
+    "/v1/messages": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/completions": "text_completion",
+}
+"""The traced routes (``POST``), each with its ``gen_ai.operation.name``."""
 
 TRACING: Tracing | None = None
 """The one tracer of this process, or None when tracing is off (set by ``configure``)."""
@@ -110,9 +116,10 @@ class Tracing:
     # -- the request (SERVER) span --
 
     def start_request(self, scope: Scope, record: RequestRecord) -> Token[_Request | None] | None:
-        """Open the request's span (client API paths only), continuing the client's trace context."""
+        """Open the request's span (model calls only), continuing the client's trace context."""
         path = scope["path"]
-        if not path.startswith("/v1/"):
+        operation = OPERATIONS.get(path) if scope["method"] == "POST" else None
+        if operation is None:
             return None
         carrier = {
             name.decode("latin-1"): value.decode("latin-1")
@@ -120,7 +127,6 @@ class Tracing:
             if name in (b"traceparent", b"tracestate")
         }
         parent = self._propagator.extract(carrier) if carrier else None
-        operation = OPERATIONS.get(path, "chat")
         record.span = self.tracer.start_span(
             operation,
             context=parent,
