@@ -14,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from proxy.config import ApiKey, AuthConfig
-from proxy.errors import BudgetExceeded, InvalidAPIKey, RateLimited
+from proxy.errors import BudgetExceeded, InvalidAPIKey, KeyLimited, RateLimited
 
 WINDOW_SECONDS = 60.0
 DAY_SECONDS = 86400.0
@@ -50,6 +50,7 @@ class Limiter:
 
     def __init__(self, config: AuthConfig) -> None:
         self._keys = config.keys
+        self._paced = {key.name: key for key in config.keys if key.rpm is not None or key.tpm is not None}
         self._usage: dict[str, _Usage] = {}
 
     def authenticate(self, authorization: str | None) -> Principal:
@@ -73,12 +74,16 @@ class Limiter:
             return
         now = time.time() if now is None else now
         usage = self._usage_of(key.name, now)
+        refusal: KeyLimited | None = None
         if key.budget_usd_per_day is not None and usage.spent >= key.budget_usd_per_day:
-            raise over_budget(key, now)
-        if key.tpm is not None and usage.token_total >= key.tpm:
-            raise over_tpm(key, usage.tokens[0][0] + WINDOW_SECONDS - now)
-        if key.rpm is not None and len(usage.requests) >= key.rpm:
-            raise over_rpm(key, usage.requests[0] + WINDOW_SECONDS - now)
+            refusal = over_budget(key, now)
+        elif key.tpm is not None and usage.token_total >= key.tpm:
+            refusal = over_tpm(key, usage.tokens[0][0] + WINDOW_SECONDS - now)
+        elif key.rpm is not None and len(usage.requests) >= key.rpm:
+            refusal = over_rpm(key, usage.requests[0] + WINDOW_SECONDS - now)
+        if refusal is not None:
+            refusal.limits = self.rate_headers(key.name, now)
+            raise refusal
         usage.requests.append(now)
 
     def charge(self, principal: Principal, tokens: int, cost: float, now: float | None = None) -> None:
@@ -90,6 +95,21 @@ class Limiter:
             usage.tokens.append((now, tokens))
             usage.token_total += tokens
         usage.spent += cost
+
+    def rate_headers(self, name: str | None, now: float | None = None) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers for a key with an rpm or tpm (none for other callers).
+
+        Remaining is what the key's window has left; reset is when the oldest
+        request (or token charge) in it leaves, i.e. when one more fits.
+        """
+        key = self._paced.get(name) if name is not None else None
+        if key is None:
+            return {}
+        now = time.time() if now is None else now
+        usage = self._usage_of(key.name, now)
+        oldest_request = usage.requests[0] if usage.requests else None
+        oldest_tokens = usage.tokens[0][0] if usage.tokens else None
+        return window_headers(key, now, len(usage.requests), oldest_request, usage.token_total, oldest_tokens)
 
     def _usage_of(self, name: str, now: float) -> _Usage:
         usage = self._usage.get(name)
@@ -109,6 +129,41 @@ class Limiter:
 def has_limits(key: ApiKey) -> bool:
     """Only keys with a limit are counted at all: the rest cost nothing per request."""
     return key.rpm is not None or key.tpm is not None or key.budget_usd_per_day is not None
+
+
+def window_headers(
+    key: ApiKey, now: float, requests: int, oldest_request: float | None, tokens: int, oldest_tokens: float | None
+) -> dict[str, str]:
+    """The headers for a key whose last 60 s hold ``requests`` and ``tokens``, the oldest of each at the given time."""
+    headers = {}
+    if key.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(key.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, key.rpm - requests))
+        headers["x-ratelimit-reset-requests"] = reset_duration(_until_leaves(oldest_request, now))
+    if key.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(key.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, key.tpm - tokens))
+        headers["x-ratelimit-reset-tokens"] = reset_duration(_until_leaves(oldest_tokens, now))
+    return headers
+
+
+def _until_leaves(oldest: float | None, now: float) -> float:
+    return 0.0 if oldest is None else oldest + WINDOW_SECONDS - now
+
+
+def reset_duration(seconds: float) -> str:
+    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``250ms``, ``1s``, ``6m0s``, ``1m30.5s``."""
+    seconds = round(seconds, 3)
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours or minutes:
+        text = f"{minutes}m{text}"
+    return f"{hours}h{text}" if hours else text
 
 
 def over_budget(key: ApiKey, now: float) -> BudgetExceeded:

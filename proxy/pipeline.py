@@ -293,6 +293,7 @@ class Pipeline:
             headers["X-Sluice-Dedup"] = "joined"
         if record.trimmed_messages:
             headers["X-Sluice-Trimmed-Messages"] = str(record.trimmed_messages)
+        headers.update(self.limiter.rate_headers(record.key_name))
         return headers
 
     def _cached_response(
