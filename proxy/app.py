@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hmac
+import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis import RedisCache
 from proxy.config import Config, load_config
-from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
+from proxy.errors import Forbidden, InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
 from proxy.limits import Limiter
 from proxy.middleware import RequestMiddleware
@@ -83,7 +84,7 @@ class Gateway:
         if self.config.cache.enabled and self.config.cache.backend == "redis":
             from proxy.shared_state import SharedState
 
-            self.shared = SharedState(self.config, self.breakers)
+            self.shared = SharedState(self.config, self.breakers, self.telemetry.stats.history)
             self.shared.start()
             limiter = self.shared.limiter
         self.pipeline = Pipeline(
@@ -143,7 +144,17 @@ class Gateway:
                 snapshot["cache"].update(lane_hits=self.pipeline.lane.hits, lane_entries=len(self.pipeline.lane))
         if isinstance(self.cache, RedisCache):
             snapshot["cache"].update(near_entries=len(self.cache.near), near_live=self.cache.near.live)
+        if self.pipeline is not None:
+            for name, limits in (await self.pipeline.limiter.usage()).items():
+                snapshot["keys"].setdefault(name, {}).update(limits)
         return _json(snapshot)
+
+    async def stats_history(self, request: Request) -> Response:
+        """The dashboard's history: every process's, with the Redis backend."""
+        require_admin(request)
+        self.telemetry.flush()
+        others = await self.shared.history.others() if self.shared is not None else []
+        return _json(self.telemetry.stats.history.render(others))
 
     async def models(self, request: Request) -> Response:
         """Aliases, then each provider's models as ``provider/model``; a failing provider is skipped."""
@@ -182,6 +193,25 @@ class Gateway:
         if path.parent != DASHBOARD_DIR.resolve() or not path.is_file():
             raise NotFound(f"No dashboard file '{name}'.")
         return FileResponse(path)
+
+
+def require_admin(request: Request) -> None:
+    """Key names and spend are the operator's (CONTRACT §6 "Exposure"): the admin key when
+    one is set, else loopback callers only."""
+    admin_key = request.app.state.gateway.config.auth.admin_key
+    if admin_key:
+        supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(supplied.encode(), admin_key.encode()):
+            raise InvalidAPIKey("This endpoint needs the admin key: 'Authorization: Bearer <admin_key>'.")
+    elif request.client is None or not _loopback(request.client.host):
+        raise Forbidden("Without an admin key set, only loopback clients may read this endpoint.")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _sluice_error(request: Request, exc: Exception) -> Response:
@@ -262,6 +292,7 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         Route("/readyz", gateway.readyz, methods=["GET"]),
         Route("/metrics", gateway.metrics, methods=["GET"]),
         Route("/stats", gateway.stats, methods=["GET"]),
+        Route("/stats/history", gateway.stats_history, methods=["GET"]),
         Route("/dashboard", gateway.dashboard, methods=["GET"]),
         Route("/dashboard/{name}", gateway.dashboard, methods=["GET"]),
         Route("/admin/cache/clear", gateway.clear_cache, methods=["POST"]),

@@ -12,6 +12,7 @@ import hmac
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.config import ApiKey, AuthConfig
 from proxy.errors import BudgetExceeded, InvalidAPIKey, KeyLimited, RateLimited
@@ -96,6 +97,16 @@ class Limiter:
             usage.token_total += tokens
         usage.spent += cost
 
+    async def usage(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Each key with a limit: the limits and what the key has used of them (for /stats)."""
+        now = time.time() if now is None else now
+        result = {}
+        for key in self._keys:
+            if has_limits(key):
+                usage = self._usage_of(key.name, now)
+                result[key.name] = key_usage(key, len(usage.requests), usage.token_total, usage.spent)
+        return result
+
     def rate_headers(self, name: str | None, now: float | None = None) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` headers for a key with an rpm or tpm (none for other callers).
 
@@ -129,6 +140,17 @@ class Limiter:
 def has_limits(key: ApiKey) -> bool:
     """Only keys with a limit are counted at all: the rest cost nothing per request."""
     return key.rpm is not None or key.tpm is not None or key.budget_usd_per_day is not None
+
+
+def key_usage(key: ApiKey, requests: int, tokens: int, spent: float) -> dict[str, Any]:
+    return {
+        "rpm": key.rpm,
+        "tpm": key.tpm,
+        "budget_usd_per_day": key.budget_usd_per_day,
+        "requests_last_minute": requests,
+        "tokens_last_minute": tokens,
+        "spent_today_usd": round(spent, 8),
+    }
 
 
 def window_headers(

@@ -1,4 +1,4 @@
-"""What Sluice processes share through Redis besides the cache: breaker state and key limits.
+"""What Sluice processes share through Redis besides the cache: breaker state, key limits, the dashboard's history.
 
 Built in ``Gateway.start`` when ``cache.backend`` is ``redis``. Redis stays an
 optimisation, never a dependency, exactly as for the cache: short socket
@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
@@ -46,16 +47,19 @@ from proxy.limits import (
     Limiter,
     Principal,
     has_limits,
+    key_usage,
     over_budget,
     over_rpm,
     over_tpm,
     window_headers,
 )
 from proxy.resilience import Breakers, TargetBreaker
+from proxy.telemetry.history import COARSE, FINE, SPANS, Buckets, History
 
 BREAKER_PREFIX = "sluice:breaker:"
 BREAKER_CHANNEL = "sluice:breakers"
 LIMITS_PREFIX = "sluice:limits:"
+HISTORY_PREFIX = "sluice:history:"
 
 _log = structlog.get_logger("sluice")
 T = TypeVar("T")
@@ -334,6 +338,32 @@ class RedisLimiter(Limiter):
             refusal.limits = self.rate_headers(key.name, now)
             raise refusal
 
+    async def usage(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """As ``Limiter.usage``, read from Redis in one round trip; this process's own count when Redis fails."""
+        now = time.time() if now is None else now
+        keys = [key for key in self._keys if has_limits(key)]
+        horizon = round((now - WINDOW_SECONDS) * 1000)
+
+        async def read(redis: Redis) -> list[Any]:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    requests, tokens, _, spent = _keys(key.name, now)
+                    pipe.zcount(requests, f"({horizon}", "+inf")
+                    pipe.zrangebyscore(tokens, f"({horizon}", "+inf")
+                    pipe.get(spent)
+                return await pipe.execute()
+
+        try:
+            replies = await self._link.run(read)
+        except RedisUnavailable:
+            return await super().usage(now)
+        result = {}
+        for n, key in enumerate(keys):
+            requests, charges, spent = replies[3 * n : 3 * n + 3]
+            tokens = sum(int(member.rsplit(b":", 1)[1]) for member in charges)
+            result[key.name] = key_usage(key, requests, tokens, float(spent or 0))
+        return result
+
     def rate_headers(self, name: str | None, now: float | None = None) -> dict[str, str]:
         """As ``Limiter.rate_headers``, from the window as the key's last admit in this process saw it."""
         key = self._paced.get(name) if name is not None else None
@@ -387,17 +417,74 @@ def _limit(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-class SharedState:
-    """The Redis link, the shared limiter and the breaker sync: what ``Gateway`` starts and stops."""
+class SharedHistory:
+    """The dashboard's history of every process: each writes its own buckets, readers add them up.
 
-    def __init__(self, config: Config, breakers: Breakers) -> None:
+    Every ``FINE`` seconds a process writes all its buckets to one key of its
+    own (``sluice:history:<process>``), expiring a day later: no process ever
+    changes another's, so there is nothing to lock, and a stopped process's
+    last hours stay readable until they would have left the history anyway.
+    """
+
+    def __init__(self, link: RedisLink, history: History) -> None:
+        self._link = link
+        self._history = history
+        self._key = HISTORY_PREFIX + secrets.token_hex(8)
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_every_interval())
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        await self.write()  # the last bucket, for the processes that go on
+
+    async def write(self) -> None:
+        data = orjson.dumps({str(seconds): buckets for seconds, buckets in self._history.buckets().items()}, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            await self._link.run(lambda redis: redis.set(self._key, data, ex=SPANS[COARSE]))
+        except RedisUnavailable:
+            pass  # written again at the next interval
+
+    async def others(self) -> list[dict[int, Buckets]]:
+        """Every other process's buckets; none when Redis fails (this process's own still answer)."""
+
+        async def read(redis: Redis) -> list[bytes | None]:
+            keys = [key async for key in redis.scan_iter(match=HISTORY_PREFIX + "*", count=1000) if key.decode() != self._key]
+            return await redis.mget(keys) if keys else []
+
+        try:
+            values = await self._link.run(read)
+        except RedisUnavailable:
+            return []
+        return [
+            {int(seconds): {int(start): bucket for start, bucket in buckets.items()} for seconds, buckets in orjson.loads(value).items()}
+            for value in values
+            if value is not None
+        ]
+
+    async def _write_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(FINE)
+            await self.write()
+
+
+class SharedState:
+    """The Redis link, the shared limiter, the breaker sync and the shared history: what ``Gateway`` starts and stops."""
+
+    def __init__(self, config: Config, breakers: Breakers, history: History) -> None:
         self.link = RedisLink(config.cache.redis_url)
         self.limiter = RedisLimiter(config.auth, self.link)
         self.breaker_sync = BreakerSync(self.link, breakers)
+        self.history = SharedHistory(self.link, history)
 
     def start(self) -> None:
         self.breaker_sync.start()
+        self.history.start()
 
     async def aclose(self) -> None:
         await self.breaker_sync.stop()
+        await self.history.stop()
         await self.link.aclose()

@@ -43,8 +43,8 @@ class History:
         self._start = 0
         self._current: Bucket = [0.0] * WIDTH
 
-    def add(self, record: RequestRecord, latencies: Sequence[float], failed: bool) -> None:
-        start = int(time.time()) // FINE * FINE
+    def add(self, record: RequestRecord, latencies: Sequence[float], failed: bool, now: float | None = None) -> None:
+        start = int(time.time() if now is None else now) // FINE * FINE
         if start > self._start:
             self._close(start)
         n = len(latencies)
