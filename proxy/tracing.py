@@ -6,8 +6,9 @@ that global, so tracing off costs nothing. On, each model call
 (``OPERATIONS``) is a SERVER span, continuing the client's ``traceparent``,
 and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
 retries and fallbacks show as siblings; the upstream receives the attempt
-span's ``traceparent``. Spans end from what the request's ``RequestRecord``
-holds at its end, and are exported in batches by the SDK's own thread.
+span's ``traceparent``. A span is written once, when it ends, from what the
+request's ``RequestRecord`` (or the attempt) learnt; ``proxy.otlp`` encodes it
+and a thread of its own exports the batches.
 
 Prompt and completion text go into spans only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
@@ -20,21 +21,22 @@ conventions; ``sluice.*`` are Sluice's own.
 from __future__ import annotations
 
 import os
+import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
+from random import getrandbits
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import Scope
 
 from proxy.config import Config, Target
 from proxy.errors import SluiceError, UpstreamHTTPError
+from proxy.otlp import CLIENT, SERVER, SpanExporter, encode_span
 from proxy.telemetry.record import RequestRecord
 
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -55,14 +57,20 @@ TRACING: Tracing | None = None
 
 @dataclass(slots=True)
 class _Request:
-    """What attempt spans need from their request: the parent span and the operation."""
+    """The request's span while it is served: what its attempt spans and the upstream headers need."""
 
-    span: Span
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    flags: int
+    trace_state: str
     operation: str
+    start_ns: int
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
-_upstream: ContextVar[str | None] = ContextVar("sluice_traceparent_upstream", default=None)
+_upstream: ContextVar[dict[str, str] | None] = ContextVar("sluice_trace_upstream", default=None)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
 
 
 def enabled_by(environ: Mapping[str, str]) -> bool:
@@ -85,63 +93,91 @@ def shutdown() -> None:
     """Export what is still queued, then stop (at server shutdown)."""
     global TRACING
     if TRACING is not None:
-        TRACING.provider.shutdown()
+        TRACING.exporter.shutdown()
         TRACING = None
 
 
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` with the current attempt's ``traceparent``, for an upstream request (tracing on)."""
-    traceparent = _upstream.get()
-    return {**headers, "traceparent": traceparent} if traceparent is not None else headers
+    """``headers`` with the current attempt's ``traceparent`` (and ``tracestate``), for an upstream request."""
+    trace_headers = _upstream.get()
+    return {**headers, **trace_headers} if trace_headers is not None else headers
+
+
+def parse_traceparent(value: str) -> tuple[int, int, int] | None:
+    """W3C ``traceparent`` → (trace id, parent span id, flags); None when invalid (a new trace starts)."""
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or not int(trace_id, 16) or not int(span_id, 16):
+        return None
+    return int(trace_id, 16), int(span_id, 16), int(flags, 16)
 
 
 class Tracing:
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
-        # The SDK and the exporter load only when tracing is on (~0.15 s of imports).
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        # The SDK resolves the resource and the sampler from the environment as every
+        # OpenTelemetry SDK does; it loads only when tracing is on. Spans skip its span
+        # objects and encoder (proxy/otlp.py says why).
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
         resource = Resource.create()
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
             resource = resource.merge(Resource({SERVICE_NAME: "sluice"}))
-        self.provider = TracerProvider(resource=resource)
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        self.tracer = self.provider.get_tracer("sluice")
+        self._sampler = TracerProvider().sampler
+        self._default_sampling = self._sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
+        self.exporter = SpanExporter(environ, dict(resource.attributes), "sluice")
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
-        self._propagator = TraceContextTextMapPropagator()
         self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
 
     # -- the request (SERVER) span --
 
     def start_request(self, scope: Scope, record: RequestRecord) -> Token[_Request | None] | None:
-        """Open the request's span (model calls only), continuing the client's trace context."""
+        """Begin the request's span (model calls only), continuing the client's trace context."""
         path = scope["path"]
         operation = OPERATIONS.get(path) if scope["method"] == "POST" else None
         if operation is None:
             return None
-        carrier = {
-            name.decode("latin-1"): value.decode("latin-1")
-            for name, value in scope["headers"]
-            if name in (b"traceparent", b"tracestate")
-        }
-        parent = self._propagator.extract(carrier) if carrier else None
-        record.span = self.tracer.start_span(
-            operation,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"gen_ai.operation.name": operation, "http.request.method": scope["method"], "url.path": path},
-        )
-        return _request.set(_Request(record.span, operation))
+        parent, trace_state = None, ""
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+            elif name == b"tracestate":
+                trace_state = value.decode("latin-1").strip()
+        if parent is None:
+            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
+            flags = self._sampled(operation, trace_id, None)
+        else:
+            trace_id, parent_span_id, flags = parent
+            flags = self._sampled(operation, trace_id, parent)
+        record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())
+        return _request.set(record.span)
+
+    def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
+        """The trace flags for this request: the parent's decision, or the configured sampler's."""
+        if self._default_sampling:  # parentbased_always_on: follow the parent, sample roots
+            return parent[2] & 1 if parent is not None else 1
+        from opentelemetry import trace
+
+        context = None
+        if parent is not None:
+            span_context = trace.SpanContext(parent[0], parent[1], True, trace.TraceFlags(parent[2] & 1))
+            context = trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+        result = self._sampler.should_sample(context, trace_id, operation, trace.SpanKind.SERVER)
+        return 1 if result.decision.is_sampled() else 0
 
     def finish_request(self, record: RequestRecord, token: Token[_Request | None]) -> None:
-        """Name the span, set what the record learnt, end it."""
-        operation = token.var.get().operation  # type: ignore[union-attr]
+        """The request is over: its span, from what its record learnt."""
         _request.reset(token)
-        span: Span = record.span
-        span.update_name(f"{operation} {record.model}" if record.model else operation)
+        request: _Request = record.span
+        if not request.flags & 1:
+            return
         attributes: dict[str, Any] = {
+            "gen_ai.operation.name": request.operation,
+            "http.request.method": record.method,
+            "url.path": record.path,
             "http.response.status_code": record.status,
             "gen_ai.request.stream": record.stream,
             "sluice.cache": record.cache or "off",
@@ -164,52 +200,71 @@ class Tracing:
                 attributes.update(_content(record.body, record.completion.data))
         elif self.capture_content and record.body is not None:
             attributes.update(_content(record.body, None))
+        error = None
         if record.status >= 400 or record.error_code:
             attributes["error.type"] = record.error_code or str(record.status)
             if record.status >= 500 or record.status == 0:
-                span.set_status(Status(StatusCode.ERROR, record.error_code))
-        span.set_attributes(attributes)
-        span.end()
+                error = record.error_code or ""
+        name = f"{request.operation} {record.model}" if record.model else request.operation
+        self.exporter.add(
+            encode_span(
+                trace_id=request.trace_id, span_id=request.span_id, parent_span_id=request.parent_span_id,
+                flags=request.flags, trace_state=request.trace_state, name=name, kind=SERVER,
+                start_ns=request.start_ns, end_ns=time.time_ns(), attributes=attributes, error=error,
+            )
+        )
 
     # -- the attempt (CLIENT) spans --
 
     @contextmanager
-    def attempt(self, target: Target, number: int) -> Iterator[Span]:
-        """A span around one upstream attempt; the upstream request made inside carries its ``traceparent``."""
+    def attempt(self, target: Target, number: int) -> Iterator[dict[str, Any]]:
+        """A span around one upstream attempt; the upstream request made inside carries its ``traceparent``.
+
+        Yields the span's attributes, for ``attempt_answered`` to add to.
+        """
         request = _request.get()
-        operation = request.operation if request is not None else "chat"
+        if request is None:  # not inside a traced request: nothing to continue
+            yield {}
+            return
+        span_id = getrandbits(64) or 1
+        trace_headers = {"traceparent": f"00-{request.trace_id:032x}-{span_id:016x}-{request.flags:02x}"}
+        if request.trace_state:
+            trace_headers["tracestate"] = request.trace_state
+        token = _upstream.set(trace_headers)
         attributes: dict[str, Any] = {
-            "gen_ai.operation.name": operation,
+            "gen_ai.operation.name": request.operation,
             "gen_ai.request.model": target.model,
             "sluice.provider": target.provider,
             "sluice.attempt": number,
             **self._providers.get(target.provider, {}),
         }
-        context = trace.set_span_in_context(request.span) if request is not None else None
-        span = self.tracer.start_span(
-            f"{operation} {target.model}", context=context, kind=SpanKind.CLIENT, attributes=attributes
-        )
-        sc = span.get_span_context()
-        token = _upstream.set(f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}")
+        started, error = time.time_ns(), None
         try:
-            yield span
+            yield attributes
         except BaseException as exc:
-            span.set_attributes(_failure(exc))
-            span.set_status(Status(StatusCode.ERROR, getattr(exc, "message", None) or type(exc).__name__))
+            attributes.update(_failure(exc))
+            error = getattr(exc, "message", None) or type(exc).__name__
             raise
         finally:
             _upstream.reset(token)
-            span.end()
+            if request.flags & 1:
+                self.exporter.add(
+                    encode_span(
+                        trace_id=request.trace_id, span_id=span_id, parent_span_id=request.span_id,
+                        flags=request.flags, trace_state=request.trace_state, name=f"{request.operation} {target.model}",
+                        kind=CLIENT, start_ns=started, end_ns=time.time_ns(), attributes=attributes, error=error,
+                    )
+                )
 
-    def attempt_answered(self, span: Span, value: object) -> None:
+    @staticmethod
+    def attempt_answered(attributes: dict[str, Any], value: object) -> None:
         """A whole (non-streamed) answer came back: its model, finish reasons and usage on the attempt span."""
         data = getattr(value, "data", None)
         if isinstance(data, dict):
-            attributes = _answer_attributes(data, None)
+            attributes.update(_answer_attributes(data, None))
             usage = data.get("usage")
             if isinstance(usage, dict):
                 attributes.update(_usage_totals(usage))
-            span.set_attributes(attributes)
 
 
 def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:
@@ -246,14 +301,14 @@ def _answer_attributes(data: dict[str, Any], upstream_model: str | None) -> dict
     return attributes
 
 
-def _finish_reasons(data: dict[str, Any]) -> list[str]:
+def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
     choices = data.get("choices")
     if isinstance(choices, list):
-        return [c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str)]
+        return tuple(c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))
     for key in ("stop_reason", "status"):  # Messages, Responses
         if isinstance(data.get(key), str):
-            return [data[key]]
-    return []
+            return (data[key],)
+    return ()
 
 
 def _usage_details(usage: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,8 @@ class OTLPReceiver:
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
+        self.headers: list[dict[str, str]] = []
+        self.status = 200  # what the receiver answers; a test may make it refuse
         self._changed = threading.Condition()
         receiver = self
 
@@ -57,7 +59,12 @@ class OTLPReceiver:
                     self.send_response(404)
                     self.end_headers()
                     return
-                receiver._add(ExportTraceServiceRequest.FromString(body))
+                if receiver.status != 200:
+                    self.send_response(receiver.status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                receiver._add(ExportTraceServiceRequest.FromString(body), dict(self.headers))
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -86,6 +93,8 @@ class OTLPReceiver:
     def reset(self) -> None:
         with self._changed:
             self.spans.clear()
+            self.headers.clear()
+            self.status = 200
 
     def wait_for(self, ready: Callable[[list[ReceivedSpan]], bool], timeout: float = 10.0) -> list[ReceivedSpan]:
         with self._changed:
@@ -93,7 +102,7 @@ class OTLPReceiver:
                 raise AssertionError(f"spans never matched; received: {[(s.kind, s.name) for s in self.spans]}")
             return list(self.spans)
 
-    def _add(self, request: ExportTraceServiceRequest) -> None:
+    def _add(self, request: ExportTraceServiceRequest, headers: dict[str, str]) -> None:
         spans = []
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
@@ -115,4 +124,5 @@ class OTLPReceiver:
                     )
         with self._changed:
             self.spans.extend(spans)
+            self.headers.append(headers)
             self._changed.notify_all()
