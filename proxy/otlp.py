@@ -104,6 +104,11 @@ def encode_attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
     return b"".join(parts)
 
 
+def span_attributes(attributes: Mapping[str, Any]) -> bytes:
+    """Attributes as a ``Span``'s (field 9), for ``encode_span``'s ``encoded_attributes``."""
+    return encode_attributes(b"\x4a", attributes)
+
+
 def encode_span(
     *,
     trace_id: int,
@@ -117,8 +122,12 @@ def encode_span(
     end_ns: int,
     attributes: Mapping[str, Any],
     error: str | None,
+    encoded_attributes: bytes = b"",
 ) -> bytes:
-    """One ``Span`` message (trace.proto field numbers in the comments)."""
+    """One ``Span`` message (trace.proto field numbers in the comments).
+
+    ``encoded_attributes`` are more attributes, already encoded with ``span_attributes``.
+    """
     parts = [
         b"\x0a\x10" + trace_id.to_bytes(16, "big"),  # 1 trace_id
         b"\x12\x08" + span_id.to_bytes(8, "big"),  # 2 span_id
@@ -131,7 +140,7 @@ def encode_span(
     parts.append(b"\x30" + _varint(kind))  # 6 kind
     parts.append(b"\x39" + struct.pack("<Q", start_ns))  # 7 start_time_unix_nano
     parts.append(b"\x41" + struct.pack("<Q", end_ns))  # 8 end_time_unix_nano
-    parts.append(encode_attributes(b"\x4a", attributes))  # 9 attributes
+    parts.append(encoded_attributes + span_attributes(attributes))  # 9 attributes
     if error is not None:  # 15 status: message 2, code 3
         parts.append(_delimited(b"\x7a", _delimited(b"\x12", error.encode()) + b"\x18" + _varint(_ERROR)))
     parts.append(b"\x85\x01" + struct.pack("<I", flags & 0xFF))  # 16 flags (fixed32): the W3C trace flags

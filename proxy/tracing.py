@@ -36,7 +36,7 @@ from starlette.types import Scope
 
 from proxy.config import Config, Target
 from proxy.errors import SluiceError, UpstreamHTTPError
-from proxy.otlp import CLIENT, SERVER, SpanExporter, encode_span
+from proxy.otlp import CLIENT, SERVER, SpanExporter, encode_span, span_attributes
 from proxy.telemetry.record import RequestRecord
 
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -50,6 +50,9 @@ OPERATIONS = {
     "/v1/completions": "text_completion",
 }
 """The traced routes (``POST``), each with its ``gen_ai.operation.name``."""
+
+MAX_KINDS = 4096
+"""Kinds of request (and of attempt) whose shared attributes are kept encoded."""
 
 TRACING: Tracing | None = None
 """The one tracer of this process, or None when tracing is off (set by ``configure``)."""
@@ -131,6 +134,7 @@ class Tracing:
         self.exporter = SpanExporter(environ, dict(resource.attributes), "sluice")
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
         self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
+        self._common: dict[tuple[Any, ...], bytes] = {}
 
     # -- the request (SERVER) span --
 
@@ -174,22 +178,13 @@ class Tracing:
         request: _Request = record.span
         if not request.flags & 1:
             return
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": request.operation,
-            "http.request.method": record.method,
-            "url.path": record.path,
-            "http.response.status_code": record.status,
-            "gen_ai.request.stream": record.stream,
-            "sluice.cache": record.cache or "off",
-            "sluice.dedup": record.dedup,
-            "sluice.tokens_saved": record.tokens_saved,
-            "sluice.attempts": record.attempts,
-        }
-        if record.model:
-            attributes["gen_ai.request.model"] = record.model
-        if record.provider:
-            attributes.update(self._providers.get(record.provider, {}))
-            attributes["sluice.provider"] = record.provider
+        kind = (request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model, record.provider)
+        common = self._common.get(kind)
+        if common is None:
+            common = span_attributes(self._common_attributes(request.operation, record))
+            if len(self._common) < MAX_KINDS:
+                self._common[kind] = common
+        attributes: dict[str, Any] = {"sluice.tokens_saved": record.tokens_saved}
         if record.ttft_seconds is not None:
             attributes["gen_ai.response.time_to_first_chunk"] = record.ttft_seconds
         if record.completion is not None:
@@ -211,8 +206,28 @@ class Tracing:
                 trace_id=request.trace_id, span_id=request.span_id, parent_span_id=request.parent_span_id,
                 flags=request.flags, trace_state=request.trace_state, name=name, kind=SERVER,
                 start_ns=request.start_ns, end_ns=time.time_ns(), attributes=attributes, error=error,
+                encoded_attributes=common,
             )
         )
+
+    def _common_attributes(self, operation: str, record: RequestRecord) -> dict[str, Any]:
+        """The attributes many requests share: encoded once per kind of request (``finish_request``)."""
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "http.request.method": record.method,
+            "url.path": record.path,
+            "http.response.status_code": record.status,
+            "gen_ai.request.stream": record.stream,
+            "sluice.cache": record.cache or "off",
+            "sluice.dedup": record.dedup,
+            "sluice.attempts": record.attempts,
+        }
+        if record.model:
+            attributes["gen_ai.request.model"] = record.model
+        if record.provider:
+            attributes.update(self._providers.get(record.provider, {}))
+            attributes["sluice.provider"] = record.provider
+        return attributes
 
     # -- the attempt (CLIENT) spans --
 
@@ -231,13 +246,19 @@ class Tracing:
         if request.trace_state:
             trace_headers["tracestate"] = request.trace_state
         token = _upstream.set(trace_headers)
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": request.operation,
-            "gen_ai.request.model": target.model,
-            "sluice.provider": target.provider,
-            "sluice.attempt": number,
-            **self._providers.get(target.provider, {}),
-        }
+        kind = (request.operation, target, number)
+        common = self._common.get(kind)
+        if common is None:
+            common = span_attributes({
+                "gen_ai.operation.name": request.operation,
+                "gen_ai.request.model": target.model,
+                "sluice.provider": target.provider,
+                "sluice.attempt": number,
+                **self._providers.get(target.provider, {}),
+            })
+            if len(self._common) < MAX_KINDS:
+                self._common[kind] = common
+        attributes: dict[str, Any] = {}
         started, error = time.time_ns(), None
         try:
             yield attributes
@@ -253,6 +274,7 @@ class Tracing:
                         trace_id=request.trace_id, span_id=span_id, parent_span_id=request.span_id,
                         flags=request.flags, trace_state=request.trace_state, name=f"{request.operation} {target.model}",
                         kind=CLIENT, start_ns=started, end_ns=time.time_ns(), attributes=attributes, error=error,
+                        encoded_attributes=common,
                     )
                 )
 
