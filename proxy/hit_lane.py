@@ -130,6 +130,7 @@ class HitLane:
             body = payload
         template = copy.copy(record)
         template.status, template.bytes_out, template.error_code = 200, len(payload), None
+        template.body = template.completion = None  # tracing's references: the lane keeps no request's body
         entry = LaneEntry(
             cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), len(key[3]) + len(body) + 512
         )
