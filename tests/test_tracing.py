@@ -208,3 +208,34 @@ def test_tracing_off_sends_no_trace_headers_upstream(start_proxy, fake_openai) -
 )
 def test_which_environments_turn_tracing_on(environ: dict[str, str], on: bool) -> None:
     assert enabled_by(environ) is on
+
+
+@pytest.mark.parametrize(
+    ("sampler", "traceparent", "sampled"),
+    [
+        (None, None, 1),
+        (None, TRACEPARENT, 1),
+        (None, f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00", 0),  # the client's decision is followed
+        ("always_off", None, 0),
+        ("parentbased_always_off", TRACEPARENT, 1),
+        ("parentbased_always_off", None, 0),
+    ],
+)
+def test_sampling_follows_otel_traces_sampler_and_the_parent(monkeypatch, sampler, traceparent, sampled) -> None:  # type: ignore[no-untyped-def]
+    from proxy.config import Config, ProviderConfig
+    from proxy.telemetry.record import RequestRecord
+    from proxy.tracing import Tracing
+
+    if sampler is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    config = Config(providers=(ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1"),))
+    tracing = Tracing(config, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    try:
+        headers = [(b"traceparent", traceparent.encode())] if traceparent else []
+        record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
+        token = tracing.start_request({"path": "/v1/chat/completions", "method": "POST", "headers": headers}, record)
+        assert token is not None and record.span.flags & 1 == sampled
+        if traceparent:
+            assert f"{record.span.trace_id:032x}" == CLIENT_TRACE
+    finally:
+        tracing.exporter.shutdown()
