@@ -119,6 +119,7 @@ def fake_history(now: float) -> dict:
                 "prompt_tokens": requests * 850, "completion_tokens": requests * 120, "tokens_saved": hits * 610,
                 "cost_usd": requests * 0.00041, "cost_saved_usd": hits * 0.00038,
                 "latency_ms": {"p50": 180 + 40 * math.sin(i / 7), "p95": 420 + 90 * math.sin(i / 7), "p99": 900 + 150 * math.sin(i / 5)},
+                "ttft_ms": {"p50": 95 + 20 * math.sin(i / 7), "p95": 240 + 50 * math.sin(i / 7), "p99": 480 + 80 * math.sin(i / 5)},
             })
         intervals.append({"seconds": seconds, "points": points})
     return {"now": now, "intervals": intervals}
@@ -253,8 +254,7 @@ def test_dashboard_draws_live_stats(page, dashboard_base_url):
     for points in line_points(page, "chart-throughput"):
         assert POLLS - 1 + history_points - 3 * 60 // 10 <= points <= POLLS - 1 + history_points
     assert len(line_points(page, "chart-latency")) == 3
-    if "ttft_ms" in last:
-        assert line_points(page, "chart-ttft") == [POLLS] * 3, "the history has no TTFT: live samples only"
+    assert len(line_points(page, "chart-ttft")) == 3
     for d in page.eval_on_selector_all("svg.chart path.line", "paths => paths.map(p => p.getAttribute('d'))"):
         assert d.startswith("M") and "NaN" not in d
 
@@ -437,6 +437,7 @@ def test_history_renders_on_first_load(browser, dashboard_base_url, width) -> No
         assert line_points(page, "chart-throughput") == [hour, hour]
         assert line_points(page, "chart-latency") == [hour + 1] * 3, "the history, then the poll's percentiles"
         assert line_points(page, "chart-hit-rate") == [hour]
+        assert line_points(page, "chart-ttft") == [hour + 1] * 3
         assert page.locator("#chart-throughput text.axis", has_text="-60m").count() == 1
         assert page.locator("#keys tr[data-key]").count() == 2
         assert page.locator('#keys tr[data-key="team-a"] td.budget .used').inner_text() == "$12.50 / $25.00"

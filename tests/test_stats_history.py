@@ -13,9 +13,9 @@ from tests.redis_server import RedisServer, redis_server  # noqa: F401
 T0 = 1_800_000_000  # a multiple of both intervals
 
 
-def record(status: int = 200, cache: str = "miss", prompt: int = 10, completion: int = 5, cost: float = 0.01) -> RequestRecord:
+def record(status: int = 200, cache: str = "miss", prompt: int = 10, completion: int = 5, cost: float = 0.01, ttft: float | None = None) -> RequestRecord:
     r = RequestRecord("req", "POST", "/v1/chat/completions", 0.0, status=status, cache=cache)
-    r.prompt_tokens, r.completion_tokens, r.cost_usd = prompt, completion, cost
+    r.prompt_tokens, r.completion_tokens, r.cost_usd, r.ttft_seconds = prompt, completion, cost, ttft
     return r
 
 
@@ -25,7 +25,7 @@ def intervals(rendered: dict) -> dict[int, list[dict]]:
 
 def test_requests_land_in_their_interval_and_roll_up_into_five_minutes() -> None:
     history = History()
-    history.add(record(), [0.004, 0.006], failed=False, now=T0 + 1)
+    history.add(record(ttft=0.03), [0.004, 0.006], failed=False, now=T0 + 1)
     history.add(record(status=502, cache="bypass"), [0.2], failed=True, now=T0 + 9)
     history.add(record(cache="hit", prompt=0, completion=0, cost=0.0), [0.0008], failed=False, now=T0 + 12)
 
@@ -39,7 +39,8 @@ def test_requests_land_in_their_interval_and_roll_up_into_five_minutes() -> None
     assert first["cost_usd"] == pytest.approx(0.03)
     assert 2.5 <= first["latency_ms"]["p50"] <= 10 and 100 <= first["latency_ms"]["p99"] <= 250
     assert (second["requests"], second["cache_hits"]) == (1, 1)
-    assert second["latency_ms"]["p50"] <= 1
+    assert 25 <= first["ttft_ms"]["p50"] <= 50, "the streamed requests' first tokens"
+    assert second["latency_ms"]["p50"] <= 1 and second["ttft_ms"] is None
     assert fine[0]["requests"] == 0 and fine[0]["latency_ms"] is None, "quiet intervals are zeros"
     assert coarse[-1]["t"] == T0 and coarse[-1]["requests"] == 4, "the filling 10 s bucket counts in its 5 min one"
 

@@ -122,11 +122,11 @@ function sampleOf(stats, now) {
 function sampleOfPoint(point, seconds, offset) {
   const requests = num(point.requests), errors = num(point.errors);
   const hits = num(point.cache_hits), misses = num(point.cache_misses);
-  const latency = obj(point.latency_ms);
+  const latency = obj(point.latency_ms), ttft = obj(point.ttft_ms);
   return {
     t: (point.t + seconds) * 1000 + offset,
     p50: num(latency.p50), p95: num(latency.p95), p99: num(latency.p99),
-    ttft50: null, ttft95: null, ttft99: null,
+    ttft50: num(ttft.p50), ttft95: num(ttft.p95), ttft99: num(ttft.p99),
     rps: perSecond(requests, seconds), errps: perSecond(errors, seconds),
     hitRate: hits !== null && misses !== null && hits + misses > 0 ? (100 * hits) / (hits + misses) : null,
   };

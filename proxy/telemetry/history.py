@@ -5,8 +5,8 @@ busy hour draws that hour at once. A request adds to the current 10 s bucket
 only; when that bucket closes it is rolled into its 5 min bucket, so each
 request costs one set of increments whatever the number of rings.
 
-A bucket is a flat list of numbers (``FIELDS``, then a latency histogram on
-``LATENCY_BUCKETS``): buckets of several processes add up element by element,
+A bucket is a flat list of numbers (``FIELDS``, then histograms of latency
+and of time to first token on ``LATENCY_BUCKETS``): buckets of several processes add up element by element,
 percentiles included, which is how the Redis backend shares them
 (``proxy.shared_state.SharedHistory``).
 """
@@ -27,7 +27,8 @@ FIELDS = (
     "tokens_saved", "cost_usd", "cost_saved_usd",
 )
 _LATENCY = len(FIELDS)
-WIDTH = _LATENCY + len(LATENCY_BUCKETS) + 1
+_TTFT = _LATENCY + len(LATENCY_BUCKETS) + 1
+WIDTH = _TTFT + len(LATENCY_BUCKETS) + 1
 FINE, COARSE = 10, 300
 """Interval lengths, seconds: 360 fine buckets make the hour, 288 coarse ones the day."""
 SPANS = {FINE: 3600, COARSE: 86400}
@@ -62,6 +63,8 @@ class History:
         bucket[8] += record.cost_saved_usd * n
         for latency in latencies:
             bucket[_LATENCY + bisect_left(LATENCY_BUCKETS, latency)] += 1
+        if record.ttft_seconds is not None:
+            bucket[_TTFT + bisect_left(LATENCY_BUCKETS, record.ttft_seconds)] += n
 
     def _close(self, start: int) -> None:
         """The current bucket is over: keep it, roll it into its coarse bucket, start ``start``'s."""
@@ -123,7 +126,9 @@ def _point(start: int, bucket: Bucket) -> dict[str, Any]:
     for i, name in enumerate(FIELDS):
         value = bucket[i]
         point[name] = round(value, 8) if name.startswith("cost") else int(value)
-    point["latency_ms"] = _percentiles(bucket[_LATENCY:]) if bucket[0] else None
+    point["latency_ms"] = _percentiles(bucket[_LATENCY:_TTFT]) if bucket[0] else None
+    ttft = bucket[_TTFT:]
+    point["ttft_ms"] = _percentiles(ttft) if any(ttft) else None
     return point
 
 
