@@ -17,6 +17,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from proxy import tracing
 from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CacheUnavailable
 from proxy.cache.keys import identity_of
@@ -31,6 +32,7 @@ from proxy.hit_lane import HitLane
 from proxy.limits import AdminGuard, Limiter
 from proxy.middleware import RequestMiddleware
 from proxy.pipeline import Pipeline
+from proxy.pool_waiting import PoolWaitingCollector, pool_waiting
 from proxy.protocol import LANE_STATE, lane_enabled
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
@@ -46,7 +48,8 @@ from proxy.surfaces.messages import MessagesSurface
 from proxy.surfaces.response_routes import ResponseRoutes
 from proxy.surfaces.response_store import response_store
 from proxy.surfaces.responses import ResponsesSurface
-from proxy.telemetry import Telemetry, configure_logging
+from proxy.telemetry import Telemetry
+from proxy.telemetry.logs import configure_logging
 from proxy.tokens import use_encodings
 
 if TYPE_CHECKING:
@@ -90,7 +93,9 @@ class Gateway:
 
     async def start(self) -> None:
         use_encodings(self.config.token_encodings)
+        tracing.configure(self.config)
         self.providers = {p.name: build_provider(p) for p in self.config.providers}
+        self.telemetry.metrics.add_collector(PoolWaitingCollector(self.providers))
         self.response_routes = ResponseRoutes(self.responses.store, self.providers)
         self.cache = build_cache(self.config)
         if self.cache is not None:
@@ -99,7 +104,7 @@ class Gateway:
         if self.config.cache.enabled and self.config.cache.backend == "redis":
             from proxy.shared_state import SharedState
 
-            self.shared = SharedState(self.config, self.breakers)
+            self.shared = SharedState(self.config, self.breakers, self.telemetry.stats.history)
             self.shared.start()
             limiter = self.shared.limiter
         self.pipeline = Pipeline(
@@ -112,7 +117,7 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
-        if self.cache is not None and lane_enabled(self.config):
+        if self.cache is not None and lane_enabled(self.config) and tracing.TRACING is None:  # a lane hit has no span
             self.pipeline.lane = HitLane(self.cache, self.telemetry)
         if self.cache is not None and self.config.cache.semantic.mode != "off":
             self.pipeline.semantic = build_semantic_cache(self.config, self.cache, self.providers, self.shared)
@@ -124,6 +129,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self.telemetry.flush()
+        tracing.shutdown()
         for provider in self.providers.values():
             await provider.aclose()
         if self.cache is not None:
@@ -157,7 +163,7 @@ class Gateway:
 
     async def metrics(self, request: Request) -> Response:
         self.telemetry.flush()
-        self.telemetry.breaker_states(self.breakers.states())
+        self.telemetry.metrics.breaker_states(self.breakers.states())
         return Response(self.telemetry.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def stats(self, request: Request) -> Response:
@@ -177,7 +183,18 @@ class Gateway:
                 snapshot["cache"]["semantic_entries"] = len(self.pipeline.semantic.index)
         if isinstance(self.cache, RedisCache):
             snapshot["cache"].update(near_entries=len(self.cache.near), near_live=self.cache.near.live)
+        if self.pipeline is not None:
+            for name, limits in (await self.pipeline.limiter.usage()).items():
+                snapshot["keys"].setdefault(name, {}).update(limits)
+        snapshot["upstream_pool_waiting"] = pool_waiting(self.providers)
         return _json(snapshot)
+
+    async def stats_history(self, request: Request) -> Response:
+        """The dashboard's history: every process's, with the Redis backend."""
+        self.admin.check(request.scope)
+        self.telemetry.flush()
+        others = await self.shared.history.others() if self.shared is not None else []
+        return _json(self.telemetry.stats.history.render(others))
 
     async def models(self, request: Request) -> Response:
         """Aliases, then each provider's models as ``provider/model``; a failing provider is skipped."""
@@ -306,6 +323,7 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         Route("/readyz", gateway.readyz, methods=["GET"]),
         Route("/metrics", gateway.metrics, methods=["GET"]),
         Route("/stats", gateway.stats, methods=["GET"]),
+        Route("/stats/history", gateway.stats_history, methods=["GET"]),
         Route("/dashboard", gateway.dashboard, methods=["GET"]),
         Route("/dashboard/{name}", gateway.dashboard, methods=["GET"]),
         Route("/admin/cache/clear", gateway.clear_cache, methods=["POST"]),

@@ -89,12 +89,22 @@ class RequestTooLarge(SluiceError):
     status, code, type = 413, "request_too_large", "invalid_request_error"
 
 
-class RateLimited(SluiceError):
-    status, code, type = 429, "rate_limit_exceeded", "rate_limit_error"
+class KeyLimited(SluiceError):
+    """A proxy key's own limit refused the request; ``limits`` are the key's ``x-ratelimit-*`` headers."""
+
+    status, type = 429, "rate_limit_error"
+    limits: dict[str, str] = {}
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.limits}
 
 
-class BudgetExceeded(SluiceError):
-    status, code, type = 429, "budget_exceeded", "rate_limit_error"
+class RateLimited(KeyLimited):
+    code = "rate_limit_exceeded"
+
+
+class BudgetExceeded(KeyLimited):
+    code = "budget_exceeded"
 
 
 class UpstreamError(SluiceError):

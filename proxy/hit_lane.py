@@ -40,7 +40,9 @@ from starlette.types import Scope
 
 from proxy.cache.base import CacheBackend, CachedAnswer
 from proxy.middleware import client_request_id, new_request_id
-from proxy.telemetry import Repeat, RequestRecord, Telemetry
+from proxy.telemetry import Telemetry
+from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.repeat import Repeat
 
 MAX_BODY = 64 * 1024
 """Larger request bodies take the full path (uvicorn stops reading at this size until
@@ -128,6 +130,7 @@ class HitLane:
             body = payload
         template = copy.copy(record)
         template.status, template.bytes_out, template.error_code = 200, len(payload), None
+        template.body = template.completion = None  # tracing's references: the lane keeps no request's body
         entry = LaneEntry(
             cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), len(key[3]) + len(body) + 512
         )

@@ -57,6 +57,7 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
+from proxy import tracing
 from proxy.config import ProviderConfig
 from proxy.egress import Dialer, ForwardProxy, forward_proxy, tls_context
 from proxy.errors import (
@@ -671,6 +672,8 @@ class Http1Client:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> Http1Response:
         """Send a request and return once the status line and headers arrived."""
+        if tracing.TRACING is not None:
+            headers = tracing.upstream_headers(headers)
         data = self._encode(method, url, headers, body)
         if self._closed:
             raise UpstreamConnectionError("upstream connection failed: client closed")

@@ -31,6 +31,7 @@ import h2.errors
 import httpcore
 import httpx
 
+from proxy import tracing
 from proxy.config import ProviderConfig
 from proxy.egress import Dialer, forward_proxy, tls_context
 from proxy.errors import (
@@ -160,6 +161,8 @@ class Http2UpstreamClient:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> Http2UpstreamResponse:
         """Send a request and return once the response headers arrived."""
+        if tracing.TRACING is not None:
+            headers = tracing.upstream_headers(headers)
         request = self._client.build_request(method, url, headers=headers, content=body)
         deadline = asyncio.get_running_loop().time() + self._total
         try:

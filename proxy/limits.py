@@ -13,11 +13,12 @@ import hmac
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.types import Scope
 
 from proxy.config import ApiKey, AuthConfig, is_loopback
-from proxy.errors import BudgetExceeded, Forbidden, InvalidAPIKey, ModelNotAllowed, RateLimited
+from proxy.errors import BudgetExceeded, Forbidden, InvalidAPIKey, KeyLimited, ModelNotAllowed, RateLimited
 from proxy.providers.base import bearer_token
 from proxy.requests import read_headers
 
@@ -55,6 +56,7 @@ class Limiter:
 
     def __init__(self, config: AuthConfig) -> None:
         self._keys = config.keys
+        self._paced = {key.name: key for key in config.keys if key.rpm is not None or key.tpm is not None}
         self._usage: dict[str, _Usage] = {}
 
     def authenticate(self, credential: str | None) -> Principal:
@@ -91,12 +93,16 @@ class Limiter:
             return
         now = time.time() if now is None else now
         usage = self._usage_of(key.name, now)
+        refusal: KeyLimited | None = None
         if key.budget_usd_per_day is not None and usage.spent >= key.budget_usd_per_day:
-            raise over_budget(key, now)
-        if key.tpm is not None and usage.token_total >= key.tpm:
-            raise over_tpm(key, usage.tokens[0][0] + WINDOW_SECONDS - now)
-        if key.rpm is not None and len(usage.requests) >= key.rpm:
-            raise over_rpm(key, usage.requests[0] + WINDOW_SECONDS - now)
+            refusal = over_budget(key, now)
+        elif key.tpm is not None and usage.token_total >= key.tpm:
+            refusal = over_tpm(key, usage.tokens[0][0] + WINDOW_SECONDS - now)
+        elif key.rpm is not None and len(usage.requests) >= key.rpm:
+            refusal = over_rpm(key, usage.requests[0] + WINDOW_SECONDS - now)
+        if refusal is not None:
+            refusal.limits = self.rate_headers(key.name, now)
+            raise refusal
         usage.requests.append(now)
 
     def charge(self, principal: Principal, tokens: int, cost: float, now: float | None = None) -> None:
@@ -108,6 +114,31 @@ class Limiter:
             usage.tokens.append((now, tokens))
             usage.token_total += tokens
         usage.spent += cost
+
+    async def usage(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """Each key with a limit: the limits and what the key has used of them (for /stats)."""
+        now = time.time() if now is None else now
+        result = {}
+        for key in self._keys:
+            if has_limits(key):
+                usage = self._usage_of(key.name, now)
+                result[key.name] = key_usage(key, len(usage.requests), usage.token_total, usage.spent)
+        return result
+
+    def rate_headers(self, name: str | None, now: float | None = None) -> dict[str, str]:
+        """OpenAI's ``x-ratelimit-*`` headers for a key with an rpm or tpm (none for other callers).
+
+        Remaining is what the key's window has left; reset is when the oldest
+        request (or token charge) in it leaves, i.e. when one more fits.
+        """
+        key = self._paced.get(name) if name is not None else None
+        if key is None:
+            return {}
+        now = time.time() if now is None else now
+        usage = self._usage_of(key.name, now)
+        oldest_request = usage.requests[0] if usage.requests else None
+        oldest_tokens = usage.tokens[0][0] if usage.tokens else None
+        return window_headers(key, now, len(usage.requests), oldest_request, usage.token_total, oldest_tokens)
 
     def _usage_of(self, name: str, now: float) -> _Usage:
         usage = self._usage.get(name)
@@ -127,6 +158,52 @@ class Limiter:
 def has_limits(key: ApiKey) -> bool:
     """Only keys with a limit are counted at all: the rest cost nothing per request."""
     return key.rpm is not None or key.tpm is not None or key.budget_usd_per_day is not None
+
+
+def key_usage(key: ApiKey, requests: int, tokens: int, spent: float) -> dict[str, Any]:
+    return {
+        "rpm": key.rpm,
+        "tpm": key.tpm,
+        "budget_usd_per_day": key.budget_usd_per_day,
+        "requests_last_minute": requests,
+        "tokens_last_minute": tokens,
+        "spent_today_usd": round(spent, 8),
+    }
+
+
+def window_headers(
+    key: ApiKey, now: float, requests: int, oldest_request: float | None, tokens: int, oldest_tokens: float | None
+) -> dict[str, str]:
+    """The headers for a key whose last 60 s hold ``requests`` and ``tokens``, the oldest of each at the given time."""
+    headers = {}
+    if key.rpm is not None:
+        headers["x-ratelimit-limit-requests"] = str(key.rpm)
+        headers["x-ratelimit-remaining-requests"] = str(max(0, key.rpm - requests))
+        headers["x-ratelimit-reset-requests"] = reset_duration(_until_leaves(oldest_request, now))
+    if key.tpm is not None:
+        headers["x-ratelimit-limit-tokens"] = str(key.tpm)
+        headers["x-ratelimit-remaining-tokens"] = str(max(0, key.tpm - tokens))
+        headers["x-ratelimit-reset-tokens"] = reset_duration(_until_leaves(oldest_tokens, now))
+    return headers
+
+
+def _until_leaves(oldest: float | None, now: float) -> float:
+    return 0.0 if oldest is None else oldest + WINDOW_SECONDS - now
+
+
+def reset_duration(seconds: float) -> str:
+    """A duration as OpenAI writes it in ``x-ratelimit-reset-*``: ``250ms``, ``1s``, ``6m0s``, ``1m30.5s``."""
+    seconds = round(seconds, 3)
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    minutes, rest = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    text = f"{rest:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours or minutes:
+        text = f"{minutes}m{text}"
+    return f"{hours}h{text}" if hours else text
 
 
 def over_budget(key: ApiKey, now: float) -> BudgetExceeded:

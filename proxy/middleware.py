@@ -14,8 +14,10 @@ from random import getrandbits
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy import tracing
 from proxy.errors import SluiceError, error_response
-from proxy.telemetry import RequestRecord, Telemetry
+from proxy.telemetry import Telemetry
+from proxy.telemetry.record import RequestRecord
 
 _log = structlog.get_logger("sluice")
 
@@ -38,6 +40,8 @@ class RequestMiddleware:
         request_id = client_request_id(_header(scope, b"x-request-id")) or new_request_id()
         record = RequestRecord(request_id, scope["method"], scope["path"], time.perf_counter())
         scope.setdefault("state", {})["record"] = record
+        tracer = tracing.TRACING
+        trace_token = tracer.start_request(scope, record) if tracer is not None else None
         id_header = (b"x-request-id", request_id.encode("latin-1"))
         started = False
 
@@ -61,6 +65,8 @@ class RequestMiddleware:
                 await error_response(error)(scope, receive, send_wrapper)
         finally:
             self.telemetry.finish(record)
+            if trace_token is not None:
+                tracer.finish_request(record, trace_token)  # type: ignore[union-attr]
 
 
 def client_request_id(value: bytes | None) -> str | None:

@@ -43,7 +43,8 @@ from proxy.resilience import Resilience
 from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
 from proxy.surfaces.base import ParsedRequest, Surface
-from proxy.telemetry import RequestRecord, Telemetry
+from proxy.telemetry import Telemetry
+from proxy.telemetry.record import RequestRecord
 from proxy.tokens import context_window, count_messages, count_text, load_encoding
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class Pipeline:
         raw, body = await read_json_body(request, headers, self.config.server.max_body_bytes)
         record.bytes_in = len(raw)
         parsed = surface.parse(body)
-        record.model, record.stream = parsed.model, parsed.stream
+        record.model, record.stream, record.body = parsed.model, parsed.stream, body
         self.limiter.check_model(principal, parsed.model)
         options = request_options(headers, self.config.compression.mode)
         route = self.router.resolve(parsed.model)
@@ -378,14 +379,15 @@ class Pipeline:
             headers["X-Sluice-Trimmed-Messages"] = str(record.trimmed_messages)
         if record.similarity is not None:
             headers["X-Sluice-Similarity"] = f"{record.similarity:.4f}"
+        headers.update(self.limiter.rate_headers(record.key_name))
         return headers
 
     def _cached_response(
         self, answer: CachedAnswer, job: Job, parsed: ParsedRequest, record: RequestRecord
     ) -> tuple[JSONAnswer | EventStream, bytes]:
         """The answer for a cache hit, and its body (a whole SSE stream for a streaming client)."""
-        record.provider = answer.provider
         completion = answer.completion
+        record.provider, record.completion = answer.provider, completion
         usage = _hub_usage(job.surface, completion)
         if usage:
             targets = job.route.targets
@@ -411,6 +413,7 @@ class Pipeline:
         completion = outcome.completion
         if completion is None or target is None:
             return
+        record.completion = completion
         usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
         costs = self.prices.costs(target.provider, target.model, usage)

@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 import pybreaker
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from proxy import tracing
 from proxy.config import BreakerConfig, RetryConfig, Target
 from proxy.errors import (
     CircuitOpen,
@@ -297,6 +298,16 @@ class Resilience:
     ) -> T:
         attempts.count += 1
         attempts.target = target
+        tracer = tracing.TRACING
+        if tracer is None:
+            return await self._judged(target, breaker, attempt)
+        with tracer.attempt(target, attempts.count) as span_attributes:
+            value = await self._judged(target, breaker, attempt)
+            tracer.attempt_answered(span_attributes, value)
+            return value
+
+    async def _judged(self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]]) -> T:
+        """One attempt, its outcome told to the target's breaker."""
         try:
             value = await attempt(target)
         except UpstreamFailure as exc:

@@ -1,4 +1,4 @@
-"""What Sluice processes share through Redis besides the cache: breaker state and key limits.
+"""What Sluice processes share through Redis besides the cache: breaker state, key limits, the dashboard's history.
 
 Built in ``Gateway.start`` when ``cache.backend`` is ``redis``. Redis stays an
 optimisation, never a dependency, exactly as for the cache: short socket
@@ -27,8 +27,10 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
@@ -38,12 +40,26 @@ from redis.exceptions import RedisError
 
 from proxy.cache.redis import _location
 from proxy.config import AuthConfig, Config
-from proxy.limits import DAY_SECONDS, WINDOW_SECONDS, Limiter, Principal, has_limits, over_budget, over_rpm, over_tpm
+from proxy.errors import KeyLimited
+from proxy.limits import (
+    DAY_SECONDS,
+    WINDOW_SECONDS,
+    Limiter,
+    Principal,
+    has_limits,
+    key_usage,
+    over_budget,
+    over_rpm,
+    over_tpm,
+    window_headers,
+)
 from proxy.resilience import Breakers, TargetBreaker
+from proxy.telemetry.history import COARSE, FINE, SPANS, Buckets, History
 
 BREAKER_PREFIX = "sluice:breaker:"
 BREAKER_CHANNEL = "sluice:breakers"
 LIMITS_PREFIX = "sluice:limits:"
+HISTORY_PREFIX = "sluice:history:"
 
 _log = structlog.get_logger("sluice")
 T = TypeVar("T")
@@ -201,17 +217,22 @@ class BreakerSync:
 
 # KEYS: requests (zset), tokens (zset), token total, today's spend.
 # ARGV: now ms, window ms, rpm, tpm, budget ('' for no such limit), this request's member.
-# Returns {verdict, wait ms}: 'ok', or the limit that refuses ('budget', 'tpm', 'rpm').
+# Returns {verdict, wait ms, then the window after it: requests, oldest request ms, tokens, oldest charge ms}:
+# the verdict is 'ok', or the limit that refuses ('budget', 'tpm', 'rpm').
 _ADMIT = """
 local now, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 local horizon = now - window
 local rpm, tpm, budget = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local function until_oldest_leaves(key)
-  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  return (tonumber(oldest[2]) or now) + window - now
+local function oldest(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return tonumber(first[2]) or 0
+end
+local function answer(verdict, wait)
+  local tokens = tonumber(redis.call('GET', KEYS[3]) or 0)
+  return {verdict, wait, redis.call('ZCARD', KEYS[1]), oldest(KEYS[1]), tokens, oldest(KEYS[2])}
 end
 if budget and tonumber(redis.call('GET', KEYS[4]) or 0) >= budget then
-  return {'budget', 0}
+  return answer('budget', 0)
 end
 if tpm then
   local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', horizon)
@@ -222,18 +243,18 @@ if tpm then
     redis.call('DECRBY', KEYS[3], tokens)
   end
   if tonumber(redis.call('GET', KEYS[3]) or 0) >= tpm then
-    return {'tpm', until_oldest_leaves(KEYS[2])}
+    return answer('tpm', oldest(KEYS[2]) + window - now)
   end
 end
 if rpm then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', horizon)
   if redis.call('ZCARD', KEYS[1]) >= rpm then
-    return {'rpm', until_oldest_leaves(KEYS[1])}
+    return answer('rpm', oldest(KEYS[1]) + window - now)
   end
   redis.call('ZADD', KEYS[1], now, ARGV[6])
   redis.call('PEXPIRE', KEYS[1], window)
 end
-return {'ok', 0}
+return answer('ok', 0)
 """
 
 # KEYS: tokens (zset), token total, today's spend (the admit script's keys but the first).
@@ -280,6 +301,7 @@ class RedisLimiter(Limiter):
         self._admit_script = link.redis.register_script(_ADMIT)
         self._charge_script = link.redis.register_script(_CHARGE)
         self._members = (f"{secrets.token_hex(6)}:{n}" for n in itertools.count())
+        self._windows: dict[str, _Window] = {}
 
     async def admit(self, principal: Principal, now: float | None = None) -> None:
         key = principal.key
@@ -296,16 +318,60 @@ class RedisLimiter(Limiter):
         ]
         keys = _keys(key.name, now)
         try:
-            verdict, wait_ms = await self._link.run(lambda redis: self._admit_script(keys, args))
+            verdict, wait_ms, *window = await self._link.run(lambda redis: self._admit_script(keys, args))
         except RedisUnavailable:
+            self._windows.pop(key.name, None)  # the local count answers for this key meanwhile
             self.admit_locally(principal, now)
             return
+        requests, oldest_request_ms, tokens, oldest_tokens_ms = window
+        self._windows[key.name] = _Window(
+            requests, oldest_request_ms / 1000 if requests else None, tokens, oldest_tokens_ms / 1000 if tokens else None
+        )
+        refusal: KeyLimited | None = None
         if verdict == b"budget":
-            raise over_budget(key, now)
-        if verdict == b"tpm":
-            raise over_tpm(key, wait_ms / 1000)
-        if verdict == b"rpm":
-            raise over_rpm(key, wait_ms / 1000)
+            refusal = over_budget(key, now)
+        elif verdict == b"tpm":
+            refusal = over_tpm(key, wait_ms / 1000)
+        elif verdict == b"rpm":
+            refusal = over_rpm(key, wait_ms / 1000)
+        if refusal is not None:
+            refusal.limits = self.rate_headers(key.name, now)
+            raise refusal
+
+    async def usage(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        """As ``Limiter.usage``, read from Redis in one round trip; this process's own count when Redis fails."""
+        now = time.time() if now is None else now
+        keys = [key for key in self._keys if has_limits(key)]
+        horizon = round((now - WINDOW_SECONDS) * 1000)
+
+        async def read(redis: Redis) -> list[Any]:
+            async with redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    requests, tokens, _, spent = _keys(key.name, now)
+                    pipe.zcount(requests, f"({horizon}", "+inf")
+                    pipe.zrangebyscore(tokens, f"({horizon}", "+inf")
+                    pipe.get(spent)
+                return await pipe.execute()
+
+        try:
+            replies = await self._link.run(read)
+        except RedisUnavailable:
+            return await super().usage(now)
+        result = {}
+        for n, key in enumerate(keys):
+            requests, charges, spent = replies[3 * n : 3 * n + 3]
+            tokens = sum(int(member.rsplit(b":", 1)[1]) for member in charges)
+            result[key.name] = key_usage(key, requests, tokens, float(spent or 0))
+        return result
+
+    def rate_headers(self, name: str | None, now: float | None = None) -> dict[str, str]:
+        """As ``Limiter.rate_headers``, from the window as the key's last admit in this process saw it."""
+        key = self._paced.get(name) if name is not None else None
+        window = self._windows.get(key.name) if key is not None else None
+        if window is None:
+            return super().rate_headers(name, now)
+        now = time.time() if now is None else now
+        return window_headers(key, now, window.requests, window.oldest_request, window.tokens, window.oldest_tokens)  # type: ignore[arg-type]
 
     def charge(self, principal: Principal, tokens: int, cost: float, now: float | None = None) -> None:
         """Counts only what a limit reads: tokens for a tpm, spend for a budget."""
@@ -317,6 +383,10 @@ class RedisLimiter(Limiter):
         if tokens <= 0 and cost <= 0:
             return
         now = time.time() if now is None else now
+        window = self._windows.get(key.name)
+        if window is not None and tokens:
+            window.tokens += tokens
+            window.oldest_tokens = window.oldest_tokens or now
         self._link.spawn(self._charge(principal, _keys(key.name, now)[1:], tokens, cost, now))
 
     async def _charge(self, principal: Principal, keys: list[str], tokens: int, cost: float, now: float) -> None:
@@ -325,6 +395,16 @@ class RedisLimiter(Limiter):
             await self._link.run(lambda redis: self._charge_script(keys, args))
         except RedisUnavailable:
             super().charge(principal, tokens, cost, now)
+
+
+@dataclass(slots=True)
+class _Window:
+    """A key's last 60 s as its latest admit in this process found them (for its ``x-ratelimit-*`` headers)."""
+
+    requests: int
+    oldest_request: float | None
+    tokens: int
+    oldest_tokens: float | None
 
 
 def _keys(name: str, now: float) -> list[str]:
@@ -337,17 +417,74 @@ def _limit(value: float | None) -> str:
     return "" if value is None else repr(value)
 
 
-class SharedState:
-    """The Redis link, the shared limiter and the breaker sync: what ``Gateway`` starts and stops."""
+class SharedHistory:
+    """The dashboard's history of every process: each writes its own buckets, readers add them up.
 
-    def __init__(self, config: Config, breakers: Breakers) -> None:
+    Every ``FINE`` seconds a process writes all its buckets to one key of its
+    own (``sluice:history:<process>``), expiring a day later: no process ever
+    changes another's, so there is nothing to lock, and a stopped process's
+    last hours stay readable until they would have left the history anyway.
+    """
+
+    def __init__(self, link: RedisLink, history: History) -> None:
+        self._link = link
+        self._history = history
+        self._key = HISTORY_PREFIX + secrets.token_hex(8)
+        self._writer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_every_interval())
+
+    async def stop(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        await self.write()  # the last bucket, for the processes that go on
+
+    async def write(self) -> None:
+        data = orjson.dumps({str(seconds): buckets for seconds, buckets in self._history.buckets().items()}, option=orjson.OPT_NON_STR_KEYS)
+        try:
+            await self._link.run(lambda redis: redis.set(self._key, data, ex=SPANS[COARSE]))
+        except RedisUnavailable:
+            pass  # written again at the next interval
+
+    async def others(self) -> list[dict[int, Buckets]]:
+        """Every other process's buckets; none when Redis fails (this process's own still answer)."""
+
+        async def read(redis: Redis) -> list[bytes | None]:
+            keys = [key async for key in redis.scan_iter(match=HISTORY_PREFIX + "*", count=1000) if key.decode() != self._key]
+            return await redis.mget(keys) if keys else []
+
+        try:
+            values = await self._link.run(read)
+        except RedisUnavailable:
+            return []
+        return [
+            {int(seconds): {int(start): bucket for start, bucket in buckets.items()} for seconds, buckets in orjson.loads(value).items()}
+            for value in values
+            if value is not None
+        ]
+
+    async def _write_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(FINE)
+            await self.write()
+
+
+class SharedState:
+    """The Redis link, the shared limiter, the breaker sync and the shared history: what ``Gateway`` starts and stops."""
+
+    def __init__(self, config: Config, breakers: Breakers, history: History) -> None:
         self.link = RedisLink(config.cache.redis_url)
         self.limiter = RedisLimiter(config.auth, self.link)
         self.breaker_sync = BreakerSync(self.link, breakers)
+        self.history = SharedHistory(self.link, history)
 
     def start(self) -> None:
         self.breaker_sync.start()
+        self.history.start()
 
     async def aclose(self) -> None:
         await self.breaker_sync.stop()
+        await self.history.stop()
         await self.link.aclose()

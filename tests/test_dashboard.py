@@ -79,14 +79,50 @@ def fake_stats(n: int) -> dict:
             "openai/gpt-4o": "closed",
             "gemini/gemini-2.5-flash": "half_open" if n % 20 < 10 else "open",
             "ollama/llama3.2": "half_open",
+            **{f"openai/ft:gpt-4o-mini:team-{i:02d}": "closed" for i in range(12)},
         },
         "keys": {
-            "team-a": {"requests": total * 2 // 3, "tokens": total * 640, "cost_usd": total * 0.00027},
-            "team-b": {"requests": total // 3, "tokens": total * 330, "cost_usd": total * 0.00014},
+            "team-a": {
+                "requests": total * 2 // 3, "errors": errors, "prompt_tokens": total * 560, "completion_tokens": total * 80,
+                "cost_usd": total * 0.00027, "budget_usd_per_day": 25.0, "spent_today_usd": 12.5,
+                "rpm": 600, "requests_last_minute": 450, "tpm": 200000, "tokens_last_minute": 190000,
+            },
+            "team-b": {"requests": total // 3, "errors": 0, "prompt_tokens": total * 300, "completion_tokens": total * 30, "cost_usd": total * 0.00014},
         },
+        "models": {
+            name: {"requests": total // (i + 2), "errors": errors // (i + 1), "prompt_tokens": total * 400 // (i + 1),
+                   "completion_tokens": total * 60 // (i + 1), "cost_usd": total * 0.0002 / (i + 1)}
+            for i, name in enumerate(["fast", "gpt-4o-mini", "gemini/gemini-2.5-flash", "ollama/llama3.2"])
+        },
+        "targets": {
+            "openai/gpt-4o-mini": {"requests": total // 2, "errors": errors},
+            "gemini/gemini-2.5-flash": {"requests": total // 3, "errors": 0},
+            "ollama/llama3.2": {"requests": total - total // 2 - total // 3, "errors": 0},
+        },
+        "savings_usd": {"cache": hits * 0.0003, "dedup": total * 0.00002, "compression": total * 0.00006},
         "retries": total // 40,
         "fallbacks": total // 90,
     }
+
+
+def fake_history(now: float) -> dict:
+    """What /stats/history answers: a busy last hour and day, every interval filled."""
+    intervals = []
+    for seconds, span in ((10, 3600), (300, 86400)):
+        last = int(now) // seconds * seconds
+        points = []
+        for i, start in enumerate(range(last - span + seconds, last + 1, seconds)):
+            requests = seconds * (60 + round(25 * math.sin(i / 9)))
+            hits = round(requests * (0.55 + 0.2 * math.sin(i / 13)))
+            points.append({
+                "t": start, "requests": requests, "errors": requests // 97, "cache_hits": hits, "cache_misses": requests - hits,
+                "prompt_tokens": requests * 850, "completion_tokens": requests * 120, "tokens_saved": hits * 610,
+                "cost_usd": requests * 0.00041, "cost_saved_usd": hits * 0.00038,
+                "latency_ms": {"p50": 180 + 40 * math.sin(i / 7), "p95": 420 + 90 * math.sin(i / 7), "p99": 900 + 150 * math.sin(i / 5)},
+                "ttft_ms": {"p50": 95 + 20 * math.sin(i / 7), "p95": 240 + 50 * math.sin(i / 7), "p99": 480 + 80 * math.sin(i / 5)},
+            })
+        intervals.append({"seconds": seconds, "points": points})
+    return {"now": now, "intervals": intervals}
 
 
 def stand_in_app() -> Starlette:
@@ -101,9 +137,13 @@ def stand_in_app() -> Starlette:
     async def dashboard(request: Request) -> FileResponse:
         return FileResponse(DASHBOARD_DIR / "index.html")
 
+    async def history(request: Request) -> JSONResponse:
+        return JSONResponse(fake_history(time.time()))
+
     return Starlette(
         routes=[
             Route("/stats", stats),
+            Route("/stats/history", history),
             Route("/dashboard", dashboard),
             Mount("/dashboard", app=StaticFiles(directory=DASHBOARD_DIR)),
         ]
@@ -209,11 +249,12 @@ def test_dashboard_draws_live_stats(page, dashboard_base_url):
     before, last = answers[-2].json(), answers[-1].json()
     assert page.locator("#status").inner_text() == "live"
 
-    # Charts: one line per series, a point per poll (rates need two polls), all on screen.
-    assert line_points(page, "chart-throughput") == [POLLS - 1, POLLS - 1]
-    assert line_points(page, "chart-latency") == [POLLS] * 3
-    if "ttft_ms" in last:
-        assert line_points(page, "chart-ttft") == [POLLS] * 3
+    # Charts: one line per series, the server's last hour then a point per poll (rates need two polls).
+    history_points = 3600 // 10 - 1  # whole intervals only
+    for points in line_points(page, "chart-throughput"):
+        assert POLLS - 1 + history_points - 3 * 60 // 10 <= points <= POLLS - 1 + history_points
+    assert len(line_points(page, "chart-latency")) == 3
+    assert len(line_points(page, "chart-ttft")) == 3
     for d in page.eval_on_selector_all("svg.chart path.line", "paths => paths.map(p => p.getAttribute('d'))"):
         assert d.startswith("M") and "NaN" not in d
 
@@ -243,15 +284,39 @@ def test_dashboard_draws_live_stats(page, dashboard_base_url):
         cells = page.locator(f'#providers tr[data-provider="{name}"] td')
         assert float(cells.nth(1).inner_text().replace(",", "")) == approx(provider["requests"])
         assert float(cells.nth(2).inner_text().replace(",", "")) == approx(provider["errors"])
-    assert page.locator("#breakers li[data-breaker]").count() == len(last["breakers"])
-    for target, state in last["breakers"].items():
+    # Breakers: bounded, worst first, the rest summarised.
+    shown_breakers = page.eval_on_selector_all("#breakers li[data-breaker]", "items => items.map(i => i.dataset.breaker)")
+    assert len(shown_breakers) == 12 < len(last["breakers"])
+    states = [last["breakers"][target] for target in shown_breakers]
+    rank = {"open": 0, "half_open": 1, "closed": 2}
+    assert [rank[state] for state in states] == sorted(rank[state] for state in states)
+    assert page.locator("#breakers li.more").inner_text() == f"+{len(last['breakers']) - 12} more, healthiest last"
+    for target in shown_breakers:
+        state = last["breakers"][target]
         badge = page.locator(f'#breakers li[data-breaker="{target}"] .badge')
         assert badge.get_attribute("data-state") == state
         assert state in badge.get_attribute("class").split()
         assert badge.inner_text() == state.replace("_", "-")
-    if last.get("keys"):
-        assert page.locator("#keys-panel").is_visible()
-        assert page.locator("#keys tr[data-key]").count() == len(last["keys"])
+
+    # Keys: spend against budget, rpm and tpm use; a key without limits says so.
+    assert page.locator("#keys-panel").is_visible()
+    assert page.locator("#keys tr[data-key]").count() == len(last["keys"])
+    team_a = page.locator('#keys tr[data-key="team-a"]')
+    assert team_a.locator("td.budget .used").inner_text() == "$12.50 / $25.00"
+    assert team_a.locator("td.budget").get_attribute("data-level") == "ok"
+    assert team_a.locator("td.rpm .used").inner_text() == "450 / 600"
+    assert team_a.locator("td.tpm .used").inner_text() == "190.0k / 200.0k"
+    assert team_a.locator("td.tpm").get_attribute("data-level") == "warn"
+    assert page.locator('#keys tr[data-key="team-b"] td.budget').inner_text() == "no limit"
+
+    # Models (busiest first), errors by target (failing first), savings by source.
+    models = page.eval_on_selector_all("#models tr[data-model]", "rows => rows.map(r => r.dataset.model)")
+    assert models == sorted(last["models"], key=lambda m: -last["models"][m]["requests"])
+    targets = page.eval_on_selector_all("#targets tr[data-target]", "rows => rows.map(r => r.dataset.target)")
+    assert targets[0] == "openai/gpt-4o-mini" and len(targets) == len(last["targets"])
+    sources = page.eval_on_selector_all("#savings tr[data-source]", "rows => rows.map(r => r.dataset.source)")
+    assert sources == ["cache", "dedup", "compression"]
+    assert shown(page, '#savings tr[data-source="dedup"] td.usd') == approx(last["savings_usd"]["dedup"])
 
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
@@ -283,6 +348,7 @@ def test_dashboard_survives_missing_fields_and_outages(page, dashboard_base_url)
             route.fulfill(status=200, content_type="application/json", body=json.dumps(current))
 
     page.route("**/stats", answer)
+    page.route("**/stats/history", lambda route: route.fulfill(status=200, content_type="application/json", body="{}"))
     page.goto(f"{dashboard_base_url}/dashboard")
 
     wait_for_updates(page, 1)
@@ -397,5 +463,42 @@ def test_dashboard_asks_for_the_admin_key_once_per_tab(browser, start_proxy, fak
         assert "adm-secret-key" not in page.url and "adm-secret-key" not in proxy.logs()
         assert not problems.exceptions
         assert [m for m in problems.console if not m.startswith("Failed to load resource")] == []
+    finally:
+        context.close()
+
+
+@pytest.mark.parametrize("width", [1400, 390], ids=["desktop", "phone"])
+def test_history_renders_on_first_load(browser, dashboard_base_url, width) -> None:
+    """Opened after a busy hour, the page draws that hour at once, shows budgets, and fits the screen."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    page.clock.install()
+    problems = Problems(page)
+    try:
+        page.goto(f"{dashboard_base_url}/dashboard")
+        wait_for_updates(page, 1)
+        # After one poll there is no live rate yet: every rate point is the server's (whole intervals only).
+        hour, day = 3600 // 10 - 1, 86400 // 300 - 1
+        assert line_points(page, "chart-throughput") == [hour, hour]
+        assert line_points(page, "chart-latency") == [hour + 1] * 3, "the history, then the poll's percentiles"
+        assert line_points(page, "chart-hit-rate") == [hour]
+        assert line_points(page, "chart-ttft") == [hour + 1] * 3
+        assert page.locator("#chart-throughput text.axis", has_text="-60m").count() == 1
+        assert page.locator("#keys tr[data-key]").count() == 2
+        assert page.locator('#keys tr[data-key="team-a"] td.budget .used').inner_text() == "$12.50 / $25.00"
+
+        page.click('.range button[data-range="24h"]')
+        assert page.locator('.range button[data-range="24h"]').get_attribute("aria-pressed") == "true"
+        assert line_points(page, "chart-throughput") == [day, day]
+        assert page.locator("#chart-throughput text.axis", has_text="-24h").count() == 1
+        assert page.locator("#range-hint").inner_text() == "last day · 5 min intervals"
+        page.click('.range button[data-range="1h"]')
+        assert line_points(page, "chart-throughput") == [hour, hour]
+
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, "nothing wider than the screen"
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT.with_name(f"dashboard-history-{width}.png")), full_page=True)
+        assert problems.exceptions == []
+        assert problems.console == []
     finally:
         context.close()

@@ -29,7 +29,8 @@ from uvicorn.server import ServerState
 from proxy.cache.memory import MemoryCache
 from proxy.hit_lane import MAX_BODY, HitLane
 from proxy.protocol import LANE_STATE, SluiceProtocol
-from proxy.telemetry import LATENCY_BUCKETS, Telemetry, observe_all
+from proxy.telemetry import Telemetry
+from proxy.telemetry.metrics import LATENCY_BUCKETS, observe_all
 from tests.conftest import openai_config
 
 CHAT = "/v1/chat/completions"

@@ -22,7 +22,7 @@ from proxy.app import create_app
 from proxy.config import load_config
 from proxy.pipeline import Pipeline
 from proxy.server import _uvicorn_options
-from proxy.telemetry import Stats
+from proxy.telemetry.stats import Stats
 from tests.conftest import openai_config
 from tests.fakes.server import free_port
 

@@ -1,11 +1,24 @@
 "use strict";
-// Live view of GET /stats (CONTRACT §7). Polls every two seconds and keeps five
-// minutes of samples for the charts. Any field may be missing (an older or
-// newer server), so every read goes through num()/obj() and shows "—" instead.
+// Live view of GET /stats (CONTRACT §7), drawn over the server's own history
+// (GET /stats/history: the last hour at 10 s, the last day at 5 min), so the
+// charts show the past at once, then grow with a sample every two seconds.
+// Any field may be missing (an older or newer server), so every read goes
+// through num()/obj() and shows "—" instead.
 
 const POLL_MS = 2000;
 const TIMEOUT_MS = 5000;
-const WINDOW_MS = 5 * 60 * 1000;
+const HISTORY_REFRESH_MS = 5 * 60 * 1000;
+const HOUR_MS = 3600 * 1000;
+// Each range: its width, the history interval it draws, its axis labels, whether live samples join.
+const RANGES = {
+  "1h": { ms: HOUR_MS, seconds: 10, live: true, hint: "last hour · 10 s intervals, then live",
+          ticks: [60, 45, 30, 15, 0].map((m) => [m * 60000, m ? `-${m}m` : "now"]) },
+  "24h": { ms: 24 * HOUR_MS, seconds: 300, live: false, hint: "last day · 5 min intervals",
+           ticks: [24, 18, 12, 6, 0].map((h) => [h * HOUR_MS, h ? `-${h}h` : "now"]) },
+};
+// Long lists stay readable: the rest are summarised in one line.
+const MAX_ROWS = 10;
+const MAX_BREAKERS = 12;
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLOR = { blue: "#4da3ff", green: "#3fb950", amber: "#d29922", red: "#f85149", purple: "#a371f7" };
 // Worst first, so an open breaker is the first thing the eye lands on.
@@ -46,9 +59,13 @@ const CHARTS = [
   },
 ];
 
-// Samples for the charts, oldest first. A sample without values (a failed
-// poll) breaks the lines, so an outage shows as a gap instead of a slope.
-const history = [];
+// Samples for the charts, oldest first: `live` from the polls (an hour kept),
+// `past` from the server's history by interval length. A sample without
+// values (a failed poll, an idle interval's latency) breaks the lines, so an
+// outage shows as a gap instead of a slope.
+const live = [];
+const past = {};
+let range = "1h";
 let previous = null; // {stats, now} of the last successful poll: rates need two
 let updates = 0;
 
@@ -99,6 +116,29 @@ function sampleOf(stats, now) {
     if (hits !== null && misses !== null && hits + misses > 0) sample.hitRate = (100 * hits) / (hits + misses);
   }
   return sample;
+}
+
+// A history point (one interval) as a chart sample, placed at the interval's end on the page's clock.
+function sampleOfPoint(point, seconds, offset) {
+  const requests = num(point.requests), errors = num(point.errors);
+  const hits = num(point.cache_hits), misses = num(point.cache_misses);
+  const latency = obj(point.latency_ms), ttft = obj(point.ttft_ms);
+  return {
+    t: (point.t + seconds) * 1000 + offset,
+    p50: num(latency.p50), p95: num(latency.p95), p99: num(latency.p99),
+    ttft50: num(ttft.p50), ttft95: num(ttft.p95), ttft99: num(ttft.p99),
+    rps: perSecond(requests, seconds), errps: perSecond(errors, seconds),
+    hitRate: hits !== null && misses !== null && hits + misses > 0 ? (100 * hits) / (hits + misses) : null,
+  };
+}
+
+// The samples the current range draws: its history, then (for the hour) the live samples after it.
+function samples() {
+  const chosen = RANGES[range];
+  const history = past[chosen.seconds] ?? [];
+  if (!chosen.live) return history;
+  const last = history.length ? history[history.length - 1].t : -Infinity;
+  return history.concat(live.filter((sample) => sample.t > last));
 }
 
 // -- formatting --------------------------------------------------------------
@@ -154,10 +194,11 @@ function fmtUptime(seconds) {
 
 // -- DOM ---------------------------------------------------------------------
 
-function el(tag, { className, text, data } = {}, ...children) {
+function el(tag, { className, text, data, title } = {}, ...children) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
+  if (title) node.title = title;
   Object.assign(node.dataset, data);
   node.append(...children);
   return node;
@@ -192,7 +233,7 @@ function renderTiles(stats, sample) {
   const total = num(requests.total), errors = num(requests.errors);
 
   show("uptime", fmtUptime(num(stats.uptime_seconds)));
-  show("rps", fmtRate(sample.rps));
+  show("rps", fmtRate(sample.rps ?? latestOf(past[RANGES["1h"].seconds] ?? [], "rps")));
   show("requests-total", fmtCount(total));
   show("errors", fmtCount(errors));
   show("error-rate", total && errors !== null ? `(${fmtPercent(errors / total)})` : "");
@@ -249,36 +290,148 @@ function renderBreakers(breakers) {
   const entries = Object.entries(breakers).sort(([a, x], [b, y]) => rank(x) - rank(y) || a.localeCompare(b));
   const list = document.getElementById("breakers");
   list.replaceChildren(
-    ...entries.map(([target, state]) => {
+    ...entries.slice(0, MAX_BREAKERS).map(([target, state]) => {
       const known = BREAKER_STATES.includes(state);
       const label = known ? state.replace("_", "-") : String(state);
       return el(
         "li",
         { data: { breaker: target } },
-        el("span", { className: "target", text: target }),
+        el("span", { className: "target", text: target, title: target }),
         el("span", { className: "badge " + (known ? state : "unknown"), text: label, data: { state: String(state) } }),
       );
     }),
   );
   if (!entries.length) list.append(el("li", { className: "none", text: "no upstream targets used yet" }));
+  const hidden = entries.length - MAX_BREAKERS;
+  if (hidden > 0) list.append(el("li", { className: "none more", text: `+${hidden} more, healthiest last` }));
   const count = (state) => entries.filter(([, s]) => s === state).length;
   show("breaker-summary", entries.length ? `${count("open")} open · ${count("half_open")} half-open · ${count("closed")} closed` : "");
+}
+
+// A cell showing `used` of `limit` with a bar that turns amber, then red, as the limit nears.
+function meterCell(used, limit, format) {
+  if (limit === null) return el("td", { className: "meter none", text: "no limit" });
+  const share = used === null ? 0 : Math.min(1, used / Math.max(limit, Number.EPSILON));
+  const bar = el("div");
+  bar.style.width = `${100 * share}%`;
+  const level = share >= 1 ? "bad" : share >= 0.8 ? "warn" : "ok";
+  return el(
+    "td",
+    { className: "meter", data: { level } },
+    el("span", { className: "used", text: `${format(used)} / ${format(limit)}` }),
+    el("div", { className: "bar " + level }, bar),
+  );
 }
 
 function renderKeys(keys) {
   const rows = Object.entries(keys).sort(([a], [b]) => a.localeCompare(b));
   document.getElementById("keys-panel").hidden = !rows.length;
   document.getElementById("keys").replaceChildren(
-    ...rows.map(([name, key]) =>
-      el(
+    ...rows.map(([name, value]) => {
+      const key = obj(value);
+      const tokens = num(key.tokens) ?? sum(num(key.prompt_tokens), num(key.completion_tokens));
+      const errors = num(key.errors);
+      return el(
         "tr",
         { data: { key: name } },
         el("td", { text: name }),
-        el("td", { className: "num", text: fmtCount(num(obj(key).requests)) }),
-        el("td", { className: "num", text: fmtCount(num(obj(key).tokens)) }),
-        el("td", { className: "num", text: fmtUsd(num(obj(key).cost_usd)) }),
-      ),
-    ),
+        el("td", { className: "num", text: fmtCount(num(key.requests)) }),
+        el("td", { className: errors ? "num bad" : "num", text: fmtCount(errors) }),
+        el("td", { className: "num", text: fmtCount(tokens) }),
+        el("td", { className: "num", text: fmtUsd(num(key.cost_usd)) }),
+        withClass(meterCell(num(key.spent_today_usd), num(key.budget_usd_per_day), fmtUsd), "budget"),
+        withClass(meterCell(num(key.requests_last_minute), num(key.rpm), fmtCount), "rpm"),
+        withClass(meterCell(num(key.tokens_last_minute), num(key.tpm), fmtCount), "tpm"),
+      );
+    }),
+  );
+}
+
+function withClass(node, name) {
+  node.classList.add(name);
+  return node;
+}
+
+// The busiest first; past MAX_ROWS, one summary line.
+function topRows(table, score) {
+  const rows = Object.entries(table).map(([name, value]) => [name, obj(value)]);
+  rows.sort(([a, x], [b, y]) => score(y) - score(x) || a.localeCompare(b));
+  return [rows.slice(0, MAX_ROWS), rows.length - MAX_ROWS];
+}
+
+function renderModels(models) {
+  const [rows, hidden] = topRows(models, (m) => num(m.requests) ?? 0);
+  document.getElementById("models-panel").hidden = !rows.length;
+  const busiest = Math.max(1, ...rows.map(([, m]) => num(m.requests) ?? 0));
+  const body = document.getElementById("models");
+  body.replaceChildren(
+    ...rows.map(([name, model]) => {
+      const errors = num(model.errors);
+      const bar = el("div");
+      bar.style.width = `${(100 * (num(model.requests) ?? 0)) / busiest}%`;
+      return el(
+        "tr",
+        { data: { model: name } },
+        el("td", { text: name }),
+        el("td", { className: "num", text: fmtCount(num(model.requests)) }),
+        el("td", { className: errors ? "num bad" : "num", text: fmtCount(errors) }),
+        el("td", { className: "num", text: fmtCount(sum(num(model.prompt_tokens), num(model.completion_tokens))) }),
+        el("td", { className: "num", text: fmtUsd(num(model.cost_usd)) }),
+        el("td", {}, el("div", { className: "bar" }, bar)),
+      );
+    }),
+  );
+  if (hidden > 0) body.append(emptyRow(6, `+${hidden} more models`));
+  show("models-summary", rows.length ? "busiest first" : "");
+}
+
+function renderTargets(targets) {
+  const [rows, hidden] = topRows(targets, (t) => (num(t.errors) ?? 0) * 1e9 + (num(t.requests) ?? 0));
+  document.getElementById("targets-panel").hidden = !rows.length;
+  const body = document.getElementById("targets");
+  body.replaceChildren(
+    ...rows.map(([name, target]) => {
+      const requests = num(target.requests), errors = num(target.errors);
+      return el(
+        "tr",
+        { data: { target: name } },
+        el("td", { className: "target", text: name, title: name }),
+        el("td", { className: "num", text: fmtCount(requests) }),
+        el("td", { className: errors ? "num bad" : "num", text: fmtCount(errors) }),
+        el("td", { className: "num", text: requests && errors !== null ? fmtPercent(errors / requests) : "—" }),
+      );
+    }),
+  );
+  if (hidden > 0) body.append(emptyRow(4, `+${hidden} more targets`));
+  const failing = rows.filter(([, t]) => num(t.errors)).length;
+  show("targets-summary", rows.length ? `${failing} with errors` : "");
+}
+
+// Dollars and tokens saved by each of Sluice's means, plus the provider's own prompt cache when reported.
+function renderSavings(stats) {
+  const savings = obj(stats.savings_usd), tokens = obj(stats.tokens), cost = obj(stats.cost_usd);
+  const sources = [
+    ["cache", "response cache", num(tokens.saved_by_cache), num(savings.cache)],
+    ["dedup", "dedup joins", null, num(savings.dedup)],
+    ["compression", "compression", num(tokens.saved_by_compression), num(savings.compression)],
+  ];
+  if (num(cost.saved_by_provider_cache) !== null || num(tokens.cached_by_provider) !== null) {
+    sources.push(["provider_cache", "provider prompt cache", num(tokens.cached_by_provider), num(cost.saved_by_provider_cache)]);
+  }
+  const largest = Math.max(Number.EPSILON, ...sources.map(([, , , usd]) => usd ?? 0));
+  document.getElementById("savings").replaceChildren(
+    ...sources.map(([id, label, saved, usd]) => {
+      const bar = el("div");
+      bar.style.width = `${(100 * (usd ?? 0)) / largest}%`;
+      return el(
+        "tr",
+        { data: { source: id } },
+        el("td", { text: label }),
+        el("td", { className: "num", text: fmtCount(saved) }),
+        el("td", { className: "num usd", text: fmtUsd(usd) }),
+        el("td", {}, el("div", { className: "bar green" }, bar)),
+      );
+    }),
   );
 }
 
@@ -296,10 +449,10 @@ function axisLabel(value, step) {
   return value.toFixed(Math.max(0, -Math.floor(Math.log10(step))));
 }
 
-function linePoints(key, x, y) {
+function linePoints(data, key, x, y) {
   const segments = [];
   let current = null;
-  for (const sample of history) {
+  for (const sample of data) {
     const value = sample[key];
     if (value === null || value === undefined) {
       current = null;
@@ -320,16 +473,16 @@ function areaOf(segments, base) {
   return segments.map((points) => pathOf([[[points[0][0], base], ...points, [points[points.length - 1][0], base]]]) + "Z").join("");
 }
 
-function drawChart(chart, now) {
+function drawChart(chart, now, data, shown) {
   const node = document.getElementById(chart.id);
   const width = node.clientWidth, height = node.clientHeight;
   if (!width || !height) return;
   const pad = { left: 40, right: 6, top: 8, bottom: 20 };
-  const values = history.flatMap((s) => chart.series.map((c) => s[c.key])).filter((v) => v !== null && v !== undefined);
-  const peak = chart.max ?? Math.max(0, ...values);
+  const values = data.flatMap((s) => chart.series.map((c) => s[c.key])).filter((v) => v !== null && v !== undefined);
+  const peak = chart.max ?? values.reduce((a, v) => Math.max(a, v), 0);
   const step = niceStep(peak > 0 ? peak : 1);
   const top = Math.max(step, Math.ceil(peak / step) * step);
-  const x = (t) => pad.left + ((t - (now - WINDOW_MS)) / WINDOW_MS) * (width - pad.left - pad.right);
+  const x = (t) => pad.left + ((t - (now - shown.ms)) / shown.ms) * (width - pad.left - pad.right);
   const y = (v) => pad.top + (1 - v / top) * (height - pad.top - pad.bottom);
 
   // Pixel-for-pixel viewBox: text keeps its size whatever the panel width.
@@ -341,14 +494,14 @@ function drawChart(chart, now) {
     label.textContent = axisLabel(v, step);
     parts.push(label);
   }
-  for (let minutes = 5; minutes >= 0; minutes--) {
-    const anchor = minutes === 5 ? "start" : minutes === 0 ? "end" : "middle";
-    const label = svg("text", { class: "axis", x: x(now - minutes * 60000), y: height - 4, "text-anchor": anchor });
-    label.textContent = minutes ? `-${minutes}m` : "now";
+  shown.ticks.forEach(([ago, text], i) => {
+    const anchor = i === 0 ? "start" : ago === 0 ? "end" : "middle";
+    const label = svg("text", { class: "axis", x: x(now - ago), y: height - 4, "text-anchor": anchor });
+    label.textContent = text;
     parts.push(label);
-  }
+  });
   for (const series of chart.series) {
-    const segments = linePoints(series.key, x, y);
+    const segments = linePoints(data, series.key, x, y);
     if (series.area && segments.length) parts.push(svg("path", { class: "area", d: areaOf(segments, y(0)), fill: series.color }));
     const points = segments.reduce((n, s) => n + s.length, 0);
     // A lone point has no line to draw: a round cap on a zero-length segment shows it.
@@ -361,33 +514,75 @@ function drawChart(chart, now) {
     parts.push(empty);
   }
   node.replaceChildren(...parts);
-  drawLegend(chart, node);
+  drawLegend(chart, node, data);
 }
 
-function drawLegend(chart, node) {
+function drawLegend(chart, node, data) {
   const caption = node.parentElement.querySelector("figcaption");
   let legend = caption.querySelector(".legend");
   if (!legend) caption.append((legend = el("span", { className: "legend" })));
-  const latest = history[history.length - 1] ?? {};
   legend.replaceChildren(
     ...chart.series.map((series) => {
       const dot = el("i");
       dot.style.background = series.color;
-      return el("span", {}, dot, `${series.label} ${chart.format(latest[series.key] ?? null)}`);
+      return el("span", {}, dot, `${series.label} ${chart.format(latestOf(data, series.key))}`);
     }),
   );
 }
 
+// The newest known value of a series: the legend keeps showing it across a gap.
+function latestOf(data, key) {
+  for (let i = data.length - 1; i >= 0; i--) {
+    const value = data[i][key];
+    if (value !== null && value !== undefined) return value;
+  }
+  return null;
+}
+
 function drawCharts() {
   const now = Date.now();
-  for (const chart of CHARTS) drawChart(chart, now);
+  const shown = RANGES[range];
+  const data = samples().filter((sample) => sample.t >= now - shown.ms);
+  for (const chart of CHARTS) drawChart(chart, now, data, shown);
+}
+
+function chooseRange(name) {
+  range = name;
+  for (const button of document.querySelectorAll(".range button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.range === name));
+  }
+  show("range-hint", RANGES[name].hint);
+  drawCharts();
 }
 
 // -- polling -------------------------------------------------------------------
 
 function remember(sample) {
-  history.push(sample);
-  while (history.length && history[0].t < sample.t - WINDOW_MS) history.shift();
+  live.push(sample);
+  while (live.length && live[0].t < sample.t - HOUR_MS) live.shift();
+}
+
+// The server's history, on the page's clock (the server's `now` maps to ours). Only whole
+// intervals are drawn: the one still filling would read low, and the live samples cover it.
+async function loadHistory() {
+  try {
+    const response = await fetch("/stats/history", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
+    if (!response.ok) return; // an older server, or no access: the charts fill from live samples
+    const data = obj(await response.json());
+    const serverNow = num(data.now);
+    if (serverNow === null) return;
+    const offset = Date.now() - serverNow * 1000;
+    for (const interval of Array.isArray(data.intervals) ? data.intervals : []) {
+      const seconds = num(obj(interval).seconds);
+      const points = Array.isArray(interval.points) ? interval.points.map(obj) : [];
+      if (!seconds) continue;
+      past[seconds] = points
+        .filter((point) => num(point.t) !== null && point.t + seconds <= serverNow)
+        .map((point) => sampleOfPoint(point, seconds, offset));
+    }
+  } catch {
+    // unreachable or malformed: the live samples still draw
+  }
 }
 
 function render(stats) {
@@ -398,7 +593,10 @@ function render(stats) {
   renderTiles(stats, sample);
   renderProviders(obj(stats.providers));
   renderBreakers(obj(stats.breakers));
+  renderTargets(obj(stats.targets));
+  renderSavings(stats);
   renderKeys(obj(stats.keys));
+  renderModels(obj(stats.models));
   drawCharts();
   updates += 1;
   // Lets a watcher (and the browser test) see that a poll was rendered.
@@ -476,5 +674,21 @@ async function poll() {
   }
 }
 
+async function refreshHistory() {
+  try {
+    await loadHistory();
+    drawCharts();
+  } finally {
+    setTimeout(refreshHistory, HISTORY_REFRESH_MS);
+  }
+}
+
 window.addEventListener("resize", drawCharts);
-poll();
+for (const button of document.querySelectorAll(".range button")) {
+  button.addEventListener("click", () => chooseRange(button.dataset.range));
+}
+// History first, so the first drawing already shows the past.
+loadHistory().then(() => {
+  poll();
+  setTimeout(refreshHistory, HISTORY_REFRESH_MS);
+});

@@ -1,0 +1,63 @@
+"""What Sluice tells operators: one log line per request, Prometheus metrics, /stats and its history.
+
+The pipeline fills a ``RequestRecord`` (``record.py``) as the request moves
+along; the request middleware hands it to ``Telemetry.finish`` once the last
+byte has gone out, and that single call feeds the log line (``logs.py``), the
+metrics (``metrics.py``) and /stats (``stats.py``, with ``history.py``) so
+they always agree. ``repeat.py`` does the same in bulk for the hit lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.config import Config
+from proxy.telemetry.logs import AccessLog, log_fields
+from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.repeat import Repeat
+from proxy.telemetry.stats import Stats
+
+
+class Telemetry:
+    FLUSH_AFTER = 0.5
+    """How stale the metrics and /stats may be about ``Repeat`` requests between reads."""
+
+    def __init__(self, log_format: str = "json", config: Config | None = None) -> None:
+        """With ``config``, its providers are in /stats from the start and its aliases keep their own metric labels."""
+        providers = [p.name for p in config.providers] if config else []
+        models = [alias.name for alias in config.models] + [t.label for t in config.alias_targets()] if config else []
+        self.metrics = Metrics(models)
+        self.stats = Stats(providers)
+        self.access_log = AccessLog(log_format)
+        self._dirty: list[Repeat] = []
+        self._flush_pending = False
+
+    def finish(self, record: RequestRecord) -> None:
+        """The request's last byte is out: its log line, its metrics, its place in /stats."""
+        latency = time.perf_counter() - record.started
+        if record.tracked:
+            latencies = (latency,)
+            self.stats.add(record, latencies)
+            self.metrics.observe(record, latencies)
+        self.access_log.write(log_fields(record, record.request_id, latency))
+
+    def repeat(self, record: RequestRecord) -> Repeat:
+        """``finish`` prepared once for requests alike but for their id and latency (``proxy.hit_lane``)."""
+        return Repeat(self, record)
+
+    def flush(self) -> None:
+        """Bring the metrics and /stats up to date with every ``Repeat``; write pending log lines."""
+        self._flush_pending = False
+        repeats, self._dirty = self._dirty, []
+        for repeat in repeats:
+            repeat.flush()
+        self.access_log.flush()
+
+    def pending(self, repeat: Repeat) -> None:
+        """``repeat`` has counts to add: flush them within ``FLUSH_AFTER``."""
+        self._dirty.append(repeat)
+        if not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_later(self.FLUSH_AFTER, self.flush)

@@ -1,0 +1,413 @@
+"""OpenTelemetry traces in the GenAI semantic conventions, exported over OTLP/HTTP.
+
+Off unless the standard environment asks for it (``enabled_by``): then
+``TRACING`` stays None and each hook in the request path is one check of
+that global, so tracing off costs nothing. On, each model call
+(``OPERATIONS``) is a SERVER span, continuing the client's ``traceparent``,
+and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
+retries and fallbacks show as siblings; the upstream receives the attempt
+span's ``traceparent``. A span is written once, when it ends, from what the
+request's ``RequestRecord`` (or the attempt) learnt; ``proxy.otlp`` encodes it
+and a thread of its own exports the batches.
+
+Prompt and completion text go into spans only with
+``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
+
+Attribute names: https://opentelemetry.io/docs/specs/semconv/gen-ai/ (the
+``gen_ai.*`` registry), ``error.type`` and the HTTP ones from the general
+conventions; ``sluice.*`` are Sluice's own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from random import getrandbits
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.types import Scope
+
+from proxy.config import Config, Target
+from proxy.errors import SluiceError, UpstreamHTTPError
+from proxy.otlp import CLIENT, SERVER, SpanExporter, encode_span, span_attributes
+from proxy.telemetry.record import RequestRecord
+
+CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+PROVIDER_NAMES = {"openai": "openai", "gemini": "gcp.gemini", "anthropic": "anthropic", "ollama": "ollama"}
+"""Provider type → ``gen_ai.provider.name`` (the conventions' well-known values where there is one)."""
+OPERATIONS = {
+    "/v1/chat/completions": "chat",
+    "/v1/responses": "chat",
+    "/v1/messages": "chat",
+    "/v1/embeddings": "embeddings",
+    "/v1/completions": "text_completion",
+}
+"""The traced routes (``POST``), each with its ``gen_ai.operation.name``."""
+
+MAX_KINDS = 4096
+"""Kinds of request (and of attempt) whose shared attributes are kept encoded."""
+
+TRACING: Tracing | None = None
+"""The one tracer of this process, or None when tracing is off (set by ``configure``)."""
+
+
+@dataclass(slots=True)
+class _Request:
+    """The request's span while it is served: what its attempt spans and the upstream headers need."""
+
+    trace_id: int
+    span_id: int
+    parent_span_id: int
+    flags: int
+    trace_state: str
+    operation: str
+    start_ns: int
+
+
+_request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
+_upstream: ContextVar[dict[str, str] | None] = ContextVar("sluice_trace_upstream", default=None)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def enabled_by(environ: Mapping[str, str]) -> bool:
+    """Whether the standard ``OTEL_*`` variables ask for traces exported over OTLP."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = environ.get("OTEL_TRACES_EXPORTER")
+    if exporters is not None:
+        return "otlp" in {name.strip().lower() for name in exporters.split(",")}
+    return bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def configure(config: Config, environ: Mapping[str, str] = os.environ) -> None:
+    """Turn tracing on in this process when the environment asks (each worker calls this in its lifespan)."""
+    global TRACING
+    TRACING = Tracing(config, environ) if enabled_by(environ) else None
+
+
+def shutdown() -> None:
+    """Export what is still queued, then stop (at server shutdown)."""
+    global TRACING
+    if TRACING is not None:
+        TRACING.exporter.shutdown()
+        TRACING = None
+
+
+def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """``headers`` with the current attempt's ``traceparent`` (and ``tracestate``), for an upstream request."""
+    trace_headers = _upstream.get()
+    return {**headers, **trace_headers} if trace_headers is not None else headers
+
+
+def parse_traceparent(value: str) -> tuple[int, int, int] | None:
+    """W3C ``traceparent`` → (trace id, parent span id, flags); None when invalid (a new trace starts)."""
+    match = _TRACEPARENT.fullmatch(value.strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or not int(trace_id, 16) or not int(span_id, 16):
+        return None
+    return int(trace_id, 16), int(span_id, 16), int(flags, 16)
+
+
+class Tracing:
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        # The SDK resolves the resource and the sampler from the environment as every
+        # OpenTelemetry SDK does; it loads only when tracing is on. Spans skip its span
+        # objects and encoder (proxy/otlp.py says why).
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+
+        resource = Resource.create()
+        if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+            resource = resource.merge(Resource({SERVICE_NAME: "sluice"}))
+        self._sampler = TracerProvider().sampler
+        self._default_sampling = self._sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
+        self.exporter = SpanExporter(environ, dict(resource.attributes), "sluice")
+        self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
+        self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
+        self._common: dict[tuple[Any, ...], bytes] = {}
+
+    # -- the request (SERVER) span --
+
+    def start_request(self, scope: Scope, record: RequestRecord) -> Token[_Request | None] | None:
+        """Begin the request's span (model calls only), continuing the client's trace context."""
+        path = scope["path"]
+        operation = OPERATIONS.get(path) if scope["method"] == "POST" else None
+        if operation is None:
+            return None
+        parent, trace_state = None, ""
+        for name, value in scope["headers"]:
+            if name == b"traceparent":
+                parent = parse_traceparent(value.decode("latin-1"))
+            elif name == b"tracestate":
+                trace_state = value.decode("latin-1").strip()
+        if parent is None:
+            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
+            flags = self._sampled(operation, trace_id, None)
+        else:
+            trace_id, parent_span_id, flags = parent
+            flags = self._sampled(operation, trace_id, parent)
+        record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())
+        return _request.set(record.span)
+
+    def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
+        """The trace flags for this request: the parent's decision, or the configured sampler's."""
+        if self._default_sampling:  # parentbased_always_on: follow the parent, sample roots
+            return parent[2] & 1 if parent is not None else 1
+        from opentelemetry import trace
+
+        context = None
+        if parent is not None:
+            span_context = trace.SpanContext(parent[0], parent[1], True, trace.TraceFlags(parent[2] & 1))
+            context = trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+        result = self._sampler.should_sample(context, trace_id, operation, trace.SpanKind.SERVER)
+        return 1 if result.decision.is_sampled() else 0
+
+    def finish_request(self, record: RequestRecord, token: Token[_Request | None]) -> None:
+        """The request is over: its span, from what its record learnt."""
+        _request.reset(token)
+        request: _Request = record.span
+        if not request.flags & 1:
+            return
+        kind = (request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model, record.provider)
+        common = self._common.get(kind)
+        if common is None:
+            common = span_attributes(self._common_attributes(request.operation, record))
+            if len(self._common) < MAX_KINDS:
+                self._common[kind] = common
+        attributes: dict[str, Any] = {"sluice.tokens_saved": record.tokens_saved}
+        if record.ttft_seconds is not None:
+            attributes["gen_ai.response.time_to_first_chunk"] = record.ttft_seconds
+        if record.completion is not None:
+            attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
+            attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
+            attributes.update(_answer_attributes(record.completion.data, record.upstream_model))
+            if self.capture_content:
+                attributes.update(_content(record.body, record.completion.data))
+        elif self.capture_content and record.body is not None:
+            attributes.update(_content(record.body, None))
+        error = None
+        if record.status >= 400 or record.error_code:
+            attributes["error.type"] = record.error_code or str(record.status)
+            if record.status >= 500 or record.status == 0:
+                error = record.error_code or ""
+        name = f"{request.operation} {record.model}" if record.model else request.operation
+        self.exporter.add(
+            encode_span(
+                trace_id=request.trace_id, span_id=request.span_id, parent_span_id=request.parent_span_id,
+                flags=request.flags, trace_state=request.trace_state, name=name, kind=SERVER,
+                start_ns=request.start_ns, end_ns=time.time_ns(), attributes=attributes, error=error,
+                encoded_attributes=common,
+            )
+        )
+
+    def _common_attributes(self, operation: str, record: RequestRecord) -> dict[str, Any]:
+        """The attributes many requests share: encoded once per kind of request (``finish_request``)."""
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": operation,
+            "http.request.method": record.method,
+            "url.path": record.path,
+            "http.response.status_code": record.status,
+            "gen_ai.request.stream": record.stream,
+            "sluice.cache": record.cache or "off",
+            "sluice.dedup": record.dedup,
+            "sluice.attempts": record.attempts,
+        }
+        if record.model:
+            attributes["gen_ai.request.model"] = record.model
+        if record.provider:
+            attributes.update(self._providers.get(record.provider, {}))
+            attributes["sluice.provider"] = record.provider
+        return attributes
+
+    # -- the attempt (CLIENT) spans --
+
+    @contextmanager
+    def attempt(self, target: Target, number: int) -> Iterator[dict[str, Any]]:
+        """A span around one upstream attempt; the upstream request made inside carries its ``traceparent``.
+
+        Yields the span's attributes, for ``attempt_answered`` to add to.
+        """
+        request = _request.get()
+        if request is None:  # not inside a traced request: nothing to continue
+            yield {}
+            return
+        span_id = getrandbits(64) or 1
+        trace_headers = {"traceparent": f"00-{request.trace_id:032x}-{span_id:016x}-{request.flags:02x}"}
+        if request.trace_state:
+            trace_headers["tracestate"] = request.trace_state
+        token = _upstream.set(trace_headers)
+        kind = (request.operation, target, number)
+        common = self._common.get(kind)
+        if common is None:
+            common = span_attributes({
+                "gen_ai.operation.name": request.operation,
+                "gen_ai.request.model": target.model,
+                "sluice.provider": target.provider,
+                "sluice.attempt": number,
+                **self._providers.get(target.provider, {}),
+            })
+            if len(self._common) < MAX_KINDS:
+                self._common[kind] = common
+        attributes: dict[str, Any] = {}
+        started, error = time.time_ns(), None
+        try:
+            yield attributes
+        except BaseException as exc:
+            attributes.update(_failure(exc))
+            error = getattr(exc, "message", None) or type(exc).__name__
+            raise
+        finally:
+            _upstream.reset(token)
+            if request.flags & 1:
+                self.exporter.add(
+                    encode_span(
+                        trace_id=request.trace_id, span_id=span_id, parent_span_id=request.span_id,
+                        flags=request.flags, trace_state=request.trace_state, name=f"{request.operation} {target.model}",
+                        kind=CLIENT, start_ns=started, end_ns=time.time_ns(), attributes=attributes, error=error,
+                        encoded_attributes=common,
+                    )
+                )
+
+    @staticmethod
+    def attempt_answered(attributes: dict[str, Any], value: object) -> None:
+        """A whole (non-streamed) answer came back: its model, finish reasons and usage on the attempt span."""
+        data = getattr(value, "data", None)
+        if isinstance(data, dict):
+            attributes.update(_answer_attributes(data, None))
+            usage = data.get("usage")
+            if isinstance(usage, dict):
+                attributes.update(_usage_totals(usage))
+
+
+def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:
+    parts = urlsplit(base_url)
+    attributes: dict[str, Any] = {"gen_ai.provider.name": PROVIDER_NAMES.get(kind, kind)}
+    if parts.hostname:
+        attributes["server.address"] = parts.hostname
+        attributes["server.port"] = parts.port or (443 if parts.scheme == "https" else 80)
+    return attributes
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, UpstreamHTTPError):
+        return {"error.type": str(exc.status), "http.response.status_code": exc.status}
+    if isinstance(exc, SluiceError):
+        return {"error.type": exc.code if exc.code != "internal_error" else type(exc).__name__}
+    return {"error.type": type(exc).__qualname__}
+
+
+def _answer_attributes(data: dict[str, Any], upstream_model: str | None) -> dict[str, Any]:
+    """Response model, id, finish reasons and the usage details of an answer in any client API's shape."""
+    attributes: dict[str, Any] = {}
+    model = data.get("model") if isinstance(data.get("model"), str) else upstream_model
+    if model:
+        attributes["gen_ai.response.model"] = model
+    if isinstance(data.get("id"), str):
+        attributes["gen_ai.response.id"] = data["id"]
+    reasons = _finish_reasons(data)
+    if reasons:
+        attributes["gen_ai.response.finish_reasons"] = reasons
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        attributes.update(_usage_details(usage))
+    return attributes
+
+
+def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
+    choices = data.get("choices")
+    if isinstance(choices, list):
+        return tuple(c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))
+    for key in ("stop_reason", "status"):  # Messages, Responses
+        if isinstance(data.get(key), str):
+            return (data[key],)
+    return ()
+
+
+def _usage_details(usage: dict[str, Any]) -> dict[str, Any]:
+    """Cache reads and writes, reasoning: Chat Completions, Responses and Messages spell them differently."""
+    inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    details = {
+        "gen_ai.usage.cache_read.input_tokens": _get(inputs, "cached_tokens") or _get(usage, "cache_read_input_tokens"),
+        "gen_ai.usage.cache_creation.input_tokens": _get(usage, "cache_creation_input_tokens"),
+        "gen_ai.usage.reasoning.output_tokens": _get(outputs, "reasoning_tokens"),
+    }
+    return {name: value for name, value in details.items() if value}
+
+
+def _usage_totals(usage: dict[str, Any]) -> dict[str, Any]:
+    inputs = _get(usage, "prompt_tokens") if "prompt_tokens" in usage else _get(usage, "input_tokens")
+    outputs = _get(usage, "completion_tokens") if "completion_tokens" in usage else _get(usage, "output_tokens")
+    return {"gen_ai.usage.input_tokens": inputs, "gen_ai.usage.output_tokens": outputs}
+
+
+def _get(data: Any, key: str) -> int:
+    value = data.get(key) if isinstance(data, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> dict[str, str]:
+    """``gen_ai.input.messages`` / ``gen_ai.output.messages`` (JSON), only when content capture is on."""
+    attributes = {}
+    if body is not None:
+        messages = body.get("messages") if "messages" in body else body.get("input")
+        if messages is not None:
+            if isinstance(body.get("system"), (str, list)):  # Messages keeps its system prompt apart
+                messages = [{"role": "system", "content": body["system"]}, *messages]
+            attributes["gen_ai.input.messages"] = orjson.dumps(_messages(messages)).decode()
+    if answer is not None:
+        outputs = _outputs(answer)
+        if outputs:
+            attributes["gen_ai.output.messages"] = orjson.dumps(outputs).decode()
+    return attributes
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    """Messages as the conventions' role-and-parts shape; a bare string is one user message."""
+    if isinstance(messages, str):
+        return [{"role": "user", "parts": [{"type": "text", "content": messages}]}]
+    result = []
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, dict):
+            result.append({"role": message.get("role", "user"), "parts": _parts(message.get("content"))})
+    return result
+
+
+def _parts(content: Any) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    parts = []
+    for part in content if isinstance(content, list) else ():
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            parts.append({"type": "text", "content": part["text"]})
+        elif isinstance(part, dict):
+            parts.append({"type": str(part.get("type", "unknown"))})
+    return parts
+
+
+def _outputs(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    choices = answer.get("choices")
+    if isinstance(choices, list):
+        outputs = []
+        for choice in choices:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if isinstance(message, dict):
+                parts = _parts(message.get("content"))
+                for call in message.get("tool_calls") or ():
+                    function = call.get("function") or {}
+                    parts.append({"type": "tool_call", "id": call.get("id"), "name": function.get("name"), "arguments": function.get("arguments")})
+                outputs.append({"role": "assistant", "parts": parts, "finish_reason": choice.get("finish_reason")})
+        return outputs
+    if isinstance(answer.get("content"), list):  # a Messages answer
+        return [{"role": "assistant", "parts": _parts(answer["content"]), "finish_reason": answer.get("stop_reason")}]
+    return []

@@ -1,0 +1,241 @@
+"""OpenTelemetry traces through the real server, exported to a real OTLP/HTTP receiver.
+
+Each test waits for the spans it names to arrive (the receiver wakes it when
+they do); the SDK's batch delay is shortened so they arrive promptly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from proxy.tracing import enabled_by
+from tests.conftest import openai_config
+from tests.fakes.otlp import OTLPReceiver, ReceivedSpan
+from tests.fakes.server import Reply
+
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
+PROMPT = "tell me about tracing"
+
+
+@pytest.fixture(scope="module")
+def _receiver() -> Iterator[OTLPReceiver]:
+    receiver = OTLPReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
+def receiver(_receiver: OTLPReceiver) -> OTLPReceiver:
+    _receiver.reset()
+    return _receiver
+
+
+def traced(receiver: OTLPReceiver, **extra: str) -> dict[str, str]:
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_SERVICE_NAME": "sluice-under-test",
+        "OTEL_BSP_SCHEDULE_DELAY": "20",
+        **extra,
+    }
+
+
+def client(proxy, **headers: str) -> openai.OpenAI:  # type: ignore[no-untyped-def]
+    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0, default_headers=headers)
+
+
+def server_span(spans: list[ReceivedSpan]) -> ReceivedSpan:
+    (span,) = [s for s in spans if s.kind == "server"]
+    return span
+
+
+def children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> list[ReceivedSpan]:
+    found = [s for s in spans if s.kind == "client" and s.parent_span_id == parent.span_id]
+    return sorted(found, key=lambda s: s.attributes["sluice.attempt"])
+
+
+def has(kind: str, count: int = 1):  # type: ignore[no-untyped-def]
+    return lambda spans: sum(s.kind == kind for s in spans) >= count
+
+
+def error_reply(status: int) -> Reply:
+    return Reply(status=status, json={"error": {"message": "upstream trouble", "type": "server_error", "param": None, "code": None}})
+
+
+def test_request_span_continues_the_client_trace_with_genai_attributes(start_proxy, fake_openai, receiver) -> None:
+    proxy = start_proxy(openai_config(fake_openai), env=traced(receiver))
+    answer = client(proxy, traceparent=TRACEPARENT).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], temperature=0
+    )
+    assert answer.choices[0].message.content == f"echo: {PROMPT}"
+
+    spans = receiver.wait_for(lambda spans: has("server")(spans) and has("client")(spans))
+    request = server_span(spans)
+    assert (request.trace_id, request.parent_span_id) == (CLIENT_TRACE, CLIENT_SPAN)
+    assert request.name == "chat gpt-4o-mini"
+    assert request.resource["service.name"] == "sluice-under-test"
+    a = request.attributes
+    assert a["gen_ai.operation.name"] == "chat"
+    assert a["gen_ai.provider.name"] == "openai"
+    assert a["gen_ai.request.model"] == "gpt-4o-mini"
+    assert a["gen_ai.response.model"] == "gpt-4o-mini"
+    assert a["gen_ai.response.id"] == answer.id
+    assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (11, 7)
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    assert a["gen_ai.request.stream"] is False
+    assert (a["sluice.cache"], a["sluice.dedup"], a["sluice.tokens_saved"]) == ("miss", False, 0)
+    assert a["http.response.status_code"] == 200
+    assert "error.type" not in a
+    assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a, "content only when opted in"
+
+    (attempt,) = children(spans, request)
+    assert attempt.trace_id == CLIENT_TRACE
+    assert attempt.name == "chat gpt-4o-mini"
+    assert attempt.attributes["gen_ai.provider.name"] == "openai"
+    assert attempt.attributes["server.address"] == "127.0.0.1"
+    assert attempt.attributes["gen_ai.usage.input_tokens"] == 11
+    assert request.start_ns <= attempt.start_ns <= attempt.end_ns <= request.end_ns
+
+    (upstream,) = fake_openai.calls("/chat/completions")
+    assert upstream.headers["traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01"
+
+
+def test_a_retried_request_has_one_client_span_per_attempt(start_proxy, fake_openai, receiver) -> None:
+    proxy = start_proxy(openai_config(fake_openai, cache={"enabled": False}), env=traced(receiver))
+    fake_openai.script(error_reply(503))
+    client(proxy).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "retry me"}])
+
+    spans = receiver.wait_for(lambda spans: has("server")(spans) and has("client", 2)(spans))
+    request = server_span(spans)
+    assert request.parent_span_id == "", "no client traceparent: a new trace"
+    first, second = children(spans, request)
+    assert first.attributes["error.type"] == "503" and first.status_code == 2  # STATUS_CODE_ERROR
+    assert "error.type" not in second.attributes and second.status_code != 2
+    assert first.end_ns <= second.start_ns
+    assert request.attributes["sluice.attempts"] == 2 and request.attributes["sluice.cache"] == "off"
+    sent = [call.headers["traceparent"].rsplit("-", 1) for call in fake_openai.calls("/chat/completions")]
+    assert [head for head, _ in sent] == [f"00-{request.trace_id}-{span.span_id}" for span in (first, second)]
+    assert all(int(flags, 16) & 1 for _, flags in sent), "sampled"
+
+
+def test_fallback_shows_each_target_attempted(start_proxy, fake_openai, receiver) -> None:
+    primary = {"name": "primary", "type": "openai", "base_url": f"{fake_openai.url}/v1", "api_key": "sk-a"}
+    backup = {**primary, "name": "backup", "api_key": "sk-b"}
+    config = openai_config(
+        fake_openai,
+        providers=[primary, backup],
+        routing={"default_provider": "primary"},
+        models=[{"name": "smart", "targets": [{"provider": "primary", "model": "gpt-4o"}, {"provider": "backup", "model": "gpt-4o-mini"}]}],
+        retry={"max_attempts": 1},
+        cache={"enabled": False},
+    )
+    proxy = start_proxy(config, env=traced(receiver))
+    fake_openai.script(error_reply(500))
+    client(proxy).chat.completions.create(model="smart", messages=[{"role": "user", "content": "fall back"}])
+
+    spans = receiver.wait_for(lambda spans: has("server")(spans) and has("client", 2)(spans))
+    request = server_span(spans)
+    first, second = children(spans, request)
+    assert (first.attributes["sluice.provider"], first.attributes["gen_ai.request.model"]) == ("primary", "gpt-4o")
+    assert first.attributes["error.type"] == "500"
+    assert (second.attributes["sluice.provider"], second.attributes["gen_ai.request.model"]) == ("backup", "gpt-4o-mini")
+    assert request.attributes["gen_ai.request.model"] == "smart"
+    assert request.attributes["gen_ai.response.model"] == "gpt-4o-mini"
+    assert request.attributes["sluice.provider"] == "backup"
+
+
+def test_a_failed_request_names_its_error(start_proxy, fake_openai, receiver) -> None:
+    proxy = start_proxy(openai_config(fake_openai, retry={"max_attempts": 1}), env=traced(receiver))
+    fake_openai.script(error_reply(502))
+    with pytest.raises(openai.APIStatusError):
+        client(proxy).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "fail"}])
+
+    request = server_span(receiver.wait_for(has("server")))
+    assert request.attributes["error.type"] == "upstream_error"
+    assert request.attributes["http.response.status_code"] == 502
+    assert request.status_code == 2
+
+
+def test_streams_cache_hits_and_content_when_opted_in(start_proxy, fake_openai, receiver) -> None:
+    env = traced(receiver, OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="true")
+    proxy = start_proxy(openai_config(fake_openai), env=env)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": PROMPT}]
+    for _ in range(2):  # a miss streamed from upstream, then a hit replayed from the cache
+        stream = client(proxy).chat.completions.create(model="gpt-4o-mini", messages=messages, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == f"echo: {PROMPT}"
+
+    spans = receiver.wait_for(has("server", 2))
+    miss, hit = sorted((s for s in spans if s.kind == "server"), key=lambda s: s.start_ns)
+    assert [s.attributes["sluice.cache"] for s in (miss, hit)] == ["miss", "hit"]
+    for span in (miss, hit):
+        assert span.attributes["gen_ai.request.stream"] is True
+        assert span.attributes["gen_ai.response.finish_reasons"] == ["stop"]
+        assert json.loads(span.attributes["gen_ai.input.messages"]) == [
+            {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
+            {"role": "user", "parts": [{"type": "text", "content": PROMPT}]},
+        ]
+        (output,) = json.loads(span.attributes["gen_ai.output.messages"])
+        assert output["parts"] == [{"type": "text", "content": f"echo: {PROMPT}"}]
+    assert "gen_ai.response.time_to_first_chunk" in miss.attributes
+    assert hit.attributes["gen_ai.usage.input_tokens"] == 0, "a hit consumed no tokens"
+    assert not children(spans, hit)
+
+
+def test_tracing_off_sends_no_trace_headers_upstream(start_proxy, fake_openai) -> None:
+    env = {name: "" for name in os.environ if name.startswith("OTEL_")}
+    proxy = start_proxy(openai_config(fake_openai), env=env)
+    client(proxy).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "untraced"}])
+    (upstream,) = fake_openai.calls("/chat/completions")
+    assert "traceparent" not in upstream.headers
+
+
+@pytest.mark.parametrize(
+    ("environ", "on"),
+    [
+        ({}, False),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, True),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/v1/traces"}, True),
+        ({"OTEL_TRACES_EXPORTER": "otlp"}, True),
+        ({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
+        ({"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False),
+    ],
+)
+def test_which_environments_turn_tracing_on(environ: dict[str, str], on: bool) -> None:
+    assert enabled_by(environ) is on
+
+
+@pytest.mark.parametrize(
+    ("sampler", "traceparent", "sampled"),
+    [
+        (None, None, 1),
+        (None, TRACEPARENT, 1),
+        (None, f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-00", 0),  # the client's decision is followed
+        ("always_off", None, 0),
+        ("parentbased_always_off", TRACEPARENT, 1),
+        ("parentbased_always_off", None, 0),
+    ],
+)
+def test_sampling_follows_otel_traces_sampler_and_the_parent(monkeypatch, sampler, traceparent, sampled) -> None:  # type: ignore[no-untyped-def]
+    from proxy.config import Config, ProviderConfig
+    from proxy.telemetry.record import RequestRecord
+    from proxy.tracing import Tracing
+
+    if sampler is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    config = Config(providers=(ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1"),))
+    tracing = Tracing(config, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    try:
+        headers = [(b"traceparent", traceparent.encode())] if traceparent else []
+        record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
+        token = tracing.start_request({"path": "/v1/chat/completions", "method": "POST", "headers": headers}, record)
+        assert token is not None and record.span.flags & 1 == sampled
+        if traceparent:
+            assert f"{record.span.trace_id:032x}" == CLIENT_TRACE
+    finally:
+        tracing.exporter.shutdown()
