@@ -43,6 +43,7 @@ import h2.exceptions
 import orjson
 import uvloop
 
+import answers
 import services
 import upstream as plain
 from loadgen import WrkResult
@@ -73,8 +74,6 @@ TARGETS = {"http2: false (Http1Client, HTTP/1.1)": False, "http2: true (httpx + 
 
 # -- the TLS upstream ----------------------------------------------------------
 
-COMPLETION_BODY = plain.COMPLETION.split(b"\r\n\r\n", 1)[1]
-STREAM_EVENTS = [part.split(b"\r\n", 1)[1][:-2] for part in plain.STREAM_EVENTS[:-1]]  # chunked framing off
 JSON_HEAD = [(b":status", b"200"), (b"content-type", b"application/json")]
 STREAM_HEAD = [(b":status", b"200"), (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 NOT_FOUND_HEAD = [(b":status", b"404"), (b"content-length", b"0")]
@@ -139,7 +138,7 @@ class H2Connection(asyncio.Protocol):
             return
         self.upstream.outcomes["ok"] += 1
         stream = plain._wants_stream(b"".join(body))
-        head, parts = (STREAM_HEAD, STREAM_EVENTS) if stream else (JSON_HEAD, [COMPLETION_BODY])
+        head, parts = (STREAM_HEAD, answers.CHAT.events) if stream else (JSON_HEAD, [answers.CHAT.body])
         if self.upstream.delay:
             asyncio.get_running_loop().call_later(self.upstream.delay, self.send, stream_id, head, parts)
         else:
