@@ -46,7 +46,7 @@ import uvloop
 import answers
 import services
 import upstream as plain
-from loadgen import WrkResult
+from loadgen import Request, WrkResult
 from procs import OUT, Process, StartError, free_port, tcp_open
 from report import Cell, write_section
 from run import Bench, median
@@ -247,7 +247,8 @@ def run_delay(bench: Bench, delay_ms: int, ca: Path) -> dict[str, dict[str, tupl
         urls: dict[str, str | None] = {}
         for target, http2 in TARGETS.items():
             config = services.sluice_config(port)
-            config["providers"][0].update(base_url=f"https://127.0.0.1:{port}/v1", http2=http2)
+            openai = config["providers"][0] | {"base_url": f"https://127.0.0.1:{port}/v1", "http2": http2}
+            config["providers"] = [openai]
             urls[target] = bench.start_sluice(stack, f"http2-{str(http2).lower()}-{delay_ms}ms", config)
         for workload in workloads:
             print(workload.title, file=sys.stderr)
@@ -258,7 +259,8 @@ def run_delay(bench: Bench, delay_ms: int, ca: Path) -> dict[str, dict[str, tupl
                     if url is None:
                         continue
                     before = connections(port, ca)
-                    rounds[target].append(bench.measure(target, url, workload.connections, workload.stream))
+                    request = Request(stream=workload.stream)
+                    rounds[target].append(bench.measure(target, url, workload.connections, request))
                     opened[target] += connections(port, ca) - before
             results[workload.key] = {
                 target: (median(cells) if cells else "Sluice did not start", _describe(opened[target]))

@@ -21,9 +21,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import answers  # noqa: E402
-import services  # noqa: E402
-from procs import free_port  # noqa: E402
+import answers
+import services
+from procs import free_port
 
 
 @pytest.fixture(scope="module")
