@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.accounting import Prices
 from proxy.cache.base import CacheBackend, CacheUnavailable
+from proxy.cache.keys import identity_of
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis import RedisCache
 from proxy.config import Config, load_config
@@ -31,12 +32,17 @@ from proxy.pipeline import Pipeline
 from proxy.protocol import LANE_STATE
 from proxy.providers import build_provider
 from proxy.providers.base import Provider
+from proxy.requests import read_headers
 from proxy.resilience import Breakers, Resilience
 from proxy.responses import Answer
 from proxy.routing import Router
 from proxy.surfaces.base import Surface
 from proxy.surfaces.chat import ChatSurface
+from proxy.surfaces.completions import CompletionsSurface
 from proxy.surfaces.embeddings import EmbeddingsSurface
+from proxy.surfaces.response_routes import ResponseRoutes
+from proxy.surfaces.response_store import response_store
+from proxy.surfaces.responses import ResponsesSurface
 from proxy.telemetry import Telemetry, configure_logging
 from proxy.tokens import use_encodings
 
@@ -72,11 +78,16 @@ class Gateway:
         self.breakers = Breakers(config.breaker)
         self.shared: SharedState | None = None
         self.pipeline: Pipeline | None = None
-        self.surfaces: dict[str, Surface] = {s.path: s for s in (ChatSurface(), EmbeddingsSurface())}
+        self.responses = ResponsesSurface(response_store(config))
+        self.surfaces: dict[str, Surface] = {
+            s.path: s for s in (ChatSurface(), EmbeddingsSurface(), self.responses, CompletionsSurface())
+        }
+        self.response_routes: ResponseRoutes | None = None
 
     async def start(self) -> None:
         use_encodings(self.config.token_encodings)
         self.providers = {p.name: build_provider(p) for p in self.config.providers}
+        self.response_routes = ResponseRoutes(self.responses.store, self.providers)
         self.cache = build_cache(self.config)
         if self.cache is not None:
             await self.cache.start()
@@ -114,8 +125,21 @@ class Gateway:
             await self.pipeline.remote_flights.aclose()
         if self.shared is not None:
             await self.shared.aclose()
+        await self.responses.store.aclose()
 
     # -- endpoints other than the two proxied ones --
+
+    def stored_response(self, handler: str):  # type: ignore[no-untyped-def]
+        """An endpoint for ``/v1/responses/{response_id}…``: ``ResponseRoutes.<handler>`` for this caller."""
+
+        async def endpoint(request: Request) -> Response:
+            assert self.pipeline is not None and self.response_routes is not None
+            credential = read_headers(request.scope).credential
+            principal = self.pipeline.limiter.authenticate(credential)
+            passed = credential if not self.config.auth.keys else None
+            return await getattr(self.response_routes, handler)(request, identity_of(credential, principal.name), passed)
+
+        return endpoint
 
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})
@@ -256,6 +280,9 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
 
     routes = [  # the surfaces' are served by HotRoutes; listed so that other methods get a 405
         *(Route(path, surface_endpoint(surface), methods=["POST"]) for path, surface in gateway.surfaces.items()),
+        Route("/v1/responses/{response_id}", gateway.stored_response("retrieve"), methods=["GET"]),
+        Route("/v1/responses/{response_id}", gateway.stored_response("delete"), methods=["DELETE"]),
+        Route("/v1/responses/{response_id}/input_items", gateway.stored_response("input_items"), methods=["GET"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),

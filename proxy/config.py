@@ -150,6 +150,14 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesConfig:
+    """State Sluice keeps for the Responses API when it bridges it (stored responses)."""
+
+    ttl_seconds: float = 2592000.0
+    max_entries: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     providers: tuple[ProviderConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -161,6 +169,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     pricing_file: str | None = "config/prices.yaml"
     context_windows: dict[str, int] = field(default_factory=dict)
     token_encodings: dict[str, str] = field(default_factory=dict)
@@ -308,6 +317,7 @@ class _Validator:
         retry = self.retry(self.section(data, "retry", set(RetryConfig.__dataclass_fields__)))
         breaker = self.breaker(self.section(data, "breaker", set(BreakerConfig.__dataclass_fields__)))
         auth = self.auth(self.section(data, "auth", {"keys", "admin_key"}))
+        responses = self.responses(self.section(data, "responses", set(ResponsesConfig.__dataclass_fields__)))
         if "pricing_file" in data and data["pricing_file"] is None:
             pricing_file = None  # an explicit null: no price file, every model free
         else:
@@ -329,6 +339,7 @@ class _Validator:
             retry=retry,
             breaker=breaker,
             auth=auth,
+            responses=responses,
             pricing_file=pricing_file or None,
             context_windows=context_windows,
             token_encodings=token_encodings,
@@ -484,6 +495,13 @@ class _Validator:
             max_bytes=self.value(data, "max_bytes", "cache.max_bytes", int, d.max_bytes, _positive),
             hit_lane=self.value(data, "hit_lane", "cache.hit_lane", bool, d.hit_lane),
             near_copy=self.value(data, "near_copy", "cache.near_copy", bool, d.near_copy),
+        )
+
+    def responses(self, data: dict[str, Any]) -> ResponsesConfig:
+        d = ResponsesConfig()
+        return ResponsesConfig(
+            ttl_seconds=self.value(data, "ttl_seconds", "responses.ttl_seconds", float, d.ttl_seconds, _positive),
+            max_entries=self.value(data, "max_entries", "responses.max_entries", int, d.max_entries, _positive),
         )
 
     def compression(self, data: dict[str, Any]) -> CompressionConfig:

@@ -160,9 +160,11 @@ class Pipeline:
         what cannot be carried is a 400 up front rather than a failed fallback."""
         if surface.hub_native:
             return body, raw
-        if all(self.providers[t.provider].speaks(surface.api) for t in route.targets):
+        # a conversation Sluice keeps (or another caller's) decides before the targets do
+        history = await surface.history(body, identity) if surface.remembers else None
+        if history is None and all(self.providers[t.provider].speaks(surface.api) for t in route.targets):
             return None, None
-        return surface.to_hub(body, await surface.history(body, identity)), None
+        return surface.to_hub(body, history), None
 
     # -- cache --
 

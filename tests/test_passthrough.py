@@ -112,7 +112,7 @@ def test_configured_key_never_reaches_client_or_logs(proxy, fake_openai) -> None
 
 
 def test_passthrough_credentials_when_no_key_configured(start_proxy, fake_openai) -> None:
-    proxy = start_proxy(openai_config(fake_openai, provider={"api_key": ""}))
+    proxy = start_proxy(openai_config(fake_openai, provider={"api_key": "", "pass_client_key": True}))
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client-own-key")
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert fake_openai.calls("/chat/completions")[0].headers["authorization"] == "Bearer sk-client-own-key"

@@ -1,12 +1,14 @@
 """OpenAI and OpenAI-compatible upstreams: a passthrough, bytes in and bytes out.
 
 The client's body goes upstream as sent (only ``model`` is rewritten when
-routing changed it, and streams ask for usage); answers come back unchanged.
+routing changed it, and chat streams ask for usage); answers come back
+unchanged. Besides Chat Completions, the upstream speaks the Responses API
+(unless ``responses: false``) and legacy completions natively.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -18,24 +20,39 @@ from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
 
 
+_CALLER_SCOPED = frozenset({"openai-organization", "openai-project"})
+
+
 class OpenAIProvider(Provider):
     def __init__(self, config: ProviderConfig, client: UpstreamClient) -> None:
         super().__init__(config, client)
         self._chat_url = f"{config.base_url}/chat/completions"
         self._embeddings_url = f"{config.base_url}/embeddings"
         self._models_url = f"{config.base_url}/models"
+        self._native_urls = {"responses": f"{config.base_url}/responses", "completions": f"{config.base_url}/completions"}
 
-    def _headers(self, authorization: str | None) -> dict[str, str]:
+    def _headers(self, authorization: str | None, passed: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``passed``: the client's ``openai-*`` headers. ``OpenAI-Beta`` always goes on; the
+        organization and project only with the caller's own key, never to choose where the
+        operator's key is billed."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        elif authorization:
-            headers["Authorization"] = authorization
+        credential = self.credential(authorization)
+        if credential:
+            headers["Authorization"] = f"Bearer {credential}"
+        for name, value in (passed or {}).items():
+            if name == "openai-beta" or (name in _CALLER_SCOPED and not self.config.api_key):
+                headers[name] = value
         return headers
 
+    def speaks(self, api: str) -> bool:
+        return api == "completions" or (api == "responses" and self.config.responses)
+
     @staticmethod
-    def _payload(call: Call, stream: bool = False) -> bytes:
-        """The client's bytes when nothing must change, else the body re-encoded."""
+    def _payload(call: Call, stream: bool = False, ask_usage: bool = True) -> bytes:
+        """The client's bytes when nothing must change, else the body re-encoded.
+
+        ``ask_usage``: a chat stream asks for its usage chunk; native APIs are sent as they came.
+        """
         changes: dict[str, Any] = {}
         if call.body.get("model") != call.model:
             changes["model"] = call.model
@@ -43,14 +60,14 @@ class OpenAIProvider(Provider):
             if call.body.get("stream") is not True:
                 changes["stream"] = True
             options = call.body.get("stream_options") or {}
-            if not options.get("include_usage"):
+            if ask_usage and not options.get("include_usage"):
                 changes["stream_options"] = {**options, "include_usage": True}
         if not changes and call.raw is not None:
             return call.raw
         return orjson.dumps({**call.body, **changes})
 
     async def _post(self, url: str, call: Call, payload: bytes) -> UpstreamResponse:
-        response = await self.client.request("POST", url, self._headers(call.authorization), payload)
+        response = await self.client.request("POST", url, self._headers(call.authorization, call.headers), payload)
         if response.status >= 400:
             await raise_upstream_error(response)
         return response
@@ -66,6 +83,20 @@ class OpenAIProvider(Provider):
     async def embed(self, call: Call) -> Completion:
         response = await self._post(self._embeddings_url, call, self._payload(call))
         return _completion(await response.read())
+
+    async def native(self, api: str, call: Call) -> Completion:
+        response = await self._post(self._native_urls[api], call, self._payload(call, ask_usage=False))
+        return _completion(await response.read())
+
+    async def native_stream(self, api: str, call: Call) -> ChunkStream:
+        response = await self._post(self._native_urls[api], call, self._payload(call, stream=True, ask_usage=False))
+        events = _response_events(response) if api == "responses" else _chunks(response)
+        return ChunkStream(response, events)
+
+    async def forward(self, method: str, path: str, call: Call) -> tuple[int, bytes]:
+        headers = self._headers(call.authorization, call.headers)
+        response = await self.client.request(method, f"{self.config.base_url}/{path}", headers)
+        return response.status, await response.read()
 
     async def list_models(self, authorization: str | None) -> list[str]:
         response = await self.client.request("GET", self._models_url, self._headers(authorization))
@@ -109,3 +140,33 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
             return
     if not done:
         raise UpstreamConnectionError("upstream stream ended before [DONE]")
+
+
+_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+    """A Responses stream's events, each passed on as an ``event: <type>`` frame.
+
+    It must reach one of the final events: a stream cut before them is a
+    failed attempt, not an answer.
+    """
+    done = False
+
+    def event(data: bytes) -> list[Chunk]:
+        nonlocal done
+        parsed = _parse(data)
+        kind = parsed.get("type")
+        if not isinstance(kind, str):
+            raise UpstreamConnectionError("upstream sent a Responses event without a type")
+        if kind == "error":  # one error path: the pipeline retries it or ends the stream in the client's API
+            message = parsed.get("message") or (parsed.get("error") or {}).get("message") or "unknown error"
+            raise UpstreamConnectionError(f"upstream stream failed: {message}")
+        done = done or kind in _RESPONSE_ENDS
+        return [Chunk(data, parsed, frame=b"event: " + kind.encode() + b"\ndata: " + data + b"\n\n")]
+
+    async for chunks in translated(response.sse_batches(), event):
+        yield chunks
+        if done:
+            return
+    raise UpstreamConnectionError("upstream stream ended before response.completed")

@@ -1,4 +1,5 @@
-"""A fake OpenAI upstream: /v1/chat/completions (JSON and SSE), /v1/embeddings, /v1/models.
+"""A fake OpenAI upstream: /v1/chat/completions (JSON and SSE), /v1/embeddings, /v1/models,
+/v1/responses (with its {id} routes; tests/fakes/openai_responses.py) and legacy /v1/completions.
 
 Unscripted answers echo the last user message, so tests can tell answers
 apart; when tools are offered and the last message is the user's, it calls
@@ -16,6 +17,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from tests.fakes.openai_responses import ResponsesState, completion_frames, response_events, text_completion
 from tests.fakes.server import FakeServer, Reply
 
 _ids = itertools.count(1)
@@ -107,6 +109,10 @@ def error_body(message: str, code: str | None = None, type: str = "invalid_reque
 class FakeOpenAI(FakeServer):
     models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.responses = ResponsesState()
+
     def stream_end(self) -> bytes:
         return b"data: [DONE]\n\n"
 
@@ -118,6 +124,8 @@ class FakeOpenAI(FakeServer):
         if request.method == "GET" and path.endswith("/models"):
             data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "openai"} for m in self.models]
             return _json({"object": "list", "data": data})
+        if "/responses/" in path:
+            return self._response_route(request.method, path.split("/responses/", 1)[1])
         if request.method != "POST":
             return _json(error_body("not found", "not_found"), 404)
         try:
@@ -128,6 +136,10 @@ class FakeOpenAI(FakeServer):
             return _json(self._embeddings(payload))
         if path.endswith("/chat/completions"):
             return self._chat(payload)
+        if path.endswith("/responses"):
+            return self._responses(payload)
+        if path.endswith("/completions"):
+            return self._completions(payload)
         return _json(error_body("not found", "not_found"), 404)
 
     def _chat(self, payload: dict[str, Any]) -> Response:
@@ -141,14 +153,35 @@ class FakeOpenAI(FakeServer):
         if payload.get("stream"):
             include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
             chunks = stream_chunks(model, content or "", include_usage=include_usage, tool_calls=tool_calls)
-            frames = [self.stream_frame(c) for c in chunks] + [self.stream_end()]
-
-            async def body():  # type: ignore[no-untyped-def]
-                for frame in frames:
-                    yield frame
-
-            return StreamingResponse(body(), media_type="text/event-stream")
+            return _sse([self.stream_frame(c) for c in chunks] + [self.stream_end()])
         return _json(completion(model, content, tool_calls))
+
+    def _responses(self, payload: dict[str, Any]) -> Response:
+        status, response = self.responses.create(payload)
+        if status != 200 or not payload.get("stream"):
+            return _json(response, status)
+        return _sse(response_events(response))
+
+    def _response_route(self, method: str, rest: str) -> Response:
+        response_id, _, tail = rest.partition("/")
+        if method == "GET" and tail == "input_items":
+            found = self.responses.input_items(response_id)
+        elif method == "GET" and not tail:
+            found = self.responses.get(response_id)
+        elif method == "DELETE" and not tail:
+            found = self.responses.delete(response_id)
+        else:
+            found = None
+        if found is None:
+            return _json(error_body(f"Response with id '{response_id}' not found.", None), 404)
+        return _json(found)
+
+    @staticmethod
+    def _completions(payload: dict[str, Any]) -> Response:
+        answer = text_completion(payload)
+        if not payload.get("stream"):
+            return _json(answer)
+        return _sse(completion_frames(answer, bool((payload.get("stream_options") or {}).get("include_usage"))))
 
     @staticmethod
     def _embeddings(payload: dict[str, Any]) -> dict[str, Any]:
@@ -164,6 +197,14 @@ class FakeOpenAI(FakeServer):
             "model": payload.get("model"),
             "usage": {"prompt_tokens": 3 * len(items), "total_tokens": 3 * len(items)},
         }
+
+
+def _sse(frames: list[bytes]) -> Response:
+    async def body():  # type: ignore[no-untyped-def]
+        for frame in frames:
+            yield frame
+
+    return StreamingResponse(body(), media_type="text/event-stream")
 
 
 def _json(data: Any, status: int = 200) -> Response:
