@@ -60,7 +60,8 @@ class Job:
     ``body``/``raw`` are the client's request in its own API, for targets
     that speak it; ``hub``/``hub_raw`` the same request as Chat Completions
     (``hub_raw`` only while those are the client's exact bytes) for the
-    others, None when every target speaks the surface's API.
+    others, None when every target speaks the surface's API. ``bridged``:
+    every target gets the hub request (a conversation that Sluice keeps).
     """
 
     surface: Surface
@@ -75,6 +76,11 @@ class Job:
     headers: dict[str, str]
     request_id: str
     cache_key: str | None
+    bridged: bool = False
+
+    def native_to(self, provider: Provider) -> bool:
+        """Whether ``provider`` gets the client's own body rather than the hub request."""
+        return not self.bridged and provider.speaks(self.surface.api)
 
 
 class Pipeline:
@@ -119,7 +125,7 @@ class Pipeline:
         route = self.router.resolve(parsed.model)
         await self.limiter.admit(principal)
         identity = identity_of(credential, principal.name)
-        hub, hub_raw = await self._hub_request(surface, body, raw, route, identity)
+        hub, hub_raw, bridged = await self._hub_request(surface, body, raw, route, identity)
         key = None
         if self.cache is not None or self._dedup:
             key = cache_key(surface.api, route.key, body, identity, options.compression)
@@ -136,6 +142,7 @@ class Pipeline:
             headers.passed or {},
             record.request_id,
             key,
+            bridged,
         )
 
         answer = await self._lookup(job, record)
@@ -155,16 +162,17 @@ class Pipeline:
 
     async def _hub_request(
         self, surface: Surface, body: dict[str, Any], raw: bytes, route: Route, identity: str
-    ) -> tuple[dict[str, Any] | None, bytes | None]:
+    ) -> tuple[dict[str, Any] | None, bytes | None, bool]:
         """The request as Chat Completions, made once, before any upstream call, so that
-        what cannot be carried is a 400 up front rather than a failed fallback."""
+        what cannot be carried is a 400 up front rather than a failed fallback; and
+        whether every target must get it (a conversation Sluice keeps continues bridged)."""
         if surface.hub_native:
-            return body, raw
-        # a conversation Sluice keeps (or another caller's) decides before the targets do
+            return body, raw, False
+        # a conversation Sluice keeps (or another caller's: 404) decides before the targets do
         history = await surface.history(body, identity) if surface.remembers else None
         if history is None and all(self.providers[t.provider].speaks(surface.api) for t in route.targets):
-            return None, None
-        return surface.to_hub(body, history), None
+            return None, None, False
+        return surface.to_hub(body, history), None, history is not None
 
     # -- cache --
 
@@ -302,7 +310,7 @@ class Pipeline:
     async def _call(self, flight: Flight, job: Job, target: Target) -> Completion:
         provider = self.providers[target.provider]
         api = job.surface.api
-        if provider.speaks(api):
+        if job.native_to(provider):
             return await provider.native(api, self._native_call(job, target))
         call = self._hub_call(flight, job, target)
         if api == "embeddings":
@@ -313,7 +321,7 @@ class Pipeline:
         flight.attempts += 1
         provider = self.providers[target.provider]
         api = job.surface.api
-        if provider.speaks(api):
+        if job.native_to(provider):
             stream = await provider.native_stream(api, self._native_call(job, target))
             flight.native = True
             return stream

@@ -465,3 +465,16 @@ def test_agents_sdk_runner_with_a_function_tool(proxy: ProxyProcess, fakes: Any,
         result = Runner.run_sync(agent, "weather in Paris?")
     assert calls == ["Paris"]
     assert "sunny in Paris" in result.final_output
+
+
+def test_a_conversation_sluice_keeps_continues_bridged_on_a_native_target(
+    client: openai.OpenAI, fake_openai: FakeOpenAI
+) -> None:
+    """The native upstream never saw the stored response: its history goes as Chat Completions."""
+    first = client.responses.create(model=GEMINI, input="remember the number 7")
+    second = client.responses.create(model=NATIVE, previous_response_id=first.id, input="which number?")
+    assert second.output_text == "echo: which number?"
+    assert fake_openai.calls("/v1/responses") == []
+    (call,) = fake_openai.calls("/v1/chat/completions")
+    sent = orjson.dumps(call.json["messages"]).decode()
+    assert sent.index("remember the number 7") < sent.index("echo: remember the number 7") < sent.index("which number?")
