@@ -9,16 +9,26 @@ import sys
 import yaml
 
 from proxy.accounting import Prices
-from proxy.config import ConfigError, Config, load_config, resolve_path
+from proxy.config import ConfigError, Config, exposure_problem, load_config, resolve_path
 
 EXIT_INVALID_CONFIG = 2
 
 
-def _load(path: str | None) -> Config:
-    """Load and validate the config and its price file, or exit 2 naming every problem."""
+def _load(path: str | None, host: str | None = None, port: int | None = None) -> Config:
+    """Load and validate the config and its price file, with ``--host``/``--port`` applied,
+    or exit 2 naming every problem (the exposure rule included: it depends on the host)."""
     try:
         config = load_config(path)
         Prices.load(config.pricing_file)
+        server = dataclasses.replace(
+            config.server,
+            host=host if host is not None else config.server.host,
+            port=port if port is not None else config.server.port,
+        )
+        config = dataclasses.replace(config, server=server)
+        problem = exposure_problem(config)
+        if problem:
+            raise ConfigError([problem])
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -28,13 +38,7 @@ def _load(path: str | None) -> Config:
 
 def _serve(args: argparse.Namespace) -> None:
     path = resolve_path(args.config)
-    config = _load(path)
-    server = dataclasses.replace(
-        config.server,
-        host=args.host if args.host is not None else config.server.host,
-        port=args.port if args.port is not None else config.server.port,
-    )
-    config = dataclasses.replace(config, server=server)
+    config = _load(path, args.host, args.port)
     from proxy.server import serve
 
     serve(config, path, workers=args.workers, log_format=args.log_format)

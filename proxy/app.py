@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hmac
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,9 +23,11 @@ from proxy.cache.keys import identity_of
 from proxy.cache.memory import MemoryCache
 from proxy.cache.redis import RedisCache
 from proxy.config import Config, load_config
+from proxy.count_tokens import PATH as COUNT_TOKENS_PATH
+from proxy.count_tokens import count_tokens
 from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
-from proxy.limits import Limiter
+from proxy.limits import AdminGuard, Limiter
 from proxy.middleware import RequestMiddleware
 from proxy.pipeline import Pipeline
 from proxy.protocol import LANE_STATE
@@ -40,6 +41,7 @@ from proxy.surfaces.base import Surface
 from proxy.surfaces.chat import ChatSurface
 from proxy.surfaces.completions import CompletionsSurface
 from proxy.surfaces.embeddings import EmbeddingsSurface
+from proxy.surfaces.messages import MessagesSurface
 from proxy.surfaces.response_routes import ResponseRoutes
 from proxy.surfaces.response_store import response_store
 from proxy.surfaces.responses import ResponsesSurface
@@ -71,16 +73,17 @@ class Gateway:
 
     def __init__(self, config: Config, log_format: str = "json") -> None:
         self.config = config
-        self.telemetry = Telemetry(log_format)
+        self.telemetry = Telemetry(log_format, config)
         self.prices = Prices.load(config.pricing_file)
         self.providers: dict[str, Provider] = {}
         self.cache: CacheBackend | None = None
-        self.breakers = Breakers(config.breaker)
+        self.breakers = Breakers(config.breaker, config.alias_targets())
+        self.admin = AdminGuard(config.auth.admin_key)
         self.shared: SharedState | None = None
         self.pipeline: Pipeline | None = None
         self.responses = ResponsesSurface(response_store(config))
         self.surfaces: dict[str, Surface] = {
-            s.path: s for s in (ChatSurface(), EmbeddingsSurface(), self.responses, CompletionsSurface())
+            s.path: s for s in (ChatSurface(), EmbeddingsSurface(), self.responses, CompletionsSurface(), MessagesSurface())
         }
         self.response_routes: ResponseRoutes | None = None
 
@@ -154,6 +157,7 @@ class Gateway:
         return Response(self.telemetry.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def stats(self, request: Request) -> Response:
+        self.admin.check(request.scope)
         entries = 0
         if self.cache is not None:
             with contextlib.suppress(Exception):
@@ -173,10 +177,11 @@ class Gateway:
         """Aliases, then each provider's models as ``provider/model``; a failing provider is skipped."""
         request.scope["state"]["record"].tracked = False
         data = [{"id": alias.name, "object": "model", "created": 0, "owned_by": "sluice"} for alias in self.config.models]
-        authorization = request.headers.get("authorization") if not self.config.auth.keys else None
+        credential = read_headers(request.scope).credential
+        authorization = credential if not self.config.auth.keys else None
         if self.config.auth.keys:
             assert self.pipeline is not None
-            self.pipeline.limiter.authenticate(request.headers.get("authorization"))
+            self.pipeline.limiter.authenticate(credential)
         for name, provider in self.providers.items():
             try:
                 ids = await provider.list_models(authorization)
@@ -187,11 +192,7 @@ class Gateway:
         return _json({"object": "list", "data": data})
 
     async def clear_cache(self, request: Request) -> Response:
-        admin_key = self.config.auth.admin_key
-        if admin_key:
-            supplied = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(supplied.encode(), admin_key.encode()):
-                raise InvalidAPIKey("This endpoint needs the admin key: 'Authorization: Bearer <admin_key>'.")
+        self.admin.check(request.scope)
         if self.pipeline is not None and self.pipeline.lane is not None:
             self.pipeline.lane.clear()
         try:
@@ -205,6 +206,11 @@ class Gateway:
         path = (DASHBOARD_DIR / name).resolve()
         if path.parent != DASHBOARD_DIR.resolve() or not path.is_file():
             raise NotFound(f"No dashboard file '{name}'.")
+        if name == "index.html":  # the page holds no data; without the key it is served as a 401 that asks for it
+            try:
+                self.admin.check(request.scope)
+            except InvalidAPIKey:
+                return FileResponse(path, status_code=401)
         return FileResponse(path)
 
 
@@ -278,8 +284,14 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         finally:
             await gateway.stop()
 
+    async def messages_count_tokens(request: Request) -> Response:
+        surface = gateway.surfaces[MessagesSurface.path]
+        assert gateway.pipeline is not None and isinstance(surface, MessagesSurface)
+        return await count_tokens(gateway.pipeline, surface, request)
+
     routes = [  # the surfaces' are served by HotRoutes; listed so that other methods get a 405
         *(Route(path, surface_endpoint(surface), methods=["POST"]) for path, surface in gateway.surfaces.items()),
+        Route(COUNT_TOKENS_PATH, messages_count_tokens, methods=["POST"]),
         Route("/v1/responses/{response_id}", gateway.stored_response("retrieve"), methods=["GET"]),
         Route("/v1/responses/{response_id}", gateway.stored_response("delete"), methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", gateway.stored_response("input_items"), methods=["GET"]),

@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from proxy.errors import SHAPE_ERRORS, UpstreamConnectionError
+
 
 @dataclass(slots=True)
 class Completion:
@@ -28,8 +30,31 @@ class Completion:
 
     @property
     def usage(self) -> dict[str, Any] | None:
+        """The answer's usage when Sluice can count it (token counts are integers, details an
+        object); otherwise None, as if the upstream had reported none, and tokens are estimated."""
         usage = self.data.get("usage")
-        return usage if isinstance(usage, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        for name in ("prompt_tokens", "completion_tokens"):
+            count = usage.get(name)
+            if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+                return None
+        details = usage.get("prompt_tokens_details")
+        return usage if details is None or isinstance(details, dict) else None
+
+    def text(self) -> str:
+        """Every choice's message text, to estimate tokens when the upstream reported no usage.
+
+        A passed-through answer may have any shape: what is not text counts as nothing.
+        """
+        choices = self.data.get("choices")
+        texts = []
+        for choice in choices if isinstance(choices, list) else ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                texts.append(content)
+        return "".join(texts)
 
 
 @dataclass(slots=True)
@@ -71,6 +96,13 @@ class StreamAssembler:
         self._usage: dict[str, Any] | None = None
 
     def add(self, chunk: dict[str, Any]) -> None:
+        """Fold in one chunk; a chunk of an unexpected shape fails the upstream attempt (502), not Sluice."""
+        try:
+            self._add(chunk)
+        except SHAPE_ERRORS as exc:
+            raise UpstreamConnectionError(f"upstream sent a stream chunk of an unexpected shape ({type(exc).__name__})") from None
+
+    def _add(self, chunk: dict[str, Any]) -> None:
         if not self._head:
             self._head = {
                 "id": chunk.get("id"),
@@ -132,6 +164,12 @@ class StreamAssembler:
         return bool(self._choices) and all(c["finish_reason"] for c in self._choices.values())
 
     def completion(self) -> Completion:
+        try:
+            return self._completion()
+        except SHAPE_ERRORS as exc:
+            raise UpstreamConnectionError(f"upstream sent stream chunks that add up to no answer ({type(exc).__name__})") from None
+
+    def _completion(self) -> Completion:
         choices = []
         for index in sorted(self._choices):
             state = self._choices[index]

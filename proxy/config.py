@@ -7,6 +7,7 @@ everything to fix.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -141,12 +142,14 @@ class ApiKey:
     rpm: int | None = None
     tpm: int | None = None
     budget_usd_per_day: float | None = None
+    models: tuple[str, ...] | None = None  # allow-list: aliases, "provider/model", "provider/*"; None: any model
 
 
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     keys: tuple[ApiKey, ...] = ()
     admin_key: str = ""
+    allow_anonymous: bool = False  # serve a non-loopback host with no proxy keys (CONTRACT §6 "Exposure")
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,10 @@ class Config:
                 return provider
         return None
 
+    def alias_targets(self) -> frozenset[Target]:
+        """Every target an alias names: the ones that always get their own breaker and metric labels."""
+        return frozenset(target for alias in self.models for target in alias.targets)
+
     def masked(self) -> dict[str, Any]:
         """The resolved config as plain data with every secret replaced by ``***``."""
         data = asdict(self)
@@ -190,6 +197,38 @@ class Config:
         data["auth"]["admin_key"] = _mask(data["auth"]["admin_key"])
         data["cache"]["redis_url"] = _mask_url_password(data["cache"]["redis_url"])
         return data
+
+
+def exposure_problem(config: Config) -> str | None:
+    """Why this config must not be served as is, or None (CONTRACT §6 "Exposure").
+
+    A non-loopback host with no proxy keys lets anyone who can reach it spend
+    the operator's upstream keys; that takes an explicit ``allow_anonymous``.
+    Checked with the host as resolved after ``--host``.
+    """
+    if is_loopback(config.server.host) or config.auth.keys or config.auth.allow_anonymous:
+        return None
+    spenders = [p.name for p in config.providers if p.api_key]
+    if not spenders:
+        return None
+    return (
+        f"auth.keys: server.host {config.server.host!r} is not a loopback address and no proxy key is configured, "
+        f"so anyone who reaches it would spend the api_key of {', '.join(spenders)}; "
+        "add auth.keys, bind 127.0.0.1, or set auth.allow_anonymous: true"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable only from this machine."""
+    host = host.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def _mask(secret: str) -> str:
@@ -311,12 +350,13 @@ class _Validator:
         if default_provider is not None and names and default_provider not in names:
             self.fail("routing.default_provider", f"names no configured provider: {default_provider!r}")
         models = self.models(data.get("models"), names)
+        self.pass_through_aliases(models, providers)
         cache = self.cache(self.section(data, "cache", set(CacheConfig.__dataclass_fields__)))
         dedup_data = self.section(data, "dedup", {"enabled"})
         compression = self.compression(self.section(data, "compression", {"mode", "trim_history"}))
         retry = self.retry(self.section(data, "retry", set(RetryConfig.__dataclass_fields__)))
         breaker = self.breaker(self.section(data, "breaker", set(BreakerConfig.__dataclass_fields__)))
-        auth = self.auth(self.section(data, "auth", {"keys", "admin_key"}))
+        auth = self.auth(self.section(data, "auth", set(AuthConfig.__dataclass_fields__)), names)
         responses = self.responses(self.section(data, "responses", set(ResponsesConfig.__dataclass_fields__)))
         if "pricing_file" in data and data["pricing_file"] is None:
             pricing_file = None  # an explicit null: no price file, every model free
@@ -460,6 +500,19 @@ class _Validator:
                 aliases.append(ModelAlias(name=name, targets=targets))
         return tuple(aliases)
 
+    def pass_through_aliases(self, aliases: tuple[ModelAlias, ...], providers: tuple[ProviderConfig, ...]) -> None:
+        """An alias may fall back across at most one ``pass_client_key`` provider: the caller's
+        credential is meant for one upstream, and fallback would carry it to the other."""
+        passing = {p.name for p in providers if p.pass_client_key}
+        for index, alias in enumerate(aliases):
+            names = sorted({target.provider for target in alias.targets} & passing)
+            if len(names) > 1:
+                self.fail(
+                    f"models[{index}].targets",
+                    f"alias {alias.name!r} has targets on {len(names)} pass_client_key providers ({', '.join(names)}): "
+                    "a caller's credential for one would reach the other",
+                )
+
     def targets(self, data: Any, path: str, provider_names: set[str]) -> tuple[Target, ...]:
         if not isinstance(data, list) or not data:
             self.fail(path, "must be a non-empty list of {provider, model}")
@@ -538,7 +591,7 @@ class _Validator:
             ),
         )
 
-    def auth(self, data: dict[str, Any]) -> AuthConfig:
+    def auth(self, data: dict[str, Any], provider_names: set[str]) -> AuthConfig:
         items = data.get("keys") or []
         keys: list[ApiKey] = []
         if not isinstance(items, list):
@@ -568,9 +621,27 @@ class _Validator:
                     budget_usd_per_day=self.value(
                         item, "budget_usd_per_day", f"{path}.budget_usd_per_day", float, None, _non_negative
                     ),
+                    models=self.allowed_models(item.get("models"), f"{path}.models", provider_names),
                 )
             )
-        return AuthConfig(keys=tuple(keys), admin_key=self.value(data, "admin_key", "auth.admin_key", str, ""))
+        return AuthConfig(
+            keys=tuple(keys),
+            admin_key=self.value(data, "admin_key", "auth.admin_key", str, ""),
+            allow_anonymous=self.value(data, "allow_anonymous", "auth.allow_anonymous", bool, False),
+        )
+
+    def allowed_models(self, data: Any, path: str, provider_names: set[str]) -> tuple[str, ...] | None:
+        """A key's allow-list; ``provider/*`` must name a configured provider."""
+        if data is None:
+            return None
+        if not isinstance(data, list) or not all(isinstance(m, str) and m.strip() for m in data):
+            self.fail(path, "must be a list of model names (an alias, provider/model or provider/*)")
+            return None
+        for index, model in enumerate(data):
+            prefix, slash, rest = model.partition("/")
+            if slash and rest == "*" and provider_names and prefix not in provider_names:
+                self.fail(f"{path}[{index}]", f"names no configured provider: {prefix!r}")
+        return tuple(data)
 
     def model_table(self, data: Any, key: str, what: str, kind: type, check: Callable[[Any], str | None]) -> dict[str, Any]:
         """A mapping of model name (or prefix) to a value, as ``context_windows`` and ``token_encodings`` are."""

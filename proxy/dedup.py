@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from proxy.completions import Chunk, Completion
 from proxy.config import Target
 from proxy.errors import SluiceError
+from proxy.resilience import Attempts
 
 
 @dataclass(slots=True)
@@ -47,9 +48,9 @@ class Flight:
         self.outcome: Outcome | None = None
         self.target: Target | None = None
         self.first_chunk_seconds: float | None = None
+        self.attempts = Attempts()  # counted as they happen, so a stream's headers can tell them
         self.tokens_saved = 0
         self.trimmed_messages = 0
-        self.attempts = 0  # upstream attempts so far, for the headers of a stream that starts
         self.native = False  # the stream's chunks are the surface's own events, not hub chunks
         self.remote = False  # fed from another process's call through Redis
         self._changed = asyncio.Event()

@@ -13,6 +13,12 @@ import orjson
 from starlette.responses import Response
 
 
+# What reading untyped JSON of the wrong shape raises (``"x".get``, ``None["a"]``,
+# ``int("a")``, a dict as a key…). Code that reads nested JSON without a type
+# check at every step maps these, at its edge, to the fault of whoever sent it.
+SHAPE_ERRORS = (TypeError, AttributeError, KeyError, IndexError, ValueError)
+
+
 class SluiceError(Exception):
     status: int = 500
     code: str = "internal_error"
@@ -59,6 +65,12 @@ class InvalidAPIKey(SluiceError):
 
 class Forbidden(SluiceError):
     status, code, type = 403, "forbidden", "permission_error"
+
+
+class ModelNotAllowed(SluiceError):
+    """The caller's key has an allow-list (``auth.keys[].models``) without this model."""
+
+    status, code, type = 403, "model_not_allowed", "permission_error"
 
 
 class NotFound(SluiceError):

@@ -206,14 +206,17 @@ def _request_key(
     path: bytes, headers: list[tuple[bytes, bytes]], body: bytes
 ) -> tuple[LaneKey, bytes | None] | None:
     """A request's lane key and its ``X-Request-ID``; None when a header keeps it off the lane."""
-    authorization = compression = request_id = None
+    authorization = api_key = compression = request_id = None
     for name, value in headers:
         if name == b"authorization":
             authorization = value
+        elif name == b"x-api-key":  # a credential too: requests differing in it must not share an entry
+            api_key = value
         elif name == b"x-sluice-compression":
             compression = value
         elif name == b"x-request-id" and request_id is None:
             request_id = value
         elif name in _OFF_LANE_HEADERS:
             return None
-    return (path, authorization, compression, body), request_id
+    credential = authorization if authorization is not None else api_key
+    return (path, credential, compression, body), request_id

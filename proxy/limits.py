@@ -1,4 +1,5 @@
-"""Proxy keys, and each key's requests-per-minute, tokens-per-minute and daily budget.
+"""Proxy keys: who may call, which models each key may use, its requests-per-minute,
+tokens-per-minute and daily budget; and who may use the admin endpoints.
 
 Limits are checked before the upstream call and charged after it: a request
 is admitted while the key's usage so far is under its limits, so one large
@@ -13,8 +14,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from proxy.config import ApiKey, AuthConfig
-from proxy.errors import BudgetExceeded, InvalidAPIKey, RateLimited
+from starlette.types import Scope
+
+from proxy.config import ApiKey, AuthConfig, is_loopback
+from proxy.errors import BudgetExceeded, Forbidden, InvalidAPIKey, ModelNotAllowed, RateLimited
+from proxy.providers.base import bearer_token
+from proxy.requests import read_headers
 
 WINDOW_SECONDS = 60.0
 DAY_SECONDS = 86400.0
@@ -52,16 +57,29 @@ class Limiter:
         self._keys = config.keys
         self._usage: dict[str, _Usage] = {}
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def authenticate(self, credential: str | None) -> Principal:
+        """The key behind ``credential``: an ``Authorization`` value or an ``x-api-key`` one."""
         if not self._keys:
             return ANONYMOUS
-        token = _bearer(authorization)
+        token = bearer_token(credential)
         if token is None:
-            raise InvalidAPIKey("Missing API key: send 'Authorization: Bearer <key>'.")
+            raise InvalidAPIKey("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'.")
         for key in self._keys:
             if hmac.compare_digest(key.key.encode(), token.encode()):
                 return Principal(key.name, key)
         raise InvalidAPIKey("Incorrect API key provided.")
+
+    @staticmethod
+    def check_model(principal: Principal, model: str) -> None:
+        """Refuse a model outside the key's allow-list, matched against the model as the client sent it:
+        an alias or ``provider/model`` by name, or any model of a ``provider/*``."""
+        key = principal.key
+        if key is None or key.models is None or model in key.models:
+            return
+        prefix, slash, _ = model.partition("/")
+        if slash and f"{prefix}/*" in key.models:
+            return
+        raise ModelNotAllowed(f"The key '{key.name}' may not use the model '{model}'.", param="model")
 
     async def admit(self, principal: Principal, now: float | None = None) -> None:
         self.admit_locally(principal, now)
@@ -126,10 +144,22 @@ def over_rpm(key: ApiKey, retry_after: float) -> RateLimited:
     return RateLimited(f"Key '{key.name}' reached its limit of {key.rpm} requests per minute.", retry_after=retry_after)
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+class AdminGuard:
+    """Who may clear the cache and read ``/stats`` and ``/dashboard`` (key names, spend).
+
+    With an ``admin_key``, whoever sends it; without one, only clients on this
+    machine (CONTRACT §4, §6 "Exposure").
+    """
+
+    def __init__(self, admin_key: str) -> None:
+        self._key = admin_key.encode()
+
+    def check(self, scope: Scope) -> None:
+        if self._key:
+            token = bearer_token(read_headers(scope).credential)
+            if token is None or not hmac.compare_digest(token.encode(), self._key):
+                raise InvalidAPIKey("This endpoint needs the admin key: 'Authorization: Bearer <admin_key>'.")
+            return
+        client = scope.get("client")
+        if not client or not is_loopback(str(client[0])):
+            raise Forbidden("With no auth.admin_key set, this endpoint answers only clients on the same machine.")

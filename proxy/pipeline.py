@@ -38,7 +38,7 @@ from proxy.hit_lane import HitLane
 from proxy.limits import Limiter, Principal, has_limits
 from proxy.providers.base import Call, ChunkStream, Provider
 from proxy.requests import RequestOptions, read_headers, read_json_body, request_options
-from proxy.resilience import Attempts, Resilience
+from proxy.resilience import Resilience
 from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
 from proxy.surfaces.base import ParsedRequest, Surface
@@ -121,6 +121,7 @@ class Pipeline:
         record.bytes_in = len(raw)
         parsed = surface.parse(body)
         record.model, record.stream = parsed.model, parsed.stream
+        self.limiter.check_model(principal, parsed.model)
         options = request_options(headers, self.config.compression.mode)
         route = self.router.resolve(parsed.model)
         await self.limiter.admit(principal)
@@ -232,12 +233,13 @@ class Pipeline:
             if shared:  # answered by an identical call in another process
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
                 return
-        attempts = Attempts()
+        attempts = flight.attempts
         started = time.perf_counter()
         try:
             if job.hub is not None and job.surface.api != "embeddings":
                 for target in job.route.targets:  # compression, trimming and answers without usage count tokens
                     await load_encoding(target.model)
+                await load_encoding(job.body["model"])  # a surface's own estimates (Messages' message_start) count by the client's name
             if flight.streaming:
                 result = await self.resilience.run(
                     job.route.targets, lambda target: self._open_stream(flight, job, target), attempts
@@ -252,7 +254,7 @@ class Pipeline:
                 completion = result.value
             outcome = Outcome(completion=completion, usage=_usage_of(job, completion), target=result.target)
         except SluiceError as exc:
-            outcome = Outcome(error=exc, target=flight.target)
+            outcome = Outcome(error=exc, target=attempts.target)
         finally:
             if registered:
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
@@ -284,6 +286,8 @@ class Pipeline:
 
     def _context_window(self, model: str) -> int | None:
         if model not in self._windows:
+            if len(self._windows) >= 10_000:  # the model is the client's string: keep the memo bounded
+                return context_window(model, self.config.context_windows)
             self._windows[model] = context_window(model, self.config.context_windows)
         return self._windows[model]
 
@@ -318,7 +322,6 @@ class Pipeline:
         return await provider.chat(call)
 
     async def _open_stream(self, flight: Flight, job: Job, target: Target) -> ChunkStream:
-        flight.attempts += 1
         provider = self.providers[target.provider]
         api = job.surface.api
         if job.native_to(provider):
@@ -449,7 +452,7 @@ class Pipeline:
             record.provider = flight.target.provider
         record.dedup = record.dedup or flight.remote
         if not record.dedup:  # what the headers say now; the log line gets the final figures
-            record.attempts, record.tokens_saved = max(1, flight.attempts), flight.tokens_saved
+            record.attempts, record.tokens_saved = max(1, flight.attempts.count), flight.tokens_saved
             record.trimmed_messages = flight.trimmed_messages
         # A slow first event: answer now, and keep the connection alive until it comes.
         keepalive = 0.0 if started else self.config.server.stream_keepalive_seconds
@@ -521,9 +524,7 @@ def _usage_of(job: Job, completion: Completion) -> dict[str, Any] | None:
         return usage
     model = job.route.targets[0].model
     prompt = count_messages(job.hub["messages"], model)
-    text = "".join(
-        (choice.get("message") or {}).get("content") or "" for choice in completion.data.get("choices") or ()
-    )
+    text = completion.text()
     output = count_text(text, model) if text else 0
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output, "estimated": True}
 

@@ -32,6 +32,8 @@ from proxy.errors import (
 T = TypeVar("T")
 
 BREAKER_STATES = {"closed": "closed", "open": "open", "half-open": "half_open"}
+MAX_BREAKERS = 1000
+OVERFLOW_MODEL = "other"
 
 # Anthropic's "overloaded" status: the condition of a 503, under a name of its own.
 OVERLOADED = 529
@@ -147,19 +149,29 @@ def _fail(error: BaseException) -> None:
 class Breakers:
     """One breaker per provider/upstream model, created on first use.
 
+    A client picks the model, so the number of breakers is bounded: past
+    ``limit``, targets no alias names share one ``provider/other`` breaker per
+    provider, while alias targets (``known``) always get their own.
+
     ``on_change``, when set, hears every breaker that this process's own
     verdicts opened or closed (``proxy.shared_state`` tells the others).
     """
 
-    def __init__(self, config: BreakerConfig) -> None:
+    def __init__(self, config: BreakerConfig, known: frozenset[Target] = frozenset(), limit: int = MAX_BREAKERS) -> None:
         self._config = config
+        self._known = known
+        self._limit = limit
         self._breakers: dict[Target, TargetBreaker] = {}
         self.on_change: Callable[[TargetBreaker], None] | None = None
 
     def get(self, target: Target) -> TargetBreaker:
         breaker = self._breakers.get(target)
         if breaker is None:
-            breaker = self._breakers[target] = TargetBreaker(target.label, self._config, self._changed)
+            if len(self._breakers) >= self._limit and target not in self._known:
+                target = Target(target.provider, OVERFLOW_MODEL)
+                breaker = self._breakers.get(target)
+            if breaker is None:
+                breaker = self._breakers[target] = TargetBreaker(target.label, self._config, self._changed)
         return breaker
 
     def by_label(self, label: str) -> TargetBreaker:
@@ -182,14 +194,16 @@ class Result(Generic[T]):
 
 
 class Attempts:
-    """Counts upstream attempts across targets, for ``X-Sluice-Attempts``."""
+    """Counts upstream attempts across targets, for ``X-Sluice-Attempts``; ``target`` is the
+    last one tried, so a failure is attributed to the target that failed it."""
 
-    __slots__ = ("count", "retries", "fallbacks")
+    __slots__ = ("count", "retries", "fallbacks", "target")
 
     def __init__(self) -> None:
         self.count = 0
         self.retries = 0
         self.fallbacks = 0
+        self.target: Target | None = None
 
 
 class Resilience:
@@ -280,6 +294,7 @@ class Resilience:
         self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]], attempts: Attempts
     ) -> T:
         attempts.count += 1
+        attempts.target = target
         try:
             value = await attempt(target)
         except UpstreamFailure as exc:
@@ -307,8 +322,8 @@ def _final(error: SluiceError) -> SluiceError:
     """What the client sees once every attempt and target failed."""
     if isinstance(error, UpstreamReadTimeout):
         return UpstreamTimeout(f"The upstream timed out after every attempt: {error.message}")
-    if isinstance(error, UpstreamHTTPError) and error.status < 500:
-        return error
+    if isinstance(error, UpstreamHTTPError) and (error.status < 500 or error.status == OVERLOADED):
+        return error  # a client error, or Anthropic's "overloaded", which its clients know how to wait out (CONTRACT §9)
     if isinstance(error, UpstreamFailure):
         return UpstreamError(error.message, param=error.param)
     return error

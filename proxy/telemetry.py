@@ -19,7 +19,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +29,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
+from proxy.config import Config
+
+MAX_MODEL_LABELS = 200
+OTHER_LABEL = "other"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -164,11 +168,33 @@ def configure_logging(log_format: str = "json") -> None:
     )
 
 
+class LabelValues:
+    """Bounds the values of a label that a client's string fills (the model).
+
+    ``known`` values (the config's aliases and their targets) are always
+    their own; the first ``limit`` others too; every later one is ``other``,
+    so no client can grow the metrics without bound.
+    """
+
+    def __init__(self, known: Iterable[str] = (), limit: int = MAX_MODEL_LABELS) -> None:
+        self._seen = set(known)
+        self._limit = len(self._seen) + limit
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._limit:
+            self._seen.add(value)
+            return value
+        return OTHER_LABEL
+
+
 class Metrics:
     """Prometheus metrics; multiprocess-safe when PROMETHEUS_MULTIPROC_DIR is set."""
 
-    def __init__(self) -> None:
+    def __init__(self, known_models: Iterable[str] = ()) -> None:
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.model_label = LabelValues(known_models)
         self._children: dict[tuple[str, str, int, str], tuple[Any, Any, Any]] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -227,7 +253,7 @@ class Metrics:
 class Stats:
     """The in-process aggregates behind ``GET /stats`` (CONTRACT §7)."""
 
-    def __init__(self, window: int = 10_000) -> None:
+    def __init__(self, providers: Iterable[str] = (), window: int = 10_000) -> None:
         self.started = time.monotonic()
         self.requests = 0
         self.errors = 0
@@ -238,7 +264,7 @@ class Stats:
         self.fallbacks = 0
         self.tokens = {"prompt": 0, "completion": 0, "saved_by_compression": 0, "saved_by_cache": 0}
         self.cost = {"spent": 0.0, "saved": 0.0}
-        self.providers: dict[str, dict[str, int]] = {}
+        self.providers: dict[str, dict[str, int]] = {name: {"requests": 0, "errors": 0} for name in providers}
         self.keys: dict[str, dict[str, Any]] = {}
         self.latencies: deque[float] = deque(maxlen=window)
         self.ttfts: deque[float] = deque(maxlen=window)
@@ -419,9 +445,12 @@ class Telemetry:
     FLUSH_AFTER = 0.5
     """How stale the metrics and /stats may be about ``Repeat`` requests between reads."""
 
-    def __init__(self, log_format: str = "json") -> None:
-        self.metrics = Metrics()
-        self.stats = Stats()
+    def __init__(self, log_format: str = "json", config: Config | None = None) -> None:
+        """With ``config``, its providers are in /stats from the start and its aliases keep their own metric labels."""
+        providers = [p.name for p in config.providers] if config else []
+        models = [alias.name for alias in config.models] + [t.label for t in config.alias_targets()] if config else []
+        self.metrics = Metrics(models)
+        self.stats = Stats(providers)
         self.access_log = AccessLog(log_format)
         self._dirty: list[Repeat] = []
         self._flush_pending = False
@@ -458,7 +487,8 @@ class Telemetry:
         m = self.metrics
         n = len(latencies)
         provider = record.provider or "none"
-        requests, duration, upstream = m.request_children(provider, record.model or "", record.status, record.cache or "none")
+        model = m.model_label(record.model or "") if record.provider else ""  # only routed requests name a model
+        requests, duration, upstream = m.request_children(provider, model, record.status, record.cache or "none")
         requests.inc(n)
         observe_all(duration, latencies)
         if record.upstream_seconds:

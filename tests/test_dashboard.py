@@ -354,3 +354,48 @@ def test_dashboard_on_the_real_server_after_traffic(browser, start_proxy, fake_o
         page.screenshot(path=str(SCREENSHOT.with_name("dashboard-real.png")), full_page=True)
     finally:
         context.close()
+
+
+def test_dashboard_asks_for_the_admin_key_once_per_tab(browser, start_proxy, fake_openai):
+    """With an admin key set, /stats needs it: the page asks once and keeps it for the tab."""
+    import httpx
+
+    from tests.conftest import openai_config
+
+    proxy = start_proxy(openai_config(fake_openai, auth={"admin_key": "adm-secret-key"}))
+    assert httpx.get(f"{proxy.url}/stats").status_code == 401
+    assert httpx.get(f"{proxy.url}/dashboard").status_code == 401
+    admin = {"Authorization": "Bearer adm-secret-key"}
+    assert httpx.get(f"{proxy.url}/dashboard", headers=admin).status_code == 200
+    stats_calls: list[str | None] = []
+
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    problems = Problems(page)
+    page.on("request", lambda request: request.url.endswith("/stats") and stats_calls.append(request.headers.get("authorization")))
+    try:
+        page.goto(f"{proxy.url}/dashboard")
+        page.wait_for_selector("#admin-key", state="visible")
+        assert page.locator("#status").inner_text() == "locked"
+
+        page.fill("#admin-key-input", "not-the-key")
+        page.click("#admin-key button")
+        page.wait_for_function("() => document.getElementById('admin-key-problem').textContent.includes('refused')")
+        assert page.locator("#admin-key").is_visible()
+
+        page.fill("#admin-key-input", "adm-secret-key")
+        page.click("#admin-key button")
+        wait_for_updates(page, 1)
+        assert page.locator("#admin-key").is_hidden()
+        assert page.locator("#status").inner_text() == "live"
+        assert page.locator("#providers tr[data-provider]").count() == 1, "every configured provider, from the start"
+
+        page.reload()
+        wait_for_updates(page, 1)
+        assert page.locator("#admin-key").is_hidden(), "asked once: the tab keeps the key"
+        assert stats_calls[0] is None and stats_calls[-1] == "Bearer adm-secret-key"
+        assert "adm-secret-key" not in page.url and "adm-secret-key" not in proxy.logs()
+        assert not problems.exceptions
+        assert [m for m in problems.console if not m.startswith("Failed to load resource")] == []
+    finally:
+        context.close()

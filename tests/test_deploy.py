@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from proxy.config import Config, ConfigError, parse_config
+from proxy.config import Config, ConfigError, exposure_problem, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -25,10 +25,18 @@ PORT = 8080
 HEALTH = "/healthz"
 READY = "/readyz"
 KEY_VARIABLES = {"OPENAI_API_KEY", "GEMINI_API_KEY", "SLUICE_ADMIN_KEY"}
+K8S_KEY_VARIABLES = KEY_VARIABLES | {"SLUICE_PROXY_KEY"}
 IMAGE_CMD = ["sluice", "serve", "--host", "0.0.0.0", "--port", str(PORT), "--config", "/app/config/sluice.yaml"]
 
 
 # -- helpers -------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def deployed_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables a deployment sets from its keys (compose: the host's; k8s: the Secret)."""
+    for name in K8S_KEY_VARIABLES:
+        monkeypatch.setenv(name, f"value-of-{name.lower()}")
 
 
 def documents(path: Path) -> list[dict]:
@@ -199,6 +207,27 @@ def test_configs_keep_upstream_keys_out_of_the_files():
         for provider in raw["providers"]:
             assert provider.get("api_key", "${").startswith("${"), f"{source}: {provider['name']} has a literal key"
         assert raw["auth"]["admin_key"].startswith("${SLUICE_ADMIN_KEY")
+        assert all(key["key"].startswith("${") for key in raw["auth"].get("keys") or ()), f"{source}: a literal proxy key"
+
+
+def test_deployed_configs_decide_who_may_spend_the_upstream_keys():
+    """Both bind 0.0.0.0 with upstream keys: k8s (a cluster-wide Service) asks callers for a proxy key,
+    the compose sidecar (reachable from its network and the host's loopback only) says so explicitly."""
+    k8s = check_config(only(K8S / "configmap.yaml")["data"]["sluice.yaml"], "configmap.yaml: sluice.yaml")
+    compose = check_config((DEPLOY / "sluice.compose.yaml").read_text(), "sluice.compose.yaml")
+    for config in (k8s, compose):
+        assert config.server.host == option(IMAGE_CMD, "--host") == "0.0.0.0"
+        assert any(p.api_key for p in config.providers)
+        assert exposure_problem(config) is None
+    assert [key.key for key in k8s.auth.keys] == ["value-of-sluice_proxy_key"] and not k8s.auth.allow_anonymous
+    assert compose.auth.allow_anonymous and not compose.auth.keys
+    assert not any(p.pass_client_key for p in k8s.providers + compose.providers), "Sluice holds the keys"
+
+
+def test_the_default_config_passes_the_callers_key_to_openai_only():
+    config = check_config((ROOT / "config" / "sluice.yaml").read_text(), "config/sluice.yaml")
+    assert [p.name for p in config.providers if p.pass_client_key] == ["openai"]
+    assert config.server.host == "127.0.0.1" and exposure_problem(config) is None
 
 
 # -- Kubernetes ----------------------------------------------------------------
@@ -243,9 +272,9 @@ def test_k8s_probes_use_the_contract_endpoints():
 
 def test_k8s_keys_come_from_the_sluice_keys_secret():
     env = {item["name"]: item["valueFrom"]["secretKeyRef"] for item in sluice_container()["env"] if "valueFrom" in item}
-    assert KEY_VARIABLES <= env.keys()
+    assert K8S_KEY_VARIABLES <= env.keys()
     secret = only(K8S / "secret.example.yaml")
-    for name in KEY_VARIABLES:
+    for name in K8S_KEY_VARIABLES:
         assert env[name]["name"] == secret["metadata"]["name"] == "sluice-keys"
         assert env[name]["key"] in secret["stringData"]
 

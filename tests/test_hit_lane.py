@@ -255,13 +255,24 @@ def test_keys_with_limits_are_counted_on_every_hit(start_proxy, fake_openai) -> 
 
 
 def test_different_credentials_never_share_a_lane_entry(start_proxy, fake_openai) -> None:
-    proxy = start_proxy(openai_config(fake_openai, provider={"api_key": ""}))
+    proxy = start_proxy(openai_config(fake_openai, provider={"api_key": "", "pass_client_key": True}))
     body = body_for("mine")
     a = {"Authorization": "Bearer sk-a"}
     learned(proxy, body, headers=a)
     assert post(proxy, body, headers=a).headers["x-sluice-cache"] == "hit"
     assert post(proxy, body, headers={"Authorization": "Bearer sk-b"}).headers["x-sluice-cache"] == "miss"
-    assert [call.headers["authorization"] for call in fake_openai.calls(CHAT)] == ["Bearer sk-a", "Bearer sk-b"]
+    assert post(proxy, body, headers={"x-api-key": "sk-c"}).headers["x-sluice-cache"] == "miss"
+    assert [call.headers["authorization"] for call in fake_openai.calls(CHAT)] == ["Bearer sk-a", "Bearer sk-b", "Bearer sk-c"]
+
+
+def test_a_key_sent_as_x_api_key_is_never_served_to_a_caller_without_it(start_proxy, fake_openai) -> None:
+    proxy = start_proxy(openai_config(fake_openai, auth={"keys": [{"name": "team", "key": "sk-team"}]}))
+    body = body_for("anthropic-style")
+    learned(proxy, body, headers={"x-api-key": "sk-team"})
+    assert post(proxy, body, headers={"x-api-key": "sk-team"}).headers["x-sluice-cache"] == "hit"
+    assert cache_stats(proxy)["lane_hits"] == 1
+    assert post(proxy, body).status_code == 401
+    assert post(proxy, body, headers={"x-api-key": "sk-other"}).status_code == 401
 
 
 def test_pipelined_requests_are_answered_in_order(proxy, fake_openai) -> None:

@@ -284,6 +284,7 @@ def test_gemini_key_passes_through_when_none_is_configured(
 ) -> None:
     settings = config(fake_gemini, fake_ollama)
     del settings["providers"][0]["api_key"]
+    settings["providers"][0]["pass_client_key"] = True
     proxy = start_proxy(settings)
     client = openai.OpenAI(base_url=proxy.url + "/v1", api_key="client-gemini-key", max_retries=0)
     assert client.chat.completions.create(model=GEMINI, messages=ask("hi")).choices[0].message.content == "echo: hi"

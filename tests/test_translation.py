@@ -586,7 +586,10 @@ def test_gemini_model_ids_and_paths() -> None:
     assert gemini.model_path("gemini-2.5-flash") == "models/gemini-2.5-flash"
     assert gemini.model_path("models/gemini-2.5-flash") == "models/gemini-2.5-flash"
     assert gemini.model_path("tunedModels/mine") == "tunedModels/mine"
-    assert gemini.model_path("a b?") == "models/a%20b%3F"
+    assert gemini.model_path("a b") == "models/a%20b"
+    for unsafe in ("a?b", "a#b", "models/../files", "x\nb", "x\x7fb"):
+        with pytest.raises(InvalidRequest):
+            gemini.model_path(unsafe)
 
 
 # -- Ollama requests ------------------------------------------------------------------------

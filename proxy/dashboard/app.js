@@ -406,9 +406,53 @@ function render(stats) {
   setStatus("live", "live", "last update " + new Date(now).toLocaleTimeString());
 }
 
-async function fetchStats() {
+// -- the admin key -----------------------------------------------------------
+// /stats shows key names and spend, so a server with an admin key asks for it.
+// It is asked for once (on a 401) and kept in sessionStorage: this tab only,
+// gone when the tab closes, never in a URL.
+
+const KEY_STORE = "sluice.adminKey";
+
+function storedKey() {
   try {
-    const response = await fetch("/stats", { cache: "no-store", signal: AbortSignal.timeout(TIMEOUT_MS) });
+    return sessionStorage.getItem(KEY_STORE);
+  } catch {
+    return null; // storage disabled: ask again on the next 401
+  }
+}
+
+function askForKey(rejected) {
+  const form = document.getElementById("admin-key");
+  document.getElementById("admin-key-problem").textContent = rejected ? "That key was refused." : "";
+  form.hidden = false;
+  setStatus("disconnected", "locked", "GET /stats needs the admin key");
+}
+
+document.getElementById("admin-key").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("admin-key-input");
+  try {
+    sessionStorage.setItem(KEY_STORE, input.value);
+  } catch {
+    return;
+  }
+  input.value = "";
+  document.getElementById("admin-key").hidden = true;
+  setStatus("connecting", "connecting…", "");
+  clearTimeout(nextPoll);
+  poll();
+});
+
+async function fetchStats() {
+  const key = storedKey();
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  try {
+    const response = await fetch("/stats", { cache: "no-store", headers, signal: AbortSignal.timeout(TIMEOUT_MS) });
+    if (response.status === 401) {
+      if (key) sessionStorage.removeItem(KEY_STORE);
+      askForKey(Boolean(key));
+      return null;
+    }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     return obj(await response.json());
   } catch (error) {
@@ -419,13 +463,16 @@ async function fetchStats() {
   }
 }
 
+let nextPoll = null;
+
 async function poll() {
   try {
     const stats = await fetchStats();
     if (stats) render(stats);
   } finally {
     // Scheduled after each answer, not on a fixed interval: a slow server never piles up requests.
-    setTimeout(poll, POLL_MS);
+    // While the key is asked for, the next poll waits for it.
+    if (document.getElementById("admin-key").hidden) nextPoll = setTimeout(poll, POLL_MS);
   }
 }
 

@@ -8,17 +8,18 @@ cache, dedup, accounting) never knows which wire format was spoken.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
-from proxy.errors import SluiceError, UpstreamHTTPError
+from proxy.errors import SHAPE_ERRORS, InvalidRequest, SluiceError, UpstreamConnectionError, UpstreamHTTPError
 from proxy.http import UpstreamClient, UpstreamResponse
 
 
@@ -61,20 +62,48 @@ class ChunkStream:
             self._response.close()
 
 
+T = TypeVar("T")
+_UNSAFE_IN_PATH = re.compile(r"\.\.|[?#\x00-\x1f\x7f]")
+
+
+def from_client(translate: Callable[..., T], *args: Any) -> T:
+    """``translate(*args)`` over the client's body: a field of the wrong shape is the client's 400, never a 500."""
+    try:
+        return translate(*args)
+    except SHAPE_ERRORS as exc:
+        raise InvalidRequest(f"The request has a field of the wrong type or shape ({type(exc).__name__}: {exc}).") from None
+
+
+def from_upstream(translate: Callable[..., T], *args: Any) -> T:
+    """``translate(*args)`` over the upstream's answer: an unexpected shape is a failed attempt (502), never a 500."""
+    try:
+        return translate(*args)
+    except SHAPE_ERRORS as exc:
+        raise UpstreamConnectionError(f"upstream sent an answer of an unexpected shape ({type(exc).__name__})") from None
+
+
+def path_model(model: str) -> str:
+    """``model``, checked before it becomes part of a URL path: no ``..``, ``?``, ``#`` or control
+    characters, which would point the request elsewhere on the upstream (a 400 naming ``model``)."""
+    if _UNSAFE_IN_PATH.search(model):
+        raise InvalidRequest(f"The model id {model!r} cannot be used: it contains '..', '?', '#' or a control character.", param="model")
+    return model
+
+
 async def translated(
     batches: AsyncIterator[list[bytes]], translate: Callable[[bytes], Iterable[Chunk]]
 ) -> AsyncIterator[list[Chunk]]:
     """Each batch of upstream events as a batch of ``chat.completion.chunk``s.
 
-    When an event in a batch fails (an error mid-stream, broken JSON), the
-    chunks before it still go out first, as they would had they arrived in
-    reads of their own.
+    When an event in a batch fails (an error mid-stream, broken JSON, an
+    event of an unexpected shape), the chunks before it still go out first,
+    as they would had they arrived in reads of their own.
     """
     async for batch in batches:
         chunks: list[Chunk] = []
         try:
             for item in batch:
-                chunks.extend(translate(item))
+                chunks.extend(from_upstream(translate, item))
         except SluiceError:
             if chunks:
                 yield chunks

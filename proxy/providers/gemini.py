@@ -28,7 +28,16 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamConnectionError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
+from proxy.providers.base import (
+    Call,
+    ChunkStream,
+    Provider,
+    from_client,
+    from_upstream,
+    path_model,
+    raise_upstream_error,
+    translated,
+)
 
 PROVIDER = "Gemini"
 
@@ -407,6 +416,7 @@ class GeminiStream:
 
 def model_path(model: str) -> str:
     """``models/{m}`` (or a ``tunedModels/…`` name as given), quoted for the URL path."""
+    path_model(model)
     path = model if model.startswith(("models/", "tunedModels/")) else f"models/{model}"
     return quote(path, safe="/")
 
@@ -451,7 +461,7 @@ class GeminiProvider(Provider):
 
     def _headers(self, authorization: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = self.config.api_key or _bearer_token(authorization)
+        key = self.credential(authorization)
         if key:
             headers["x-goog-api-key"] = key
         return headers
@@ -467,22 +477,22 @@ class GeminiProvider(Provider):
         return response
 
     async def chat(self, call: Call) -> Completion:
-        wire = chat_request(call.body, call.model)
+        wire = from_client(chat_request, call.body, call.model)
         response = await self._send("POST", self._url(call.model, "generateContent"), call.authorization, wire)
         data = t.parse_json(await response.read())
-        return Completion.from_data(chat_response(data, _client_model(call)))
+        return Completion.from_data(from_upstream(chat_response, data, _client_model(call)))
 
     async def chat_stream(self, call: Call) -> ChunkStream:
-        wire = chat_request(call.body, call.model)
+        wire = from_client(chat_request, call.body, call.model)
         url = self._url(call.model, "streamGenerateContent") + "?alt=sse"
         response = await self._send("POST", url, call.authorization, wire)
         return ChunkStream(response, _chunks(response, GeminiStream(_client_model(call))))
 
     async def embed(self, call: Call) -> Completion:
-        wire = embed_request(call.body, call.model)
+        wire = from_client(embed_request, call.body, call.model)
         response = await self._send("POST", self._url(call.model, "batchEmbedContents"), call.authorization, wire)
         data = t.parse_json(await response.read())
-        return Completion.from_data(embed_response(data, call.body, _client_model(call)))
+        return Completion.from_data(from_upstream(embed_response, data, call.body, _client_model(call)))
 
     async def list_models(self, authorization: str | None) -> list[str]:
         """Every page of ``GET models``: the API caps a page at 1000 models."""
@@ -491,16 +501,12 @@ class GeminiProvider(Provider):
         while True:
             url = f"{self._base_url}/models?pageSize=1000" + (f"&pageToken={quote(token)}" if token else "")
             data = t.parse_json(await (await self._send("GET", url, authorization)).read())
-            ids.extend(model_ids(data))
+            ids.extend(from_upstream(model_ids, data))
             token = data.get("nextPageToken") or ""
+            if not isinstance(token, str):
+                raise UpstreamConnectionError("upstream sent a nextPageToken that is not a string")
             if not token:
                 return ids
-
-
-def _bearer_token(authorization: str | None) -> str:
-    """A passed-through ``Authorization: Bearer KEY`` is Gemini's API key."""
-    scheme, _, token = (authorization or "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def _client_model(call: Call) -> str:
@@ -513,6 +519,6 @@ async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIter
 
     async for chunks in translated(response.sse_batches(), feed):
         yield chunks
-    last = [Chunk.from_data(chunk) for chunk in stream.close()]
+    last = [Chunk.from_data(chunk) for chunk in from_upstream(stream.close)]
     if last:
         yield last

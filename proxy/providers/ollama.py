@@ -23,7 +23,7 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamConnectionError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, raise_upstream_error, translated
 
 PROVIDER = "Ollama"
 
@@ -308,10 +308,9 @@ class OllamaProvider(Provider):
 
     def _headers(self, authorization: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.config.api_key:
-            headers["Authorization"] = f"Bearer {self.config.api_key}"
-        elif authorization:
-            headers["Authorization"] = authorization
+        secret = self.credential(authorization)
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
         return headers
 
     async def _send(self, method: str, url: str, authorization: str | None, wire: Any = None) -> UpstreamResponse:
@@ -322,27 +321,27 @@ class OllamaProvider(Provider):
         return response
 
     async def chat(self, call: Call) -> Completion:
-        wire = chat_request(call.body, call.model, stream=False)
+        wire = from_client(chat_request, call.body, call.model, False)
         response = await self._send("POST", self._chat_url, call.authorization, wire)
         data = t.parse_json(await response.read())
         if "error" in data:
             raise UpstreamConnectionError(f"upstream failed: {data['error']}")
-        return Completion.from_data(chat_response(data, _client_model(call)))
+        return Completion.from_data(from_upstream(chat_response, data, _client_model(call)))
 
     async def chat_stream(self, call: Call) -> ChunkStream:
-        wire = chat_request(call.body, call.model, stream=True)
+        wire = from_client(chat_request, call.body, call.model, True)
         response = await self._send("POST", self._chat_url, call.authorization, wire)
         return ChunkStream(response, _chunks(response, OllamaStream(_client_model(call))))
 
     async def embed(self, call: Call) -> Completion:
-        wire = embed_request(call.body, call.model)
+        wire = from_client(embed_request, call.body, call.model)
         response = await self._send("POST", self._embed_url, call.authorization, wire)
         data = t.parse_json(await response.read())
-        return Completion.from_data(embed_response(data, call.body, _client_model(call)))
+        return Completion.from_data(from_upstream(embed_response, data, call.body, _client_model(call)))
 
     async def list_models(self, authorization: str | None) -> list[str]:
         response = await self._send("GET", self._tags_url, authorization)
-        return model_ids(t.parse_json(await response.read()))
+        return from_upstream(model_ids, t.parse_json(await response.read()))
 
 
 def _client_model(call: Call) -> str:
@@ -355,6 +354,6 @@ async def _chunks(response: UpstreamResponse, stream: OllamaStream) -> AsyncIter
 
     async for chunks in translated(response.line_batches(), feed):
         yield chunks
-    last = [Chunk.from_data(chunk) for chunk in stream.close()]
+    last = [Chunk.from_data(chunk) for chunk in from_upstream(stream.close)]
     if last:
         yield last

@@ -17,7 +17,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamConnectionError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, raise_upstream_error, translated
 
 
 _CALLER_SCOPED = frozenset({"openai-organization", "openai-project"})
@@ -102,8 +102,11 @@ class OpenAIProvider(Provider):
         response = await self.client.request("GET", self._models_url, self._headers(authorization))
         if response.status >= 400:
             await raise_upstream_error(response)
-        data = _parse(await response.read())
-        return [m["id"] for m in data.get("data") or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        return from_upstream(_model_ids, _parse(await response.read()))
+
+
+def _model_ids(data: dict[str, Any]) -> list[str]:
+    return [m["id"] for m in data.get("data") or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
 def _parse(body: bytes) -> dict[str, Any]:
