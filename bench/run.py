@@ -150,8 +150,11 @@ class Bench:
 
 
 def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> list[Table]:
-    """Direct, floor and Sluice against one fake upstream with the given delay."""
-    tables = [Table(workload.key, workload.title) for workload in workloads]
+    """Direct, floor and Sluice against one fake upstream with the given delay.
+
+    Each round measures every workload, so rounds interleave across workloads
+    too: the targets that compare two workloads (an API against Chat
+    Completions) see the same bursts of other work."""
     with ExitStack() as stack:
         upstream_port, floor_port = free_port(), free_port()
         label = f"{delay_ms}ms"
@@ -162,26 +165,30 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
             "floor": services.base_url(floor_port),
             "sluice": bench.start_sluice(stack, label, services.sluice_config(upstream_port)),
         }
-        for workload, table in zip(workloads, tables, strict=True):
-            print(workload.title, file=sys.stderr)
-            rounds: dict[str, list[Cell]] = {name: [] for name in workload.targets}
-            for _ in range(bench.repeat):
+        rounds: dict[tuple[str, str], list[Cell]] = {(w.key, name): [] for w in workloads for name in w.targets}
+        for _ in range(bench.repeat):
+            for workload in workloads:
+                print(workload.title, file=sys.stderr)
                 for name in workload.targets:
-                    url = targets[name]
-                    if url and not any(isinstance(cell, str) for cell in rounds[name]):
+                    url, cells = targets[name], rounds[workload.key, name]
+                    if url and not any(isinstance(cell, str) for cell in cells):
                         what = f"{name}, {workload.key}"
-                        rounds[name].append(bench.measure(what, url, workload.connections, workload.request))
-            table.rows = {
-                name: median(cells) if cells else "Sluice did not start" for name, cells in rounds.items()
-            }
+                        cells.append(bench.measure(what, url, workload.connections, workload.request))
+    tables = [Table(workload.key, workload.title) for workload in workloads]
+    for workload, table in zip(workloads, tables, strict=True):
+        table.rows = {
+            name: median(cells) if (cells := rounds[workload.key, name]) else "Sluice did not start"
+            for name in workload.targets
+        }
     return tables
 
 
 def median(cells: list[Cell]) -> Cell:
     """The round with the median req/s (the lower one of an even count), or the first failure.
 
-    Rounds of the targets are interleaved, so a burst of other work on the
-    machine lands in one round of each rather than in all of one target's."""
+    Rounds of the targets and workloads are interleaved, so a burst of other
+    work on the machine lands in one round of each rather than in all of one
+    target's."""
     failures = [cell for cell in cells if isinstance(cell, str)]
     if failures:
         return failures[0]
