@@ -64,7 +64,7 @@ def _chat(model: str, stream: bool) -> dict[str, Any]:
 
 def _responses(model: str, stream: bool) -> dict[str, Any]:
     body = {"model": model, "instructions": SYSTEM, "input": QUESTION, "temperature": 0.2, "max_output_tokens": 200}
-    return body | {"stream": True} if stream else body
+    return (body | {"stream": True}) if stream else body
 
 
 def _messages(model: str, stream: bool) -> dict[str, Any]:
@@ -75,31 +75,35 @@ def _messages(model: str, stream: bool) -> dict[str, Any]:
         "temperature": 0.2,
         "max_tokens": 200,
     }
-    return body | {"stream": True} if stream else body
+    return (body | {"stream": True}) if stream else body
 
 
 CHAT = Api(
-    "chat",
-    "Chat Completions",
-    "/v1/chat/completions", _chat, "chat.completion", frozenset({"chat.completion.chunk"}), "[DONE]"
+    name="chat",
+    title="Chat Completions",
+    path="/v1/chat/completions",
+    body=_chat,
+    answer="chat.completion",
+    stream_events=frozenset({"chat.completion.chunk"}),
+    stream_end="[DONE]",
 )
 RESPONSES = Api(
-    "responses",
-    "Responses",
-    "/v1/responses",
-    _responses,
-    "response",
-    frozenset({"response.created", "response.output_text.delta"}),
-    "response.completed",
+    name="responses",
+    title="Responses",
+    path="/v1/responses",
+    body=_responses,
+    answer="response",
+    stream_events=frozenset({"response.created", "response.output_text.delta"}),
+    stream_end="response.completed",
 )
 MESSAGES = Api(
-    "messages",
-    "Messages",
-    "/v1/messages",
-    _messages,
-    "message",
-    frozenset({"message_start", "content_block_delta", "message_delta"}),
-    "message_stop",
+    name="messages",
+    title="Messages",
+    path="/v1/messages",
+    body=_messages,
+    answer="message",
+    stream_events=frozenset({"message_start", "content_block_delta", "message_delta"}),
+    stream_end="message_stop",
 )
 
 
