@@ -1,7 +1,8 @@
 """The passthrough floor: the least any Python proxy on this stack can cost.
 
 Starlette plus one shared aiohttp ClientSession, forwarding the request bytes
-upstream and the answer bytes back, nothing parsed or inspected. Sluice's
+upstream and the answer bytes back, nothing parsed or inspected, for each
+client API the bench loads (Chat Completions, Responses, Messages). Sluice's
 performance targets are stated as a share of this floor's throughput, so it
 runs exactly as Sluice does: uvicorn, uvloop + httptools, one worker, no
 access log.
@@ -12,7 +13,7 @@ access log.
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -26,9 +27,12 @@ from starlette.routing import Route
 MAX_CONNECTIONS = 100
 
 
+# The client APIs it forwards, chat first: Starlette tries routes in order.
+PATHS = ("/chat/completions", "/responses", "/messages")
+
+
 def build_app(upstream: str) -> Starlette:
-    """A Starlette app whose one route forwards chat completions to `upstream`."""
-    chat_url = f"{upstream}/chat/completions"
+    """A Starlette app forwarding each of `PATHS` under /v1 to the same path under `upstream`."""
     session: aiohttp.ClientSession | None = None
 
     @asynccontextmanager
@@ -38,20 +42,22 @@ def build_app(upstream: str) -> Starlette:
         yield
         await session.close()
 
-    async def chat(request: Request) -> Response:
-        body = await request.body()
-        upstream_response = await session.post(
-            chat_url, data=body, headers={"Content-Type": "application/json"}
-        )
-        content_type = upstream_response.headers.get("Content-Type", "application/json")
-        if content_type.startswith("text/event-stream"):
-            return StreamingResponse(
-                _relay(upstream_response), upstream_response.status, media_type=content_type
-            )
-        content = await upstream_response.read()
-        return Response(content, upstream_response.status, media_type=content_type)
+    def forward(url: str) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            body = await request.body()
+            upstream_response = await session.post(url, data=body, headers={"Content-Type": "application/json"})
+            content_type = upstream_response.headers.get("Content-Type", "application/json")
+            if content_type.startswith("text/event-stream"):
+                return StreamingResponse(
+                    _relay(upstream_response), upstream_response.status, media_type=content_type
+                )
+            content = await upstream_response.read()
+            return Response(content, upstream_response.status, media_type=content_type)
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
+        return endpoint
+
+    routes = [Route(f"/v1{path}", forward(upstream + path), methods=["POST"]) for path in PATHS]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 async def _relay(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -43,9 +43,10 @@ import h2.exceptions
 import orjson
 import uvloop
 
+import answers
 import services
 import upstream as plain
-from loadgen import WrkResult
+from loadgen import Request, WrkResult
 from procs import OUT, Process, StartError, free_port, tcp_open
 from report import Cell, write_section
 from run import Bench, median
@@ -73,8 +74,6 @@ TARGETS = {"http2: false (Http1Client, HTTP/1.1)": False, "http2: true (httpx + 
 
 # -- the TLS upstream ----------------------------------------------------------
 
-COMPLETION_BODY = plain.COMPLETION.split(b"\r\n\r\n", 1)[1]
-STREAM_EVENTS = [part.split(b"\r\n", 1)[1][:-2] for part in plain.STREAM_EVENTS[:-1]]  # chunked framing off
 JSON_HEAD = [(b":status", b"200"), (b"content-type", b"application/json")]
 STREAM_HEAD = [(b":status", b"200"), (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 NOT_FOUND_HEAD = [(b":status", b"404"), (b"content-length", b"0")]
@@ -139,7 +138,7 @@ class H2Connection(asyncio.Protocol):
             return
         self.upstream.outcomes["ok"] += 1
         stream = plain._wants_stream(b"".join(body))
-        head, parts = (STREAM_HEAD, STREAM_EVENTS) if stream else (JSON_HEAD, [COMPLETION_BODY])
+        head, parts = (STREAM_HEAD, answers.CHAT.events) if stream else (JSON_HEAD, [answers.CHAT.body])
         if self.upstream.delay:
             asyncio.get_running_loop().call_later(self.upstream.delay, self.send, stream_id, head, parts)
         else:
@@ -248,7 +247,8 @@ def run_delay(bench: Bench, delay_ms: int, ca: Path) -> dict[str, dict[str, tupl
         urls: dict[str, str | None] = {}
         for target, http2 in TARGETS.items():
             config = services.sluice_config(port)
-            config["providers"][0].update(base_url=f"https://127.0.0.1:{port}/v1", http2=http2)
+            openai = config["providers"][0] | {"base_url": f"https://127.0.0.1:{port}/v1", "http2": http2}
+            config["providers"] = [openai]
             urls[target] = bench.start_sluice(stack, f"http2-{str(http2).lower()}-{delay_ms}ms", config)
         for workload in workloads:
             print(workload.title, file=sys.stderr)
@@ -259,7 +259,8 @@ def run_delay(bench: Bench, delay_ms: int, ca: Path) -> dict[str, dict[str, tupl
                     if url is None:
                         continue
                     before = connections(port, ca)
-                    rounds[target].append(bench.measure(target, url, workload.connections, workload.stream))
+                    request = Request(stream=workload.stream)
+                    rounds[target].append(bench.measure(target, url, workload.connections, request))
                     opened[target] += connections(port, ca) - before
             results[workload.key] = {
                 target: (median(cells) if cells else "Sluice did not start", _describe(opened[target]))

@@ -1,5 +1,6 @@
--- wrk script: POST the JSON body from the file given after `--`, and print the
--- result as one machine-readable line (latencies in microseconds) for run.py.
+-- wrk script: POST the JSON body from the file given after `--` to the URL's
+-- path (one client API's endpoint), and print the result as one
+-- machine-readable line (latencies in microseconds) for run.py.
 
 function init(args)
   local file = assert(io.open(args[1], "rb"))

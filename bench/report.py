@@ -81,6 +81,39 @@ def _cache_table(table: Table, floor: Cell | None) -> list[str]:
     return lines
 
 
+CHAT_KEYS = ("c16", "stream16")
+CLIENT_APIS = {
+    "Responses, native": ("responses-native", "responses-native-stream"),
+    "Responses, bridged": ("responses-bridged", "responses-bridged-stream"),
+    "Messages, native": ("messages-native", "messages-native-stream"),
+    "Messages, translated": ("messages-translated", "messages-translated-stream"),
+}
+"""Each way Sluice serves the other client APIs, as its (non-streaming, streaming) workloads."""
+
+
+def _client_api_table(tables: dict[str, Table]) -> list[str]:
+    """Sluice's c=16 figures per client API side by side, each as a share of Chat Completions'."""
+
+    def sluice(key: str) -> WrkResult | None:
+        cell = tables[key].rows.get("sluice") if key in tables else None
+        return cell if isinstance(cell, WrkResult) else None
+
+    lines = [
+        "### Client APIs through Sluice, c=16",
+        "",
+        _row("API", "req/s", "vs chat", "p50 ms", "streaming req/s", "vs chat", "p50 ms"),
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    chat = [sluice(key) for key in CHAT_KEYS]
+    for name, keys in {"Chat Completions": CHAT_KEYS, **CLIENT_APIS}.items():
+        cells: list[str] = []
+        for cell, base in zip([sluice(key) for key in keys], chat, strict=True):
+            share = f"{cell.rps / base.rps:.0%}" if cell and base else "—"
+            cells += [f"{cell.rps:,.0f}", share, f"{cell.p50_ms:.2f}"] if cell else ["—", "—", "—"]
+        lines.append(_row(name, *cells))
+    return lines
+
+
 def checks(tables: dict[str, Table]) -> list[Check]:
     """The targets from the issue, each against the run's figures."""
 
@@ -107,6 +140,18 @@ def checks(tables: dict[str, Table]) -> list[Check]:
             _at_least(0.95),
             cell("delay50", "sluice"),
             cell("delay50", "floor"),
+        ),
+        _check(
+            "Native Responses ≥ 90% of Chat Completions' req/s through Sluice, non-streaming c=16",
+            _at_least(0.90),
+            cell("responses-native", "sluice"),
+            cell("c16", "sluice"),
+        ),
+        _check(
+            "Native Messages ≥ 90% of Chat Completions' req/s through Sluice, non-streaming c=16",
+            _at_least(0.90),
+            cell("messages-native", "sluice"),
+            cell("c16", "sluice"),
         ),
     ]
     for row in tables["cache"].rows if "cache" in tables else ():
@@ -166,6 +211,8 @@ def render(tables: list[Table], context: list[str], problems: list[str]) -> str:
         for problem in problems:
             first, _, rest = problem.partition("\n")
             lines += [f"- {first}"] + (["", "  ```", rest, "  ```"] if rest else [])
+    if any(key in by_key for keys in CLIENT_APIS.values() for key in keys):
+        lines += [""] + _client_api_table(by_key)
     for table in tables:
         floor = by_key["c16"].rows.get("floor") if "c16" in by_key else None
         lines += [""] + (_cache_table(table, floor) if table.key == "cache" else _workload_table(table))

@@ -4,6 +4,11 @@
     .venv/bin/python bench/run.py --quick    # ~2 s per measurement, prints only
     .venv/bin/python bench/run.py --repeat 3 # median of 3 interleaved rounds
     .venv/bin/python bench/run.py --only cache c16   # some workloads, prints only
+    .venv/bin/python bench/run.py --only c16 responses messages   # the client APIs' targets
+
+Each client API is loaded: Chat Completions, and Responses and Messages both
+served natively and through Chat Completions (bridged, translated), all
+through one Sluice process whose providers all point at the one fake upstream.
 
 The proxy under test runs alone on core 0; the fake upstream (and redis) share
 core 1 with wrk. For each workload the three targets are measured back to back
@@ -32,29 +37,62 @@ from typing import Any
 import orjson
 
 import services
-from loadgen import LoadError, check_answer, wait_for_quiet, wrk
+from loadgen import CHAT, MESSAGES, RESPONSES, Api, LoadError, Request, check_answer, wait_for_quiet, wrk
 from procs import StartError, free_port
 from report import Cell, Table, render, write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
+ALL_TARGETS = ("direct", "floor", "sluice")
+
+
 @dataclass(frozen=True, slots=True)
 class Workload:
+    """One table of the report: a request sent at a concurrency to each of `targets`.
+
+    Requests that Sluice bridges or translates go upstream as another API, so
+    only Sluice is measured for them: the direct and floor figures of that
+    API are its own workloads'."""
+
     key: str
     title: str
     connections: int
-    stream: bool = False
+    request: Request = Request()
     delay_ms: int = 0
+    targets: tuple[str, ...] = ALL_TARGETS
+
+
+def client_api(api: Api, native: str, other: str, other_model: str) -> list[Workload]:
+    """A client API's four workloads at c=16: served natively (by the provider routed for
+    `native`) and through Chat Completions (`other`: bridged or translated), JSON and streamed."""
+    routes = [("native", native, ALL_TARGETS), (other, other_model, ("sluice",))]
+    return [
+        Workload(
+            f"{api.name}-{route}{'-stream' if stream else ''}",
+            f"{api.title}, {route} (`{model}`), {'streaming' if stream else 'non-streaming'}, c=16",
+            16,
+            Request(api, model, stream),
+            targets=targets,
+        )
+        for route, model, targets in routes
+        for stream in (False, True)
+    ]
 
 
 WORKLOADS = [
     Workload("c1", "Non-streaming, c=1", 1),
     Workload("c16", "Non-streaming, c=16", 16),
     Workload("c64", "Non-streaming, c=64", 64),
-    Workload("stream16", "Streaming (20 chunks + usage), c=16", 16, stream=True),
+    Workload("stream16", "Streaming (20 chunks + usage), c=16", 16, Request(stream=True)),
     Workload("delay50", "Non-streaming, 50 ms upstream delay, c=64", 64, delay_ms=50),
+    # models route by services.sluice_config's providers
+    *client_api(RESPONSES, "gpt-4o-mini", "bridged", "openai-chat/gpt-4o-mini"),
+    *client_api(MESSAGES, "anthropic/claude-sonnet-4-5", "translated", "gpt-4o-mini"),
 ]
+GROUPS = {api.name: [w.key for w in WORKLOADS if w.request.api is api] for api in (CHAT, RESPONSES, MESSAGES)}
+"""`--only chat`, `--only responses`, `--only messages`: every workload of that client API."""
+
 CACHE_CONNECTIONS = 16
 QUIET = 0.15
 """Other work may use this share of the CPUs when a measurement starts."""
@@ -72,18 +110,18 @@ class Bench:
         self.busy_starts: list[float] = []
 
     def measure(
-        self, label: str, url: str, connections: int, stream: bool, headers: dict[str, str] | None = None
+        self, label: str, url: str, connections: int, request: Request, headers: dict[str, str] | None = None
     ) -> Cell:
         busy = wait_for_quiet(QUIET, self.quiet_wait)
         self.busy_starts.append(busy)
         try:
-            check_answer(url, stream, headers)
-            wrk(url, connections, self.warmup, stream, headers)
-            result = wrk(url, connections, self.seconds, stream, headers)
+            check_answer(url, request, headers)
+            wrk(url, connections, self.warmup, request, headers)
+            result = wrk(url, connections, self.seconds, request, headers)
         except LoadError as exc:
             return self.fail(label, str(exc))
         print(
-            f"  {label:<18} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+            f"  {label:<34} {result.rps:>9,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
             f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  (CPUs busy before: {busy:.0%})",
             file=sys.stderr,
             flush=True,
@@ -97,7 +135,7 @@ class Bench:
 
     def fail(self, label: str, reason: str) -> str:
         self.problems.append(f"{label}: {reason}")
-        print(f"  {label:<18} NOT MEASURED: {reason}", file=sys.stderr, flush=True)
+        print(f"  {label:<34} NOT MEASURED: {reason}", file=sys.stderr, flush=True)
         return reason
 
     def start_sluice(self, stack: ExitStack, label: str, config: dict[str, Any]) -> str | None:
@@ -112,8 +150,11 @@ class Bench:
 
 
 def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> list[Table]:
-    """Direct, floor and Sluice against one fake upstream with the given delay."""
-    tables = [Table(workload.key, workload.title) for workload in workloads]
+    """Direct, floor and Sluice against one fake upstream with the given delay.
+
+    Each round measures every workload, so rounds interleave across workloads
+    too: the targets that compare two workloads (an API against Chat
+    Completions) see the same bursts of other work."""
     with ExitStack() as stack:
         upstream_port, floor_port = free_port(), free_port()
         label = f"{delay_ms}ms"
@@ -124,25 +165,30 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
             "floor": services.base_url(floor_port),
             "sluice": bench.start_sluice(stack, label, services.sluice_config(upstream_port)),
         }
-        for workload, table in zip(workloads, tables, strict=True):
-            print(workload.title, file=sys.stderr)
-            rounds: dict[str, list[Cell]] = {name: [] for name in targets}
-            for _ in range(bench.repeat):
-                for name, url in targets.items():
-                    if url and not any(isinstance(cell, str) for cell in rounds[name]):
+        rounds: dict[tuple[str, str], list[Cell]] = {(w.key, name): [] for w in workloads for name in w.targets}
+        for _ in range(bench.repeat):
+            for workload in workloads:
+                print(workload.title, file=sys.stderr)
+                for name in workload.targets:
+                    url, cells = targets[name], rounds[workload.key, name]
+                    if url and not any(isinstance(cell, str) for cell in cells):
                         what = f"{name}, {workload.key}"
-                        rounds[name].append(bench.measure(what, url, workload.connections, workload.stream))
-            table.rows = {
-                name: median(cells) if cells else "Sluice did not start" for name, cells in rounds.items()
-            }
+                        cells.append(bench.measure(what, url, workload.connections, workload.request))
+    tables = [Table(workload.key, workload.title) for workload in workloads]
+    for workload, table in zip(workloads, tables, strict=True):
+        table.rows = {
+            name: median(cells) if (cells := rounds[workload.key, name]) else "Sluice did not start"
+            for name in workload.targets
+        }
     return tables
 
 
 def median(cells: list[Cell]) -> Cell:
     """The round with the median req/s (the lower one of an even count), or the first failure.
 
-    Rounds of the targets are interleaved, so a burst of other work on the
-    machine lands in one round of each rather than in all of one target's."""
+    Rounds of the targets and workloads are interleaved, so a burst of other
+    work on the machine lands in one round of each rather than in all of one
+    target's."""
     failures = [cell for cell in cells if isinstance(cell, str)]
     if failures:
         return failures[0]
@@ -159,7 +205,7 @@ def run_cache(bench: Bench, backends: list[str]) -> Table:
         stack.enter_context(services.ceiling("cache", port))
         row = "ceiling: bare ASGI app, fixed answer"
         table.rows[row] = median(
-            [bench.measure(row, services.base_url(port), CACHE_CONNECTIONS, stream=False) for _ in range(bench.repeat)]
+            [bench.measure(row, services.base_url(port), CACHE_CONNECTIONS, Request()) for _ in range(bench.repeat)]
         )
     table.notes.append(
         "ceiling: bench/ceiling.py, no framework and no upstream, on uvicorn like Sluice; "
@@ -194,13 +240,13 @@ OFF_LANE = {"X-Sluice-Cache-TTL": "3600"}
 
 def _measure_hits(bench: Bench, label: str, url: str, headers: dict[str, str] | None = None) -> Cell:
     try:
-        check_answer(url, False, headers)
-        second = check_answer(url, False, headers).get("x-sluice-cache")
+        check_answer(url, Request(), headers)
+        second = check_answer(url, Request(), headers).get("x-sluice-cache")
     except LoadError as exc:
         return bench.fail(label, str(exc))
     if second != "hit":
         return bench.fail(label, f"a repeated request was not a cache hit (X-Sluice-Cache: {second})")
-    return median([bench.measure(label, url, CACHE_CONNECTIONS, False, headers) for _ in range(bench.repeat)])
+    return median([bench.measure(label, url, CACHE_CONNECTIONS, Request(), headers) for _ in range(bench.repeat)])
 
 
 def _cache_stats(url: str) -> str:
@@ -265,13 +311,14 @@ def parse_args() -> argparse.Namespace:
         "--quiet-wait",
         type=float,
         default=60,
-        help=f"seconds to wait for other work to drop under {QUIET:.0%} CPU before each measurement",
+        help=f"seconds to wait for other work to drop under {QUIET:.0%}% CPU before each measurement",
     )
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=[w.key for w in WORKLOADS] + ["cache"],
-        help="measure only these workloads (implies --print-only)",
+        choices=[w.key for w in WORKLOADS] + list(GROUPS) + ["cache"],
+        help="measure only these workloads, or every workload of a client API: chat, responses, "
+        "messages (implies --print-only; a target check needs both its workloads, e.g. c16 responses)",
     )
     parser.add_argument("--output", type=Path, default=RESULTS, help="report file (default bench/RESULTS.md)")
     parser.add_argument(
@@ -296,7 +343,7 @@ def main() -> int:
         bench = Bench(args.duration, args.warmup, args.repeat, args.quiet_wait)
     tables: list[Table] = []
     backends = ["memory"] + (["redis"] if args.redis or shutil.which("redis-server") else [])
-    chosen = set(args.only or [w.key for w in WORKLOADS] + ["cache"])
+    chosen = {key for name in args.only or [*GROUPS, "cache"] for key in GROUPS.get(name, [name])}
     workloads = [w for w in WORKLOADS if w.key in chosen]
     try:
         for delay_ms in sorted({workload.delay_ms for workload in workloads}):

@@ -73,17 +73,19 @@ def sluice(label: str, port: int, config: dict[str, Any]) -> Process:
 
 
 def sluice_config(upstream_port: int, **sections: dict[str, Any]) -> dict[str, Any]:
-    """One OpenAI-type provider at the fake upstream; cache, dedup and compression
-    off (wrk repeats one body, which dedup would merge), unless `sections` say otherwise."""
+    """Three providers at the one fake upstream, one per way a client API is served:
+    `openai` (Chat Completions and Responses natively, the default provider),
+    `openai-chat` (`responses: false`, so Responses are bridged over Chat
+    Completions) and `anthropic` (Messages natively); workloads pick one by
+    `provider/model`. Cache, dedup and compression off (wrk repeats one body,
+    which dedup would merge), unless `sections` say otherwise."""
+    upstream = f"{base_url(upstream_port)}/v1"
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1"},
         "providers": [
-            {
-                "name": "openai",
-                "type": "openai",
-                "base_url": f"{base_url(upstream_port)}/v1",
-                "api_key": "sk-bench",
-            }
+            {"name": "openai", "type": "openai", "base_url": upstream, "api_key": "sk-bench"},
+            {"name": "openai-chat", "type": "openai", "base_url": upstream, "api_key": "sk-bench", "responses": False},
+            {"name": "anthropic", "type": "anthropic", "base_url": upstream, "api_key": "sk-ant-bench"},
         ],
         "routing": {"default_provider": "openai"},
         "cache": {"enabled": False},

@@ -1,19 +1,25 @@
-"""A fake OpenAI upstream fast enough never to be the bottleneck of a benchmark.
+"""A fake LLM upstream fast enough never to be the bottleneck of a benchmark.
 
 It is a raw asyncio protocol on uvloop with httptools parsing: every answer is
-precomputed bytes, so a request costs a parse and a write. On this machine it
-serves ~3x what the same server written with ``aiohttp.web`` does (figures in
-bench/RESULTS.md), and it shares its core with wrk, so every cycle counts.
+precomputed bytes (bench/answers.py), so a request costs a parse and a write.
+On this machine it serves ~3x what the same server written with ``aiohttp.web``
+does (figures in bench/RESULTS.md), and it shares its core with wrk, so every
+cycle counts.
 
     POST /v1/chat/completions   a fixed chat.completion, or with "stream": true
                                 20 chat.completion.chunk events, a usage chunk
                                 and ``data: [DONE]``
-    GET  /__stats               {"calls": N, "outcomes": {...}}: chat calls seen
+    POST /v1/responses          a fixed Responses ``response``, or its event
+                                stream ending in response.completed
+    POST /v1/messages           a fixed Anthropic ``message``, or its event
+                                stream ending in message_stop
+    GET  /__stats               {"calls": N, "outcomes": {...}}: API calls seen
 
 ``--delay-ms`` holds every answer back that long (time to first byte).
-``--chaos 0.2 --seed 7`` makes that share of chat calls go wrong, drawn from a
+``--chaos 0.2 --seed 7`` makes that share of API calls go wrong, drawn from a
 seeded generator: 429 (with Retry-After), 500, 503, a connection reset with no
-answer, or a slow (200-1000 ms) but correct answer.
+answer, or a slow (200-1000 ms) but correct answer. Error bodies are OpenAI's
+shape on every path.
 
 HTTP pipelining is not supported; neither wrk nor the proxies use it.
 """
@@ -26,44 +32,17 @@ import random
 import socket
 import struct
 from collections import Counter
+from dataclasses import dataclass
 
 import httptools
 import orjson
 import uvloop
 
-CHAT_PATH = b"/v1/chat/completions"
+import answers
+
 STATS_PATH = b"/__stats"
 CHAOS_KINDS = ("429", "500", "503", "reset", "slow")
 SLOW_SECONDS = (0.2, 1.0)
-MODEL = "gpt-4o-mini-2024-07-18"
-CREATED = 1_700_000_000
-WORDS = [
-    "Sure",
-    "!",
-    " Here",
-    " is",
-    " a",
-    " short",
-    " answer",
-    " to",
-    " your",
-    " question",
-    ":",
-    " the",
-    " sluice",
-    " gate",
-    " controls",
-    " the",
-    " flow",
-    ".",
-]
-USAGE = {
-    "prompt_tokens": 52,
-    "completion_tokens": len(WORDS),
-    "total_tokens": 52 + len(WORDS),
-    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
-}
 
 
 def _response(status: str, content_type: bytes, body: bytes, extra: bytes = b"") -> bytes:
@@ -76,53 +55,32 @@ def _response(status: str, content_type: bytes, body: bytes, extra: bytes = b"")
     return head + body
 
 
-def _completion_body() -> bytes:
-    return orjson.dumps(
-        {
-            "id": "chatcmpl-bench0001",
-            "object": "chat.completion",
-            "created": CREATED,
-            "model": MODEL,
-            "system_fingerprint": "fp_bench",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(WORDS), "refusal": None},
-                    "logprobs": None,
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": USAGE,
-            "service_tier": "default",
-        }
-    )
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
 
 
-def _chunk(choices: list[dict], usage: dict | None = None) -> bytes:
-    event = {
-        "id": "chatcmpl-bench0001",
-        "object": "chat.completion.chunk",
-        "created": CREATED,
-        "model": MODEL,
-        "system_fingerprint": "fp_bench",
-        "choices": choices,
-        "usage": usage,
-    }
-    return b"data: " + orjson.dumps(event) + b"\n\n"
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One API's answers as HTTP/1.1 bytes: the JSON response, and the stream's parts."""
+
+    json: bytes
+    stream: list[bytes]
 
 
-def _stream_events() -> list[bytes]:
-    """20 content chunks (role, 18 words, finish), the usage chunk, then [DONE]."""
+def _route(answer: answers.Answer) -> Route:
+    """Each event its own chunk, so a stream arrives as separate events."""
+    chunks = [b"%x\r\n%s\r\n" % (len(event), event) for event in answer.events]
+    return Route(_response("200 OK", b"application/json", answer.body), [STREAM_HEAD, *chunks, b"0\r\n\r\n"])
 
-    def delta(delta: dict, finish: str | None = None) -> list[dict]:
-        return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]
 
-    events = [_chunk(delta({"role": "assistant", "content": "", "refusal": None}))]
-    events += [_chunk(delta({"content": word})) for word in WORDS]
-    events.append(_chunk(delta({}, "stop")))
-    events.append(_chunk([], USAGE))
-    events.append(b"data: [DONE]\n\n")
-    return [b"%x\r\n%s\r\n" % (len(event), event) for event in events] + [b"0\r\n\r\n"]
+CHAT_PATH = b"/v1/chat/completions"
+ROUTES = {
+    CHAT_PATH: _route(answers.CHAT),
+    b"/v1/responses": _route(answers.RESPONSES),
+    b"/v1/messages": _route(answers.MESSAGES),
+}
 
 
 def _error(status: str, kind: str, code: str, extra: bytes = b"") -> bytes:
@@ -132,12 +90,6 @@ def _error(status: str, kind: str, code: str, extra: bytes = b"") -> bytes:
     return _response(status, b"application/json", body, extra)
 
 
-COMPLETION = _response("200 OK", b"application/json", _completion_body())
-STREAM_HEAD = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-    b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
-)
-STREAM_EVENTS = _stream_events()
 ERRORS = {
     "429": _error(
         "429 Too Many Requests",
@@ -204,14 +156,15 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         keep_alive = self.parser.should_keep_alive()
-        if self.url == CHAT_PATH and self.parser.get_method() == b"POST":
-            self.chat(b"".join(self.body), keep_alive)
+        route = ROUTES.get(self.url)
+        if route is not None and self.parser.get_method() == b"POST":
+            self.call(route, b"".join(self.body), keep_alive)
         elif self.url == STATS_PATH:
             self.send([self.upstream.stats()], keep_alive)
         else:
             self.send([NOT_FOUND], keep_alive)
 
-    def chat(self, body: bytes, keep_alive: bool) -> None:
+    def call(self, route: Route, body: bytes, keep_alive: bool) -> None:
         outcome = self.upstream.outcome()
         self.upstream.outcomes[outcome] += 1
         if outcome == "reset":
@@ -220,9 +173,9 @@ class Connection(asyncio.Protocol):
         if outcome in ERRORS:
             parts = [ERRORS[outcome]]
         elif _wants_stream(body):
-            parts = [STREAM_HEAD, *STREAM_EVENTS]
+            parts = route.stream
         else:
-            parts = [COMPLETION]
+            parts = [route.json]
         delay = self.upstream.random.uniform(*SLOW_SECONDS) if outcome == "slow" else self.upstream.delay
         if delay:
             asyncio.get_running_loop().call_later(delay, self.send, parts, keep_alive)
@@ -270,7 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="hold every answer back this long")
-    parser.add_argument("--chaos", type=float, default=0.0, help="share of chat calls that go wrong (0-1)")
+    parser.add_argument("--chaos", type=float, default=0.0, help="share of API calls that go wrong (0-1)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the chaos draw")
     args = parser.parse_args()
     uvloop.run(serve(args.port, args.delay_ms, args.chaos, args.seed))
