@@ -27,7 +27,7 @@ from proxy.cache.semantic import build_semantic_cache
 from proxy.config import Config, load_config
 from proxy.count_tokens import PATH as COUNT_TOKENS_PATH
 from proxy.count_tokens import count_tokens
-from proxy.errors import InvalidAPIKey, MethodNotAllowed, NotFound, SluiceError, UpstreamFailure, error_response
+from proxy.errors import InvalidAPIKey, MethodNotAllowed, ModelNotFound, NotFound, SluiceError, UpstreamFailure, error_response
 from proxy.hit_lane import HitLane
 from proxy.limits import AdminGuard, Limiter
 from proxy.middleware import RequestMiddleware
@@ -197,9 +197,20 @@ class Gateway:
         return _json(self.telemetry.stats.history.render(others))
 
     async def models(self, request: Request) -> Response:
+        return _json({"object": "list", "data": await self._models(request)})
+
+    async def model(self, request: Request) -> Response:
+        """One entry of ``GET /v1/models`` (ids may hold ``/``: ``provider/model``)."""
+        model_id = request.path_params["model_id"]
+        for entry in await self._models(request):
+            if entry["id"] == model_id:
+                return _json(entry)
+        raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
+
+    async def _models(self, request: Request) -> list[dict[str, object]]:
         """Aliases, then each provider's models as ``provider/model``; a failing provider is skipped."""
         request.scope["state"]["record"].tracked = False
-        data = [{"id": alias.name, "object": "model", "created": 0, "owned_by": "sluice"} for alias in self.config.models]
+        data: list[dict[str, object]] = [{"id": alias.name, "object": "model", "created": 0, "owned_by": "sluice"} for alias in self.config.models]
         credential = read_headers(request.scope).credential
         authorization = credential if not self.config.auth.keys else None
         if self.config.auth.keys:
@@ -212,7 +223,7 @@ class Gateway:
                 _log.warning("models_unavailable", provider=name, error=exc.message)
                 continue
             data.extend({"id": f"{name}/{mid}", "object": "model", "created": 0, "owned_by": name} for mid in ids)
-        return _json({"object": "list", "data": data})
+        return data
 
     async def clear_cache(self, request: Request) -> Response:
         self.admin.check(request.scope)
@@ -237,21 +248,29 @@ class Gateway:
         return FileResponse(path)
 
 
+def _rendered(request: Request, error: SluiceError) -> Response:
+    """An error in the shape of the client API whose path was asked: Anthropic's under
+    ``/v1/messages``, OpenAI's everywhere else (CONTRACT §9)."""
+    if request.url.path.startswith(MessagesSurface.path):
+        return request.app.state.gateway.surfaces[MessagesSurface.path].error_response(error)
+    return error_response(error)
+
+
 async def _sluice_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SluiceError)
     record = request.scope.get("state", {}).get("record")
     if record is not None:
         record.error_code = exc.code
-    return error_response(exc)
+    return _rendered(request, exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."))
+        return _rendered(request, MethodNotAllowed(f"Method {request.method} is not allowed on {request.url.path}."))
     if exc.status_code == 404:
-        return error_response(NotFound(f"No route for {request.method} {request.url.path}."))
-    return error_response(SluiceError(str(exc.detail), status=exc.status_code, code="http_error"))
+        return _rendered(request, NotFound(f"No route for {request.method} {request.url.path}."))
+    return _rendered(request, SluiceError(str(exc.detail), status=exc.status_code, code="http_error"))
 
 
 class HotRoutes:
@@ -319,6 +338,7 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         Route("/v1/responses/{response_id}", gateway.stored_response("delete"), methods=["DELETE"]),
         Route("/v1/responses/{response_id}/input_items", gateway.stored_response("input_items"), methods=["GET"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", gateway.model, methods=["GET"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
         Route("/metrics", gateway.metrics, methods=["GET"]),

@@ -52,6 +52,7 @@ class Flight:
         self.tokens_saved = 0
         self.trimmed_messages = 0
         self.native = False  # the stream's chunks are the surface's own events, not hub chunks
+        self.upstream_headers: dict[str, str] | None = None  # the opened stream's, for its clients
         self.remote = False  # fed from another process's call through Redis
         self._changed = asyncio.Event()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

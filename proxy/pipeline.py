@@ -339,9 +339,10 @@ class Pipeline:
         if job.native_to(provider):
             stream = await provider.native_stream(api, self._native_call(job, target))
             flight.native = True
-            return stream
-        stream = await provider.chat_stream(self._hub_call(flight, job, target))
-        flight.native = False
+        else:
+            stream = await provider.chat_stream(self._hub_call(flight, job, target))
+            flight.native = False
+        flight.upstream_headers = stream.upstream_headers
         return stream
 
     async def _pump(self, flight: Flight, job: Job, stream: ChunkStream, started: float) -> Completion:
@@ -380,6 +381,9 @@ class Pipeline:
         if record.similarity is not None:
             headers["X-Sluice-Similarity"] = f"{record.similarity:.4f}"
         headers.update(self.limiter.rate_headers(record.key_name))
+        if record.upstream_headers:  # a key's own limits, and Sluice's request id, win
+            for name, value in record.upstream_headers.items():
+                headers.setdefault("x-upstream-request-id" if name == "x-request-id" else name, value)
         return headers
 
     def _cached_response(
@@ -413,6 +417,7 @@ class Pipeline:
         completion = outcome.completion
         if completion is None or target is None:
             return
+        record.upstream_headers = completion.upstream_headers
         record.completion = completion
         usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
@@ -469,6 +474,7 @@ class Pipeline:
             return job.surface.error_response(flight.outcome.error, self._headers(record))
         if flight.target is not None:
             record.provider = flight.target.provider
+        record.upstream_headers = flight.upstream_headers
         record.dedup = record.dedup or flight.remote
         if not record.dedup:  # what the headers say now; the log line gets the final figures
             record.attempts, record.tokens_saved = max(1, flight.attempts.count), flight.tokens_saved

@@ -458,3 +458,9 @@ def test_claude_code_session_streams_from_an_openai_model(client: anthropic.Anth
     assert upstream["messages"][0]["role"] == "system"
     assert upstream["messages"][0]["content"].startswith("You are Claude Code")
     assert [tool["function"]["name"] for tool in upstream["tools"]] == CLAUDE_CODE_TOOLS
+
+
+def test_a_wrong_method_on_messages_is_answered_in_anthropics_shape(proxy) -> None:  # type: ignore[no-untyped-def]
+    response = httpx.get(f"{proxy.url}/v1/messages")
+    assert response.status_code == 405
+    assert response.json()["type"] == "error" and response.json()["error"]["type"] == "invalid_request_error"

@@ -9,6 +9,7 @@ import openai
 import pytest
 
 from tests.conftest import openai_config
+from tests.fakes.openai import completion, stream_chunks
 from tests.fakes.server import Reply
 
 SECRET = "sk-upstream-secret-123"
@@ -145,3 +146,32 @@ def test_health_and_readiness(proxy) -> None:
     assert httpx.get(f"{proxy.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{proxy.url}/readyz")
     assert ready.status_code == 200 and "openai" in ready.json()["providers"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_upstreams_request_id_and_rate_limits_reach_the_client(start_proxy, fake_openai, stream: bool) -> None:
+    """Under their own names, except the request id: X-Request-ID stays Sluice's (CONTRACT §5)."""
+    upstream = {"x-request-id": "req_upstream_7", "x-ratelimit-remaining-requests": "41"}
+    reply = Reply(chunks=stream_chunks("gpt-4o-mini", "hi")) if stream else Reply(json=completion("gpt-4o-mini", "hi"))
+    reply.headers = upstream
+    fake_openai.script(reply)
+    proxy = start_proxy(openai_config(fake_openai))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
+    response = httpx.post(f"{proxy.url}/v1/chat/completions", json=body, headers={"X-Request-ID": "mine-1"})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "mine-1"
+    assert response.headers["x-upstream-request-id"] == "req_upstream_7"
+    assert response.headers["x-ratelimit-remaining-requests"] == "41"
+    cached = httpx.post(f"{proxy.url}/v1/chat/completions", json=body)
+    assert cached.headers["x-sluice-cache"] == "hit" and "x-upstream-request-id" not in cached.headers
+
+
+def test_one_model_by_id(start_proxy, fake_openai) -> None:
+    proxy = start_proxy(openai_config(fake_openai, models=[{"name": "fast", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}]}]))
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="k", max_retries=0)
+    assert client.models.retrieve("fast").owned_by == "sluice"
+    listed = client.models.list().data
+    upstream = next(m for m in listed if m.id.startswith("openai/"))
+    assert client.models.retrieve(upstream.id).id == upstream.id
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")

@@ -34,6 +34,7 @@ class RequestRecord:
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
     cost_saved_provider_cache_usd: float = 0.0
+    upstream_headers: dict[str, str] | None = None  # the upstream's x-request-id and x-ratelimit-*, for the client
     cached_tokens: int = 0  # prompt tokens the provider read from its own prompt cache
     similarity: float | None = None  # a semantic cache hit's
     upstream_seconds: float = 0.0
