@@ -110,6 +110,7 @@ class StreamAssembler:
         self._head: dict[str, Any] = {}
         self._choices: dict[int, _ChoiceState] = {}
         self._usage: dict[str, Any] | None = None
+        self._keys_seen = 0
 
     def add(self, chunk: dict[str, Any]) -> None:
         """Fold in one chunk; a chunk of an unexpected shape fails the upstream attempt (502), not Sluice."""
@@ -122,9 +123,11 @@ class StreamAssembler:
         head = self._head
         if not head:
             head["id"], head["created"], head["model"] = chunk.get("id"), chunk.get("created"), chunk.get("model")
-        for key, value in chunk.items():
-            if key not in _CHUNK_OWN and value is not None:
-                head[key] = value
+        if len(chunk) != self._keys_seen:  # a stream's chunks repeat the same fields: read them when the set changes
+            self._keys_seen = len(chunk)
+            for key, value in chunk.items():
+                if key not in _CHUNK_OWN and value is not None:
+                    head[key] = value
         if chunk.get("usage"):
             self._usage = chunk["usage"]
         for choice in chunk.get("choices") or ():

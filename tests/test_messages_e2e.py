@@ -464,3 +464,38 @@ def test_a_wrong_method_on_messages_is_answered_in_anthropics_shape(proxy) -> No
     response = httpx.get(f"{proxy.url}/v1/messages")
     assert response.status_code == 405
     assert response.json()["type"] == "error" and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_claude_code_session_reaches_anthropic_byte_for_byte(start_proxy: Any, servers: tuple[Any, ...]) -> None:
+    """Native: system blocks, cache_control markers, thinking and every other field arrive as sent."""
+    fake_anthropic = servers[3]
+    proxy = start_proxy(config(servers, routing={"default_provider": "anthropic"}))
+    body = {**claude_code_request(), "model": "claude-sonnet-4-5-20250929"}
+    del body["context_management"]  # a beta field the fake (like the API without its beta header) refuses
+    raw = orjson.dumps(body)
+    headers = {"x-api-key": "client-key", "anthropic-version": "2023-06-01", "anthropic-beta": "interleaved-thinking-2025-05-14", "content-type": "application/json"}
+    with httpx.stream("POST", f"{proxy.url}/v1/messages", content=raw, headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        events = [line for line in response.iter_lines() if line.startswith("event: ")]
+    assert events[0] == "event: message_start" and events[-1] == "event: message_stop"
+    (sent,) = fake_anthropic.calls("/messages")
+    assert sent.body == raw
+    assert sent.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14"
+    assert sent.headers["x-api-key"] == "sk-ant-secret"
+
+
+def test_an_overloaded_anthropic_falls_back_to_openai(start_proxy: Any, servers: tuple[Any, ...]) -> None:
+    fake_openai, fake_anthropic = servers[0], servers[3]
+    alias = {"name": "claude-or-gpt", "targets": [{"provider": "anthropic", "model": "claude-sonnet-4-5"}, {"provider": "openai", "model": "gpt-4o-mini"}]}
+    proxy = start_proxy(config(servers, models=[alias]))
+    fake_anthropic.script(Reply(status=529, json=anthropic_error("overloaded_error", "Overloaded")))
+    response = httpx.post(
+        f"{proxy.url}/v1/messages",
+        json={"model": "claude-or-gpt", "max_tokens": 64, "messages": HELLO},
+        headers={"x-api-key": "client-key", "anthropic-version": "2023-06-01"},
+    )
+    assert response.status_code == 200
+    assert response.headers["x-sluice-provider"] == "openai" and response.headers["x-sluice-attempts"] == "2"
+    answer = anthropic.types.Message.model_validate(response.json())
+    assert answer.content[0].text == "echo: Hello there"
+    assert len(fake_anthropic.calls("/messages")) == 1 and len(fake_openai.calls("/chat/completions")) == 1
