@@ -169,6 +169,22 @@ class Provider(abc.ABC):
             return bearer_token(call_authorization)
         return None
 
+    def _headers(self, authorization: str | None) -> dict[str, str]:
+        """JSON both ways and the credential as a bearer token; a provider type changes what it must."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        secret = self.credential(authorization)
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        return headers
+
+    async def _send(self, method: str, url: str, authorization: str | None, wire: Any = None) -> UpstreamResponse:
+        """``wire`` as JSON to ``url``; an error answer raised as ``UpstreamHTTPError``."""
+        payload = orjson.dumps(wire) if wire is not None else None
+        response = await self.client.request(method, url, self._headers(authorization), payload)
+        if response.status >= 400:
+            await raise_upstream_error(response)
+        return response
+
     async def aclose(self) -> None:
         await self.client.aclose()
 

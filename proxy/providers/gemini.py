@@ -35,7 +35,6 @@ from proxy.providers.base import (
     from_client,
     from_upstream,
     path_model,
-    raise_upstream_error,
     translated,
 )
 
@@ -468,13 +467,6 @@ class GeminiProvider(Provider):
 
     def _url(self, model: str, method: str) -> str:
         return f"{self._base_url}/{model_path(model)}:{method}"
-
-    async def _send(self, method: str, url: str, authorization: str | None, wire: Any = None) -> UpstreamResponse:
-        payload = orjson.dumps(wire) if wire is not None else None
-        response = await self.client.request(method, url, self._headers(authorization), payload)
-        if response.status >= 400:
-            await raise_upstream_error(response)
-        return response
 
     async def chat(self, call: Call) -> Completion:
         wire = from_client(chat_request, call.body, call.model)

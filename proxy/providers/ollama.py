@@ -16,14 +16,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, translated
 
 PROVIDER = "Ollama"
 
@@ -305,20 +303,6 @@ class OllamaProvider(Provider):
         self._chat_url = f"{config.base_url}/api/chat"
         self._embed_url = f"{config.base_url}/api/embed"
         self._tags_url = f"{config.base_url}/api/tags"
-
-    def _headers(self, authorization: str | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        secret = self.credential(authorization)
-        if secret:
-            headers["Authorization"] = f"Bearer {secret}"
-        return headers
-
-    async def _send(self, method: str, url: str, authorization: str | None, wire: Any = None) -> UpstreamResponse:
-        payload = orjson.dumps(wire) if wire is not None else None
-        response = await self.client.request(method, url, self._headers(authorization), payload)
-        if response.status >= 400:
-            await raise_upstream_error(response)
-        return response
 
     async def chat(self, call: Call) -> Completion:
         wire = from_client(chat_request, call.body, call.model, False)
