@@ -145,12 +145,7 @@ def _turns(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
             wire_role, blocks = "user", [_tool_result(msg, param)]
         else:
             raise t.unsupported(f"The message role {role!r}", PROVIDER, f"{param}.role")
-        if not blocks:
-            continue
-        if turns and turns[-1]["role"] == wire_role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": wire_role, "content": blocks})
+        t.add_turn(turns, wire_role, "content", blocks)
     return system, turns
 
 

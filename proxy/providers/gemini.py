@@ -139,12 +139,7 @@ def _contents(messages: list[dict[str, Any]], sign_calls: bool) -> tuple[list[di
             wire_role, parts = "user", [_function_response(msg, names, param)]
         else:
             raise t.unsupported(f"The message role {role!r}", PROVIDER, f"{param}.role")
-        if not parts:
-            continue
-        if contents and contents[-1]["role"] == wire_role:
-            contents[-1]["parts"].extend(parts)
-        else:
-            contents.append({"role": wire_role, "parts": parts})
+        t.add_turn(contents, wire_role, "parts", parts)
     return system, contents
 
 

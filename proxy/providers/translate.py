@@ -231,6 +231,17 @@ def call_arguments(arguments: Any, param: str) -> dict[str, Any]:
     return value
 
 
+def add_turn(turns: list[dict[str, Any]], role: str, key: str, items: list[dict[str, Any]]) -> None:
+    """Append a turn's ``items`` under ``key``, merged into the last turn when it has the same
+    role: Gemini and Anthropic want alternating roles, parallel tool results in one turn."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})
+
+
 def tool_call_names(messages: list[dict[str, Any]]) -> dict[str, str]:
     """Tool call id → function name, since tool results name only the id but both upstreams want the name."""
     names = {}
