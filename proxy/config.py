@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import yaml
 
+from proxy.egress import forward_proxy, tls_context
 from proxy.tokens import ENCODINGS
 
 DEFAULT_CONFIG_PATH = "config/sluice.yaml"
@@ -786,8 +787,6 @@ def _url(value: str) -> str | None:
 
 def _proxy_problem(provider: ProviderConfig) -> str | None:
     """Why the forward proxy this provider would use (its ``proxy``, else the environment's) cannot be used."""
-    from proxy.egress import forward_proxy  # here: proxy.egress builds on this module's dataclasses
-
     try:
         forward_proxy(provider)
     except ValueError as exc:
@@ -799,8 +798,6 @@ def _tls_problem(tls: TLSConfig) -> str | None:
     """Why the TLS files cannot be used, loading them as the upstream clients will."""
     if not (tls.ca_file or tls.cert_file):
         return None
-    from proxy.egress import tls_context  # here: proxy.egress builds on this module's dataclasses
-
     try:
         tls_context(tls)
     except (OSError, ssl.SSLError) as exc:

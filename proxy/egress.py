@@ -24,9 +24,11 @@ import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
-from proxy.config import ProviderConfig, TLSConfig
+if TYPE_CHECKING:  # the config validates with this module, so this module may not import it at run time
+    from proxy.config import ProviderConfig, TLSConfig
 
 DNS_TTL = 30.0
 """Seconds a host's resolved addresses are reused for new connections."""
