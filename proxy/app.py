@@ -118,7 +118,8 @@ class Gateway:
             self.telemetry,
         )
         if self.cache is not None and lane_enabled(self.config) and tracing.TRACING is None:  # a lane hit has no span
-            self.pipeline.lane = HitLane(self.cache, self.telemetry)
+            lane_paths = frozenset(path.encode() for path, surface in self.surfaces.items() if surface.hit_lane)
+            self.pipeline.lane = HitLane(self.cache, self.telemetry, lane_paths)
         if self.cache is not None and self.config.cache.semantic.mode != "off":
             self.pipeline.semantic = build_semantic_cache(self.config, self.cache, self.providers, self.shared)
             await self.pipeline.semantic.start()

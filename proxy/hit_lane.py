@@ -54,8 +54,6 @@ MAX_BYTES = 32 * 1024 * 1024
 SEEN_MAX = 8192
 """Request bytes answered once by the full path, remembered by hash, to learn on their second hit."""
 
-PATHS = frozenset({b"/v1/chat/completions", b"/v1/embeddings"})
-
 LaneKey = tuple[bytes, bytes | None, bytes | None, bytes]
 """Path, ``Authorization``, ``X-Sluice-Compression`` and body, exactly as received."""
 
@@ -87,7 +85,9 @@ class LaneHit:
 class HitLane:
     """Learned answers by request bytes; answers a repeat while the cache entry lives."""
 
-    def __init__(self, cache: CacheBackend, telemetry: Telemetry, max_bytes: int = MAX_BYTES) -> None:
+    def __init__(self, cache: CacheBackend, telemetry: Telemetry, paths: frozenset[bytes], max_bytes: int = MAX_BYTES) -> None:
+        self.paths = paths
+        """The routes whose requests the protocol holds for the lane: those of the surfaces with ``hit_lane``."""
         self._cache = cache
         self._telemetry = telemetry
         self._max_bytes = max_bytes

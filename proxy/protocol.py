@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from proxy.config import Config
-from proxy.hit_lane import MAX_BODY, PATHS, HitLane, LaneHit
+from proxy.hit_lane import MAX_BODY, HitLane, LaneHit
 
 from uvicorn import __version__ as UVICORN_VERSION
 
@@ -121,7 +121,7 @@ class SluiceProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()  # an earlier lane answer in this same read armed it
         if (
             self._lane is not None
-            and self.url in PATHS
+            and self.url in self._lane.paths
             and not self.expect_100_continue
             and not self.parser.should_upgrade()
             and (self.cycle is None or self.cycle.response_complete)

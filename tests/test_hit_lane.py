@@ -187,6 +187,15 @@ def test_embeddings_repeats_are_answered_by_the_lane(proxy, fake_openai) -> None
     assert len(fake_openai.calls("/embeddings")) == 1
 
 
+def test_responses_repeats_take_the_full_path_as_the_surface_has_no_lane(proxy, fake_openai) -> None:
+    """The lane holds only the routes of surfaces with ``hit_lane`` (chat, embeddings): a Responses
+    hit must run its surface (stored responses, its own headers), however often it repeats."""
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client", max_retries=0)
+    answers = [client.responses.with_raw_response.create(model="gpt-4o-mini", input="again", store=False) for _ in range(4)]
+    assert [a.headers["x-sluice-cache"] for a in answers] == ["miss", "hit", "hit", "hit"]
+    assert cache_stats(proxy)["lane_hits"] == 0
+
+
 def test_the_lane_echoes_a_client_request_id_and_replaces_an_unfit_one(proxy) -> None:
     body = body_for("ids")
     learned(proxy, body)
@@ -421,7 +430,7 @@ class EchoApp:
 
 async def test_shutdown_hands_a_held_request_to_uvicorn_which_finishes_it() -> None:
     app = EchoApp()
-    protocol, transport = protocol_with(app, HitLane(MemoryCache(10, 10**6), Telemetry()))
+    protocol, transport = protocol_with(app, HitLane(MemoryCache(10, 10**6), Telemetry(), frozenset({CHAT.encode()})))
     body = orjson.dumps(body_for("arriving while we shut down"))
     request = raw_post(body)
     protocol.data_received(request[:-10])
@@ -440,7 +449,7 @@ async def test_a_failing_lane_sends_the_request_down_the_ordinary_path() -> None
             raise RuntimeError("lane bug")
 
     app = EchoApp()
-    protocol, transport = protocol_with(app, BrokenLane(MemoryCache(10, 10**6), Telemetry()))
+    protocol, transport = protocol_with(app, BrokenLane(MemoryCache(10, 10**6), Telemetry(), frozenset({CHAT.encode()})))
     body = orjson.dumps(body_for("still served"))
     protocol.data_received(raw_post(body))
     await asyncio.wait_for(app.answered.wait(), 5)

@@ -79,7 +79,7 @@ class Surface(abc.ABC):
     api: str  # "chat" | "embeddings" | "responses" | "messages" | "completions": the native form's name
     path: str  # the POST route, e.g. "/v1/responses"
     hub_native: bool = False  # the hub's own API (chat, embeddings): answers need no rendering
-    hit_lane: bool = False  # repeated hits may be answered by proxy/hit_lane.py (chat and embeddings only)
+    hit_lane: bool = False  # repeated hits may be answered by proxy/hit_lane.py, which serves only these surfaces' paths
     remembers: bool = False  # ``answered`` does something (Responses' stored responses)
     stream_end: bytes = b""  # what follows a native stream's own last event (legacy completions: ``data: [DONE]``)
 
