@@ -19,7 +19,7 @@ from proxy.completions import Chunk, StreamAssembler
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.providers import gemini, ollama
 from proxy.providers import translate as t
-from proxy.providers.base import translated
+from proxy.providers.base import parse_json, translated
 from tests.fakes.gemini import candidate, response, usage_metadata
 from tests.fakes.ollama import done_line, message_line
 
@@ -781,7 +781,7 @@ async def test_a_failing_event_lets_the_chunks_before_it_in_its_batch_through() 
         yield [b'{"text": "a"}', b'{"text": "b"}', b"not json", b'{"text": "never"}']
 
     def translate(data: bytes) -> list[Chunk]:
-        return [Chunk.from_data({"object": "chat.completion.chunk", "text": t.parse_json(data)["text"]})]
+        return [Chunk.from_data({"object": "chat.completion.chunk", "text": parse_json(data)["text"]})]
 
     received: list[list[str]] = []
     with pytest.raises(UpstreamProtocolError, match="not JSON"):

@@ -25,7 +25,7 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, parse_json, raise_upstream_error, translated
 
 PROVIDER = "Anthropic"
 API_VERSION = "2023-06-01"
@@ -33,21 +33,7 @@ MESSAGES_API = "messages"
 
 # ``seed`` is dropped rather than refused: OpenAI itself promises only best-effort
 # determinism for it, so no answer depends on it being honoured.
-CHAT_PARAMETERS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "top_k",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "response_format",
-        "tools",
-        "tool_choice",
-        "reasoning_effort",
-    }
-)
+CHAT_PARAMETERS = t.CARRIED
 
 # Output limits (max_tokens) for a request that sets none: Anthropic requires
 # one. First matching prefix wins, so the more specific names come first.
@@ -459,7 +445,7 @@ class AnthropicProvider(Provider):
     async def chat(self, call: Call) -> Completion:
         payload = orjson.dumps(chat_request(call.body, call.model, stream=False))
         response = await self._send("POST", self._messages_url, self._call_headers(call), payload)
-        return Completion.from_data(chat_response(t.parse_json(await response.read())))
+        return Completion.from_data(chat_response(parse_json(await response.read())))
 
     async def chat_stream(self, call: Call) -> ChunkStream:
         payload = orjson.dumps(chat_request(call.body, call.model, stream=True))
@@ -474,7 +460,7 @@ class AnthropicProvider(Provider):
         ids: list[str] = []
         url = f"{self._base_url}/models?limit=1000"
         while True:
-            data = t.parse_json(await (await self._send("GET", url, self._headers(authorization))).read())
+            data = parse_json(await (await self._send("GET", url, self._headers(authorization))).read())
             ids.extend(model_ids(data))
             if not data.get("has_more") or not data.get("last_id"):
                 return ids
@@ -488,7 +474,7 @@ class AnthropicProvider(Provider):
     async def native(self, api: str, call: Call) -> Completion:
         response = await self._send("POST", self._messages_url, self._call_headers(call), _native_payload(call, stream=False))
         body = await response.read()
-        return Completion(body, t.parse_json(body))
+        return Completion(body, parse_json(body))
 
     async def native_stream(self, api: str, call: Call) -> ChunkStream:
         response = await self._send("POST", self._messages_url, self._call_headers(call), _native_payload(call, stream=True))
@@ -514,7 +500,7 @@ def _native_payload(call: Call, stream: bool | None = None) -> bytes:
 
 async def _chunks(response: UpstreamResponse, stream: AnthropicStream) -> AsyncIterator[list[Chunk]]:
     def feed(data: bytes) -> list[Chunk]:
-        return [Chunk.from_data(chunk) for chunk in stream.feed(t.parse_json(data))]
+        return [Chunk.from_data(chunk) for chunk in stream.feed(parse_json(data))]
 
     async for chunks in translated(response.sse_batches(), feed):
         yield chunks
@@ -529,7 +515,7 @@ async def _native_chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk
 
     def event(data: bytes) -> list[Chunk]:
         nonlocal stopped
-        parsed = t.parse_json(data)
+        parsed = parse_json(data)
         kind = parsed.get("type")
         if kind == "error":
             raise _stream_error(parsed)

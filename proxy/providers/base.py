@@ -40,6 +40,11 @@ class Call:
     request_id: str = ""
     headers: dict[str, str] = field(default_factory=dict)  # client headers this upstream type takes as sent (anthropic-beta, openai-beta…)
 
+    @property
+    def client_model(self) -> str:
+        """The model the client asked for: what a translated answer names, so an SDK sees its own model back."""
+        return str(self.body.get("model") or self.model)
+
 
 class ChunkStream:
     """An opened upstream stream: iterate for chunks (in batches, as they were read), ``aclose`` to release it.
@@ -65,6 +70,17 @@ class ChunkStream:
 
 T = TypeVar("T")
 _UNSAFE_IN_PATH = re.compile(r"\.\.|[?#\x00-\x1f\x7f]")
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """An upstream JSON object; anything else is a broken answer (a failed attempt, 502), never a 500."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamProtocolError("upstream sent a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamProtocolError("upstream sent JSON that is not an object")
+    return data
 
 
 def from_client(translate: Callable[..., T], *args: Any) -> T:

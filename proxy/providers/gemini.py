@@ -34,32 +34,14 @@ from proxy.providers.base import (
     Provider,
     from_client,
     from_upstream,
+    parse_json,
     path_model,
     translated,
 )
 
 PROVIDER = "Gemini"
 
-CHAT_PARAMETERS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "top_k",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "n",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "response_format",
-        "tools",
-        "tool_choice",
-        "logprobs",
-        "top_logprobs",
-        "reasoning_effort",
-    }
-)
+CHAT_PARAMETERS = t.CARRIED | {"n", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"}
 EMBEDDING_PARAMETERS = frozenset({"encoding_format", "dimensions"})
 
 SIGNATURE_SEPARATOR = "__thought__"
@@ -466,20 +448,20 @@ class GeminiProvider(Provider):
     async def chat(self, call: Call) -> Completion:
         wire = from_client(chat_request, call.body, call.model)
         response = await self._send("POST", self._url(call.model, "generateContent"), call.authorization, wire)
-        data = t.parse_json(await response.read())
-        return Completion.from_data(from_upstream(chat_response, data, _client_model(call)))
+        data = parse_json(await response.read())
+        return Completion.from_data(from_upstream(chat_response, data, call.client_model))
 
     async def chat_stream(self, call: Call) -> ChunkStream:
         wire = from_client(chat_request, call.body, call.model)
         url = self._url(call.model, "streamGenerateContent") + "?alt=sse"
         response = await self._send("POST", url, call.authorization, wire)
-        return ChunkStream(response, _chunks(response, GeminiStream(_client_model(call))))
+        return ChunkStream(response, _chunks(response, GeminiStream(call.client_model)))
 
     async def embed(self, call: Call) -> Completion:
         wire = from_client(embed_request, call.body, call.model)
         response = await self._send("POST", self._url(call.model, "batchEmbedContents"), call.authorization, wire)
-        data = t.parse_json(await response.read())
-        return Completion.from_data(from_upstream(embed_response, data, call.body, _client_model(call)))
+        data = parse_json(await response.read())
+        return Completion.from_data(from_upstream(embed_response, data, call.body, call.client_model))
 
     async def list_models(self, authorization: str | None) -> list[str]:
         """Every page of ``GET models``: the API caps a page at 1000 models."""
@@ -487,7 +469,7 @@ class GeminiProvider(Provider):
         token = ""
         while True:
             url = f"{self._base_url}/models?pageSize=1000" + (f"&pageToken={quote(token)}" if token else "")
-            data = t.parse_json(await (await self._send("GET", url, authorization)).read())
+            data = parse_json(await (await self._send("GET", url, authorization)).read())
             ids.extend(from_upstream(model_ids, data))
             token = data.get("nextPageToken") or ""
             if not isinstance(token, str):
@@ -496,13 +478,9 @@ class GeminiProvider(Provider):
                 return ids
 
 
-def _client_model(call: Call) -> str:
-    return str(call.body.get("model") or call.model)
-
-
 async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[list[Chunk]]:
     def feed(data: bytes) -> list[Chunk]:
-        return [Chunk.from_data(chunk) for chunk in stream.feed(t.parse_json(data))]
+        return [Chunk.from_data(chunk) for chunk in stream.feed(parse_json(data))]
 
     async for chunks in translated(response.sse_batches(), feed):
         yield chunks

@@ -21,32 +21,12 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, translated
+from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, parse_json, translated
 
 PROVIDER = "Ollama"
 
 # ``keep_alive`` and ``options`` are Ollama's own and pass through (via the SDK's ``extra_body``).
-CHAT_PARAMETERS = frozenset(
-    {
-        "temperature",
-        "top_p",
-        "top_k",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "presence_penalty",
-        "frequency_penalty",
-        "response_format",
-        "tools",
-        "tool_choice",
-        "logprobs",
-        "top_logprobs",
-        "reasoning_effort",
-        "keep_alive",
-        "options",
-    }
-)
+CHAT_PARAMETERS = t.CARRIED | {"presence_penalty", "frequency_penalty", "logprobs", "top_logprobs", "keep_alive", "options"}
 EMBEDDING_PARAMETERS = frozenset({"encoding_format", "dimensions", "keep_alive"})
 
 # OpenAI parameter → Ollama ``options`` key.
@@ -307,34 +287,30 @@ class OllamaProvider(Provider):
     async def chat(self, call: Call) -> Completion:
         wire = from_client(chat_request, call.body, call.model, False)
         response = await self._send("POST", self._chat_url, call.authorization, wire)
-        data = t.parse_json(await response.read())
+        data = parse_json(await response.read())
         if "error" in data:
             raise UpstreamProtocolError(f"upstream failed: {data['error']}")
-        return Completion.from_data(from_upstream(chat_response, data, _client_model(call)))
+        return Completion.from_data(from_upstream(chat_response, data, call.client_model))
 
     async def chat_stream(self, call: Call) -> ChunkStream:
         wire = from_client(chat_request, call.body, call.model, True)
         response = await self._send("POST", self._chat_url, call.authorization, wire)
-        return ChunkStream(response, _chunks(response, OllamaStream(_client_model(call))))
+        return ChunkStream(response, _chunks(response, OllamaStream(call.client_model)))
 
     async def embed(self, call: Call) -> Completion:
         wire = from_client(embed_request, call.body, call.model)
         response = await self._send("POST", self._embed_url, call.authorization, wire)
-        data = t.parse_json(await response.read())
-        return Completion.from_data(from_upstream(embed_response, data, call.body, _client_model(call)))
+        data = parse_json(await response.read())
+        return Completion.from_data(from_upstream(embed_response, data, call.body, call.client_model))
 
     async def list_models(self, authorization: str | None) -> list[str]:
         response = await self._send("GET", self._tags_url, authorization)
-        return from_upstream(model_ids, t.parse_json(await response.read()))
-
-
-def _client_model(call: Call) -> str:
-    return str(call.body.get("model") or call.model)
+        return from_upstream(model_ids, parse_json(await response.read()))
 
 
 async def _chunks(response: UpstreamResponse, stream: OllamaStream) -> AsyncIterator[list[Chunk]]:
     def feed(line: bytes) -> list[Chunk]:
-        return [Chunk.from_data(chunk) for chunk in stream.feed(t.parse_json(line))] if line.strip() else []
+        return [Chunk.from_data(chunk) for chunk in stream.feed(parse_json(line))] if line.strip() else []
 
     async for chunks in translated(response.line_batches(), feed):
         yield chunks

@@ -19,7 +19,16 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, passed_back, raise_upstream_error, translated
+from proxy.providers.base import (
+    Call,
+    ChunkStream,
+    Provider,
+    from_upstream,
+    parse_json,
+    passed_back,
+    raise_upstream_error,
+    translated,
+)
 
 
 CLIENT_HEADERS = frozenset({"openai-organization", "openai-project", "openai-beta"})
@@ -36,10 +45,7 @@ class OpenAIProvider(Provider):
 
     def _headers(self, authorization: str | None, passed: Mapping[str, str] | None = None) -> dict[str, str]:
         """``passed``: the client's headers; those an OpenAI upstream reads go on as sent."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        credential = self.credential(authorization)
-        if credential:
-            headers["Authorization"] = f"Bearer {credential}"
+        headers = super()._headers(authorization)
         for name, value in (passed or {}).items():
             if name in CLIENT_HEADERS:
                 headers[name] = value
@@ -109,25 +115,15 @@ class OpenAIProvider(Provider):
         response = await self.client.request("GET", self._models_url, self._headers(authorization))
         if response.status >= 400:
             await raise_upstream_error(response)
-        return from_upstream(_model_ids, _parse(await response.read()))
+        return from_upstream(_model_ids, parse_json(await response.read()))
 
 
 def _model_ids(data: dict[str, Any]) -> list[str]:
     return [m["id"] for m in data.get("data") or () if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
-def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError("upstream sent a body that is not JSON") from None
-    if not isinstance(data, dict):
-        raise UpstreamProtocolError("upstream sent JSON that is not an object")
-    return data
-
-
 def _completion(body: bytes) -> Completion:
-    return Completion(body, _parse(body))
+    return Completion(body, parse_json(body))
 
 
 async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
@@ -138,7 +134,7 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
         if done or data == b"[DONE]":
             done = True
             return []
-        parsed = _parse(data)
+        parsed = parse_json(data)
         if "error" in parsed and "choices" not in parsed:
             error = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
             raise UpstreamProtocolError(f"upstream stream failed: {error.get('message', 'unknown error')}")
@@ -165,7 +161,7 @@ async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chu
 
     def event(data: bytes) -> list[Chunk]:
         nonlocal done
-        parsed = _parse(data)
+        parsed = parse_json(data)
         kind = parsed.get("type")
         if not isinstance(kind, str):
             raise UpstreamProtocolError("upstream sent a Responses event without a type")

@@ -48,6 +48,23 @@ IGNORED = frozenset(
     }
 )
 
+# Parameters every translated provider carries to its wire; each adds those only its own can.
+CARRIED = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "reasoning_effort",
+    }
+)
+
 # Values that ask for OpenAI's default behaviour, so any provider honours them.
 _NEUTRAL: dict[str, Any] = {"n": 1, "modalities": ["text"], "encoding_format": "float"}
 
@@ -68,17 +85,6 @@ def tool_call_id() -> str:
 
 def now() -> int:
     return int(time.time())
-
-
-def parse_json(body: bytes) -> dict[str, Any]:
-    """An upstream JSON object; anything else means the answer is broken, like a cut connection."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UpstreamProtocolError("upstream sent a body that is not JSON") from None
-    if not isinstance(data, dict):
-        raise UpstreamProtocolError("upstream sent JSON that is not an object")
-    return data
 
 
 # -- request side ---------------------------------------------------------------------------
