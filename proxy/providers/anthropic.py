@@ -34,6 +34,7 @@ MESSAGES_API = "messages"
 # ``seed`` is dropped rather than refused: OpenAI itself promises only best-effort
 # determinism for it, so no answer depends on it being honoured.
 CHAT_PARAMETERS = t.CARRIED
+SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k"}
 
 # Output limits (max_tokens) for a request that sets none: Anthropic requires
 # one. First matching prefix wins, so the more specific names come first.
@@ -85,19 +86,10 @@ def chat_request(body: dict[str, Any], model: str, stream: bool) -> dict[str, An
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest("'messages' must be a list of message objects.", param="messages")
     system, turns = _turns(messages)
-    max_tokens = t.max_tokens(body)
-    wire: dict[str, Any] = {
-        "model": model,
-        "messages": turns,
-        "max_tokens": max_tokens if max_tokens is not None else output_limit(model),
-    }
+    wire: dict[str, Any] = {"model": model, "messages": turns, **t.sampling(body, SAMPLING, "max_tokens", "stop_sequences")}
+    wire.setdefault("max_tokens", output_limit(model))
     if system:
         wire["system"] = system
-    for name in ("temperature", "top_p", "top_k"):
-        if body.get(name) is not None:
-            wire[name] = body[name]
-    if t.stop_sequences(body):
-        wire["stop_sequences"] = t.stop_sequences(body)
     if body.get("user"):
         wire["metadata"] = {"user_id": str(body["user"])}
     thinking = _thinking(body.get("reasoning_effort"), wire["max_tokens"])

@@ -44,6 +44,18 @@ PROVIDER = "Gemini"
 CHAT_PARAMETERS = t.CARRIED | {"n", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs"}
 EMBEDDING_PARAMETERS = frozenset({"encoding_format", "dimensions"})
 
+# OpenAI parameter → ``generationConfig`` key.
+GENERATION_CONFIG = {
+    "temperature": "temperature",
+    "top_p": "topP",
+    "top_k": "topK",
+    "n": "candidateCount",
+    "seed": "seed",
+    "presence_penalty": "presencePenalty",
+    "frequency_penalty": "frequencyPenalty",
+    "top_logprobs": "logprobs",
+}
+
 SIGNATURE_SEPARATOR = "__thought__"
 # Google's documented value for a function call whose real signature is unknown.
 BYPASS_SIGNATURE = "skip_thought_signature_validator"
@@ -209,24 +221,7 @@ def _function_response(msg: dict[str, Any], names: dict[str, str], param: str) -
 
 
 def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    simple = {
-        "temperature": "temperature",
-        "top_p": "topP",
-        "top_k": "topK",
-        "n": "candidateCount",
-        "seed": "seed",
-        "presence_penalty": "presencePenalty",
-        "frequency_penalty": "frequencyPenalty",
-        "top_logprobs": "logprobs",
-    }
-    for name, wire_name in simple.items():
-        if body.get(name) is not None:
-            config[wire_name] = body[name]
-    if t.max_tokens(body) is not None:
-        config["maxOutputTokens"] = t.max_tokens(body)
-    if t.stop_sequences(body):
-        config["stopSequences"] = t.stop_sequences(body)
+    config = t.sampling(body, GENERATION_CONFIG, "maxOutputTokens", "stopSequences")
     if body.get("logprobs"):
         config["responseLogprobs"] = True
     kind, schema = t.response_format(body)

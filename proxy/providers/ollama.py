@@ -153,15 +153,7 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     native = body.get("options") or {}
     if not isinstance(native, dict):
         raise InvalidRequest("'options' must be an object of Ollama model options.", param="options")
-    options = dict(native)
-    for name, wire_name in OPTIONS.items():
-        if body.get(name) is not None:
-            options[wire_name] = body[name]
-    if t.max_tokens(body) is not None:
-        options["num_predict"] = t.max_tokens(body)
-    if t.stop_sequences(body):
-        options["stop"] = t.stop_sequences(body)
-    return options
+    return {**native, **t.sampling(body, OPTIONS, "num_predict", "stop")}
 
 
 def _think(effort: Any) -> bool | str:

@@ -168,6 +168,19 @@ def stop_sequences(body: dict[str, Any]) -> list[str] | None:
     return [stop] if isinstance(stop, str) else list(stop)
 
 
+def sampling(body: dict[str, Any], names: dict[str, str], max_tokens_name: str, stop_name: str) -> dict[str, Any]:
+    """The sampling parameters the client set, under the wire's names: ``names`` maps OpenAI's
+    to the wire's; the output limit and the stop sequences go under their own two."""
+    wire = {wire_name: body[name] for name, wire_name in names.items() if body.get(name) is not None}
+    limit = max_tokens(body)
+    if limit is not None:
+        wire[max_tokens_name] = limit
+    stop = stop_sequences(body)
+    if stop:
+        wire[stop_name] = stop
+    return wire
+
+
 def response_format(body: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
     """``("text" | "json", schema or None)`` from OpenAI's ``response_format``."""
     spec = body.get("response_format")
