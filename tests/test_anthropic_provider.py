@@ -18,6 +18,7 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from proxy import anthropic_usage
 from proxy.completions import StreamAssembler, replay_chunks
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamFailure, UpstreamHTTPError, UpstreamProtocolError
@@ -300,7 +301,7 @@ def test_stream_translates_to_chunks_that_add_up_to_the_answer() -> None:
     chunks = translate_stream(stream_events(data))
     assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"] == a.completion_id(data["id"])
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == a.usage(data["usage"])
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == anthropic_usage.to_hub(data["usage"])
     arguments = [c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] for c in chunks if c["choices"] and c["choices"][0]["delta"].get("tool_calls")]
     assert len(arguments) == 3 and arguments[0] == ""  # the call's head, then its JSON in pieces
     whole = assemble(chunks)
@@ -337,7 +338,7 @@ def test_native_stream_usage_adds_up_from_its_events() -> None:
     merged: dict[str, Any] = {}
     for event in stream_events(data):
         merged.update({k: v for k, v in (a.event_usage(event) or {}).items() if v is not None})
-    assert a.usage(merged) == a.usage(data["usage"])
+    assert anthropic_usage.to_hub(merged) == anthropic_usage.to_hub(data["usage"])
 
 
 def test_error_event_fails_the_stream_after_what_came_before() -> None:

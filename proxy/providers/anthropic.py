@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from proxy import anthropic_usage
 from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
@@ -256,25 +257,6 @@ def finish_reason(stop_reason: str | None) -> str:
     return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
 
 
-def usage(data: dict[str, Any] | None) -> dict[str, Any] | None:
-    """OpenAI counts every prompt token in ``prompt_tokens``; Anthropic splits off cache reads and writes.
-
-    Cache writes are priced apart (``cache_write``), so ``prompt_tokens_details``
-    also says how many: as ``cache_write_tokens``, OpenAI's own name, and as
-    ``cache_creation_input_tokens``, Anthropic's (an extension).
-    Thinking tokens are inside ``output_tokens``, as OpenAI counts reasoning.
-    """
-    if not data:
-        return None
-    read = data.get("cache_read_input_tokens") or 0
-    written = data.get("cache_creation_input_tokens") or 0
-    thinking = (data.get("output_tokens_details") or {}).get("thinking_tokens")
-    prompt = (data.get("input_tokens") or 0) + read + written
-    result = t.usage(prompt, data.get("output_tokens") or 0, cached=read, reasoning=thinking)
-    result["prompt_tokens_details"].update(cache_write_tokens=written, cache_creation_input_tokens=written)
-    return result
-
-
 def completion_id(message_id: Any) -> str:
     """``chatcmpl-`` plus the tail of Anthropic's ``msg_…`` id, so the two can be matched in logs."""
     return t.completion_id(str(message_id).removeprefix("msg_") if message_id else None)
@@ -293,7 +275,7 @@ def chat_response(data: dict[str, Any]) -> dict[str, Any]:
             calls.append(t.tool_call(str(block.get("id")), str(block.get("name", "")), t.arguments_text(block.get("input"))))
     msg = t.message("".join(texts) or None, calls, "".join(thoughts) or None)
     choice = t.choice(0, msg, finish_reason(data.get("stop_reason")))
-    return t.completion(completion_id(data.get("id")), str(data.get("model") or ""), [choice], usage(data.get("usage")))
+    return t.completion(completion_id(data.get("id")), str(data.get("model") or ""), [choice], anthropic_usage.to_hub(data.get("usage")))
 
 
 @dataclass(slots=True)
@@ -371,14 +353,14 @@ class AnthropicStream:
         if self._builder is None or not self._stopped:
             raise UpstreamProtocolError("upstream stream ended before message_stop")
         self._builder.require_finished()
-        final = usage(self._usage)
+        final = anthropic_usage.to_hub(self._usage)
         return [self._builder.usage_chunk(final)] if final else []
 
 
 def event_usage(event: dict[str, Any]) -> dict[str, Any] | None:
     """The Anthropic usage one stream event carries: ``message_start``'s input counts,
     ``message_delta``'s output counts. Merged in order (later non-null values win),
-    they are the ``usage`` to give ``usage()``, native streams included."""
+    they are the ``usage`` to give ``anthropic_usage.to_hub``, native streams included."""
     kind = event.get("type")
     if kind == "message_start":
         return (event.get("message") or {}).get("usage")

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from proxy import anthropic_usage
 from proxy.errors import InvalidRequest, SluiceError
 from proxy.surfaces import messages_answer, messages_errors, messages_request, messages_stream
 from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface, require_model
@@ -55,7 +56,7 @@ class MessagesSurface(Surface):
         return messages_stream.replay(answer)
 
     def hub_usage(self, answer: dict[str, Any]) -> dict[str, Any] | None:
-        return messages_answer.hub_usage(answer.get("usage"))
+        return anthropic_usage.to_hub(answer.get("usage"))
 
     def error_response(self, error: SluiceError, headers: dict[str, str] | None = None) -> Response:
         return messages_errors.error_response(error, headers)

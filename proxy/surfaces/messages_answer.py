@@ -1,4 +1,4 @@
-"""A hub answer (``chat.completion``) as an Anthropic ``message``, and usage both ways.
+"""A hub answer (``chat.completion``) as an Anthropic ``message``.
 
 Everything here is pure: the JSON answer, the live stream and a cache replay
 of the same completion must agree to the byte on ids, stop reasons and usage.
@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from proxy import anthropic_usage
 from proxy.surfaces.messages_ids import message_id, tool_use_id
 
 STOP_REASONS = {
@@ -66,50 +67,6 @@ def tool_input(arguments: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def usage(hub: dict[str, Any] | None, estimate: int = 0) -> dict[str, int]:
-    """Hub usage in Anthropic's terms: ``input_tokens`` excludes cache reads and writes.
-
-    ``estimate`` stands in for the prompt when the upstream reported no usage.
-    """
-    if not hub:
-        return {"input_tokens": estimate, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-    details = hub.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0)
-    written = int(details.get("cache_creation_input_tokens") or 0)
-    prompt = int(hub.get("prompt_tokens") or 0)
-    return {
-        "input_tokens": max(0, prompt - cached - written),
-        "output_tokens": int(hub.get("completion_tokens") or 0),
-        "cache_creation_input_tokens": written,
-        "cache_read_input_tokens": cached,
-    }
-
-
-def hub_usage(usage_data: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Anthropic usage in the hub's terms, as the anthropic provider reports it for Chat Completions.
-
-    ``prompt_tokens`` counts cache reads and writes too; writes, priced apart,
-    appear under OpenAI's name (``cache_write_tokens``) and Anthropic's;
-    thinking is inside ``output_tokens``, as OpenAI counts reasoning.
-    """
-    if not usage_data:
-        return None
-    cached = int(usage_data.get("cache_read_input_tokens") or 0)
-    written = int(usage_data.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage_data.get("input_tokens") or 0) + cached + written
-    completion = int(usage_data.get("output_tokens") or 0)
-    hub: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written, "cache_creation_input_tokens": written},
-    }
-    thinking = (usage_data.get("output_tokens_details") or {}).get("thinking_tokens")
-    if thinking is not None:
-        hub["completion_tokens_details"] = {"reasoning_tokens": thinking}
-    return hub
-
-
 def from_hub(completion: dict[str, Any], request: dict[str, Any], estimate: int = 0) -> dict[str, Any]:
     """A ``chat.completion`` as the ``message`` Anthropic would have sent (its first choice)."""
     choices = completion.get("choices") or [{}]
@@ -140,5 +97,5 @@ def from_hub(completion: dict[str, Any], request: dict[str, Any], estimate: int 
         "content": content,
         "stop_reason": stop_reason(choice.get("finish_reason"), matched, bool(said.get("refusal")), bool(said.get("tool_calls"))),
         "stop_sequence": matched,
-        "usage": usage(completion.get("usage"), estimate),
+        "usage": anthropic_usage.from_hub(completion.get("usage"), estimate),
     }

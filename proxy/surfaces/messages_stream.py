@@ -16,9 +16,10 @@ from typing import Any
 
 import orjson
 
+from proxy import anthropic_usage
 from proxy.completions import Chunk
 from proxy.errors import SluiceError
-from proxy.surfaces.messages_answer import matched_stop, stop_reason, tool_input, usage
+from proxy.surfaces.messages_answer import matched_stop, stop_reason, tool_input
 from proxy.surfaces.messages_errors import error_event
 from proxy.surfaces.messages_ids import message_id, tool_use_id
 
@@ -140,7 +141,7 @@ class MessagesRenderer:
         self._writer.start(message_head(message_id(chat_id), model or self._request.get("model"), self._usage_now()))
 
     def _usage_now(self) -> dict[str, int]:
-        return usage(self._usage) if self._usage else usage(None, self._estimate())
+        return anthropic_usage.from_hub(self._usage) if self._usage else anthropic_usage.from_hub(None, self._estimate())
 
     def _choice(self, choice: dict[str, Any]) -> None:
         delta = choice.get("delta") or {}

@@ -1,0 +1,60 @@
+"""Anthropic's token usage and the hub's (OpenAI's), both ways, in one place.
+
+The anthropic provider reads Anthropic's usage into the hub's for Chat
+Completions clients; the Messages surface reads a native answer's usage the
+same way for accounting, and writes hub usage back as Anthropic's for
+translated answers. One module, so that a round trip gives back what came in.
+
+The two count the prompt differently: OpenAI's ``prompt_tokens`` holds every
+prompt token, cache reads (``cached_tokens``) included; Anthropic's
+``input_tokens`` leaves out cache reads and writes, which it reports apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def to_hub(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Anthropic usage in the hub's terms; None when there is none.
+
+    Cache writes are priced apart (``cache_write``), so ``prompt_tokens_details``
+    also says how many: as ``cache_write_tokens``, OpenAI's own name, and as
+    ``cache_creation_input_tokens``, Anthropic's (an extension). Thinking tokens
+    are inside ``output_tokens``, as OpenAI counts reasoning.
+    """
+    if not usage:
+        return None
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + read + written
+    completion = int(usage.get("output_tokens") or 0)
+    hub: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written, "cache_creation_input_tokens": written},
+    }
+    thinking = (usage.get("output_tokens_details") or {}).get("thinking_tokens")
+    if thinking is not None:
+        hub["completion_tokens_details"] = {"reasoning_tokens": thinking}
+    return hub
+
+
+def from_hub(hub: dict[str, Any] | None, estimate: int = 0) -> dict[str, int]:
+    """Hub usage in Anthropic's terms: ``input_tokens`` leaves out cache reads and writes.
+
+    ``estimate`` stands in for the prompt when the upstream reported no usage.
+    """
+    if not hub:
+        return {"input_tokens": estimate, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    details = hub.get("prompt_tokens_details") or {}
+    read = int(details.get("cached_tokens") or 0)
+    written = int(details.get("cache_creation_input_tokens") or 0)
+    prompt = int(hub.get("prompt_tokens") or 0)
+    return {
+        "input_tokens": max(0, prompt - read - written),
+        "output_tokens": int(hub.get("completion_tokens") or 0),
+        "cache_creation_input_tokens": written,
+        "cache_read_input_tokens": read,
+    }
