@@ -134,11 +134,40 @@ class Surface(abc.ABC):
         return error_event(error)
 
 
+class HubSurface(Surface):
+    """One of the hub's own APIs (chat, embeddings): the request is already the hub's and the
+    answer needs no rendering, so a repeated hit may be answered by the hit lane."""
+
+    hub_native = True
+    hit_lane = True
+
+    def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        return body
+
+
+def required(body: dict[str, Any], name: str) -> Any:
+    """``body[name]``, which the API requires: OpenAI's 400 when it is missing or null."""
+    value = body.get(name)
+    if value is None:
+        raise InvalidRequest(f"Missing required parameter: '{name}'.", param=name)
+    return value
+
+
 def require_model(body: dict[str, Any]) -> str:
     """``model``, present and a non-empty string, as every API requires."""
-    model = body.get("model")
-    if model is None:
-        raise InvalidRequest("Missing required parameter: 'model'.", param="model")
+    model = required(body, "model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' must be a non-empty string.", param="model")
     return model
+
+
+def streaming(body: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether a Chat or legacy Completions request streams, and whether it asked for the final
+    usage chunk (``stream_options.include_usage``); a 400 naming a field of the wrong type."""
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    return bool(stream), bool(stream and options and options.get("include_usage"))

@@ -11,23 +11,18 @@ from typing import Any
 
 from proxy.completions import SSE_DONE, Chunk
 from proxy.errors import InvalidRequest, SluiceError, error_event
-from proxy.surfaces.base import ParsedRequest, StreamRenderer, Surface, require_model
+from proxy.surfaces.base import HubSurface, ParsedRequest, StreamRenderer, require_model, required, streaming
 
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 _INTEGERS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
 
 
-class ChatSurface(Surface):
+class ChatSurface(HubSurface):
     api = "chat"
     path = "/v1/chat/completions"
-    hub_native = True
-    hit_lane = True
 
     def parse(self, body: dict[str, Any]) -> ParsedRequest:
         return parse_chat(body)
-
-    def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        return body
 
     def renderer(self, request: dict[str, Any], include_usage: bool) -> StreamRenderer:
         return ChatRenderer(include_usage)
@@ -57,9 +52,7 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
     """Shallow on purpose: reject what would make Sluice itself fail, naming the field, and
     leave the rest for the upstream to judge, so new OpenAI parameters pass through untouched."""
     model = require_model(body)
-    messages = body.get("messages")
-    if messages is None:
-        raise InvalidRequest("Missing required parameter: 'messages'.", param="messages")
+    messages = required(body, "messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
     for index, message in enumerate(messages):
@@ -73,12 +66,7 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
             raise InvalidRequest(
                 f"'messages[{index}].content' must be a string or an array of parts.", param=f"messages[{index}].content"
             )
-    stream = body.get("stream", False)
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    stream, include_usage = streaming(body)
     for name in _NUMBERS:
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
@@ -90,5 +78,4 @@ def parse_chat(body: dict[str, Any]) -> ParsedRequest:
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise InvalidRequest("'tools' must be an array.", param="tools")
-    include_usage = bool(stream and options and options.get("include_usage"))
-    return ParsedRequest(model, bool(stream), include_usage)
+    return ParsedRequest(model, stream, include_usage)

@@ -13,7 +13,7 @@ import orjson
 
 from proxy.completions import SSE_DONE
 from proxy.errors import InvalidRequest
-from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface, require_model
+from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface, require_model, required, streaming
 
 
 class CompletionsSurface(Surface):
@@ -23,18 +23,9 @@ class CompletionsSurface(Surface):
 
     def parse(self, body: dict[str, Any]) -> ParsedRequest:
         model = require_model(body)
-        prompt = body.get("prompt")
-        if prompt is None:
-            raise InvalidRequest("Missing required parameter: 'prompt'.", param="prompt")
-        if not isinstance(prompt, (str, list)):
+        if not isinstance(required(body, "prompt"), (str, list)):
             raise InvalidRequest("'prompt' must be a string or an array.", param="prompt")
-        stream = body.get("stream")
-        if stream is not None and not isinstance(stream, bool):
-            raise InvalidRequest("'stream' must be a boolean.", param="stream")
-        options = body.get("stream_options")
-        if options is not None and not isinstance(options, dict):
-            raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-        return ParsedRequest(model, bool(stream), bool(stream and options and options.get("include_usage")))
+        return ParsedRequest(model, *streaming(body))
 
     def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         raise InvalidRequest("Legacy completions are served by openai-type providers only.", param="model")
