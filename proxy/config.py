@@ -14,7 +14,7 @@ import re
 import ssl
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -324,14 +324,32 @@ class _Validator:
     # -- primitive readers, each returning the default on a problem --
 
     def section(self, data: dict[str, Any], key: str, known: set[str]) -> dict[str, Any]:
-        value = data.get(key)
+        return self.mapping(data.get(key), key, known)
+
+    def mapping(self, value: Any, path: str, known: set[str], problem: str = "must be a mapping") -> dict[str, Any]:
+        """``value`` as a mapping of ``known`` fields; empty when absent or not a mapping (then a problem),
+        so that every field reads as its default."""
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.fail(key, "must be a mapping")
+            self.fail(path, problem)
             return {}
-        self.unknown(value, key, known)
+        self.unknown(value, path, known)
         return value
+
+    def entries(self, data: list[Any], path: str, problem: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each mapping of the list ``data`` with its path (``path[i]``); any other entry is a problem."""
+        for index, item in enumerate(data):
+            if isinstance(item, dict):
+                yield f"{path}[{index}]", item
+            else:
+                self.fail(f"{path}[{index}]", problem)
+
+    def unique(self, name: str, seen: set[str], path: str, what: str) -> None:
+        """Names that must differ (providers, aliases, keys): a second ``name`` is a problem."""
+        if name in seen:
+            self.fail(path, f"duplicate {what} {name!r}")
+        seen.add(name)
 
     def unknown(self, data: dict[str, Any], path: str, known: set[str]) -> None:
         for name in data:
@@ -447,18 +465,11 @@ class _Validator:
             return ()
         result: list[ProviderConfig] = []
         seen: set[str] = set()
-        for index, item in enumerate(data):
-            path = f"providers[{index}]"
-            if not isinstance(item, dict):
-                self.fail(path, "must be a mapping")
-                continue
+        for path, item in self.entries(data, "providers", "must be a mapping"):
             provider = self.provider(item, path)
-            if provider is None:
-                continue
-            if provider.name in seen:
-                self.fail(f"{path}.name", f"duplicate provider name {provider.name!r}")
-            seen.add(provider.name)
-            result.append(provider)
+            if provider is not None:
+                self.unique(provider.name, seen, f"{path}.name", "provider name")
+                result.append(provider)
         return tuple(result)
 
     def provider(self, data: dict[str, Any], path: str) -> ProviderConfig | None:
@@ -473,34 +484,24 @@ class _Validator:
         base_url = self.value(data, "base_url", f"{path}.base_url", str, None, _url)
         if base_url is None and "base_url" not in data:
             base_url = _DEFAULT_BASE_URLS.get(kind or "")
-        timeout_data = data.get("timeout") or {}
-        timeout = Timeout()
-        if not isinstance(timeout_data, dict):
-            self.fail(f"{path}.timeout", "must be a mapping with connect, read, pool and total")
-        else:
-            self.unknown(timeout_data, f"{path}.timeout", set(Timeout.__dataclass_fields__))
-            timeout = Timeout(
-                **{
-                    name: self.value(timeout_data, name, f"{path}.timeout.{name}", float, getattr(timeout, name), _positive)
-                    for name in Timeout.__dataclass_fields__
-                }
-            )
-        tls_data = data.get("tls") or {}
-        tls = TLSConfig()
-        if not isinstance(tls_data, dict):
-            self.fail(f"{path}.tls", "must be a mapping with verify, ca_file, cert_file and key_file")
-        else:
-            self.unknown(tls_data, f"{path}.tls", set(TLSConfig.__dataclass_fields__))
-            tls = TLSConfig(
-                verify=self.value(tls_data, "verify", f"{path}.tls.verify", bool, True),
-                ca_file=self.value(tls_data, "ca_file", f"{path}.tls.ca_file", str, ""),
-                cert_file=self.value(tls_data, "cert_file", f"{path}.tls.cert_file", str, ""),
-                key_file=self.value(tls_data, "key_file", f"{path}.tls.key_file", str, ""),
-            )
-            if tls.key_file and not tls.cert_file:
-                self.fail(f"{path}.tls.key_file", "needs cert_file")
-            elif problem := _tls_problem(tls):
-                self.fail(f"{path}.tls", problem)
+        timeout_data = self.mapping(data.get("timeout"), f"{path}.timeout", set(Timeout.__dataclass_fields__), _TIMEOUT)
+        timeout = Timeout(
+            **{
+                name: self.value(timeout_data, name, f"{path}.timeout.{name}", float, default, _positive)
+                for name, default in asdict(Timeout()).items()
+            }
+        )
+        tls_data = self.mapping(data.get("tls"), f"{path}.tls", set(TLSConfig.__dataclass_fields__), _TLS)
+        tls = TLSConfig(
+            verify=self.value(tls_data, "verify", f"{path}.tls.verify", bool, True),
+            ca_file=self.value(tls_data, "ca_file", f"{path}.tls.ca_file", str, ""),
+            cert_file=self.value(tls_data, "cert_file", f"{path}.tls.cert_file", str, ""),
+            key_file=self.value(tls_data, "key_file", f"{path}.tls.key_file", str, ""),
+        )
+        if tls.key_file and not tls.cert_file:
+            self.fail(f"{path}.tls.key_file", "needs cert_file")
+        elif problem := _tls_problem(tls):
+            self.fail(f"{path}.tls", problem)
         provider_fields = dict(
             api_key=self.value(data, "api_key", f"{path}.api_key", str, ""),
             pass_client_key=self.value(data, "pass_client_key", f"{path}.pass_client_key", bool, False),
@@ -528,20 +529,14 @@ class _Validator:
             return ()
         aliases: list[ModelAlias] = []
         seen: set[str] = set()
-        for index, item in enumerate(data):
-            path = f"models[{index}]"
-            if not isinstance(item, dict):
-                self.fail(path, "must be a mapping with name and targets")
-                continue
+        for path, item in self.entries(data, "models", "must be a mapping with name and targets"):
             self.unknown(item, path, {"name", "targets"})
             name = self.value(item, "name", f"{path}.name", str, None, _non_empty)
             if name is None:
                 if "name" not in item:
                     self.fail(f"{path}.name", "is required")
                 continue
-            if name in seen:
-                self.fail(f"{path}.name", f"duplicate alias {name!r}")
-            seen.add(name)
+            self.unique(name, seen, f"{path}.name", "alias")
             targets = self.targets(item.get("targets"), f"{path}.targets", provider_names)
             if targets:
                 aliases.append(ModelAlias(name=name, targets=targets))
@@ -565,11 +560,7 @@ class _Validator:
             self.fail(path, "must be a non-empty list of {provider, model}")
             return ()
         targets: list[Target] = []
-        for index, item in enumerate(data):
-            item_path = f"{path}[{index}]"
-            if not isinstance(item, dict):
-                self.fail(item_path, "must be a mapping with provider and model")
-                continue
+        for item_path, item in self.entries(data, path, "must be a mapping with provider and model"):
             self.unknown(item, item_path, {"provider", "model"})
             provider = self.value(item, "provider", f"{item_path}.provider", str, None)
             model = self.value(item, "model", f"{item_path}.model", str, None, _non_empty)
@@ -600,27 +591,17 @@ class _Validator:
 
     def semantic(self, data: Any) -> SemanticConfig:
         d = SemanticConfig()
-        if data is None:
-            return d
-        if not isinstance(data, dict):
-            self.fail("cache.semantic", "must be a mapping")
-            return d
-        self.unknown(data, "cache.semantic", set(SemanticConfig.__dataclass_fields__))
+        data = self.mapping(data, "cache.semantic", set(SemanticConfig.__dataclass_fields__))
         mode = data.get("mode")
         if isinstance(mode, bool):  # YAML reads a bare off/on as a boolean
             data = {**data, "mode": "on" if mode else "off"}
-        embedder_data = data.get("embedder")
-        embedder = d.embedder
-        if isinstance(embedder_data, dict):
-            self.unknown(embedder_data, "cache.semantic.embedder", set(EmbedderConfig.__dataclass_fields__))
-            embedder = EmbedderConfig(
-                provider=self.value(embedder_data, "provider", "cache.semantic.embedder.provider", str, "builtin"),
-                model=self.value(embedder_data, "model", "cache.semantic.embedder.model", str, ""),
-            )
-            if embedder.provider != "builtin" and not embedder.model:
-                self.fail("cache.semantic.embedder.model", "is required with a provider's embeddings")
-        elif embedder_data is not None:
-            self.fail("cache.semantic.embedder", "must be a mapping with provider and model")
+        embedder_data = self.mapping(data.get("embedder"), "cache.semantic.embedder", set(EmbedderConfig.__dataclass_fields__), _EMBEDDER)
+        embedder = EmbedderConfig(
+            provider=self.value(embedder_data, "provider", "cache.semantic.embedder.provider", str, d.embedder.provider),
+            model=self.value(embedder_data, "model", "cache.semantic.embedder.model", str, d.embedder.model),
+        )
+        if embedder.provider != "builtin" and not embedder.model:
+            self.fail("cache.semantic.embedder.model", "is required with a provider's embeddings")
         needs = ("numpy", "static_model") if embedder.provider == "builtin" else ("numpy",)
         if data.get("mode") not in (None, "off") and not all(importlib.util.find_spec(name) for name in needs):
             self.fail("cache.semantic.mode", "needs the semantic extra: pip install 'sluice[semantic]'")
@@ -682,20 +663,14 @@ class _Validator:
             self.fail("auth.keys", "must be a list")
             items = []
         names: set[str] = set()
-        for index, item in enumerate(items):
-            path = f"auth.keys[{index}]"
-            if not isinstance(item, dict):
-                self.fail(path, "must be a mapping with name and key")
-                continue
+        for path, item in self.entries(items, "auth.keys", "must be a mapping with name and key"):
             self.unknown(item, path, set(ApiKey.__dataclass_fields__))
             name = self.value(item, "name", f"{path}.name", str, None, _non_empty)
             key = self.value(item, "key", f"{path}.key", str, None)
             if name is None or not key:
                 self.fail(f"{path}.{'name' if name is None else 'key'}", "is required and must not be empty")
                 continue
-            if name in names:
-                self.fail(f"{path}.name", f"duplicate key name {name!r}")
-            names.add(name)
+            self.unique(name, names, f"{path}.name", "key name")
             keys.append(
                 ApiKey(
                     name=name,
@@ -741,6 +716,10 @@ class _Validator:
             if value is not None:
                 result[str(model)] = value
         return result
+
+_TIMEOUT = "must be a mapping with connect, read, pool and total"
+_TLS = "must be a mapping with verify, ca_file, cert_file and key_file"
+_EMBEDDER = "must be a mapping with provider and model"
 
 _DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
