@@ -151,11 +151,6 @@ def encoding_name(model: str) -> str:
             return CL100K_BASE
 
 
-def encoding_for(model: str) -> tiktoken.Encoding:
-    """The encoder ``model``'s text is counted with, loaded on first use and kept."""
-    return _encoding(encoding_name(model))
-
-
 _loads: dict[str, asyncio.Future[Any]] = {}
 
 
