@@ -24,6 +24,19 @@ const COLOR = { blue: "#4da3ff", green: "#3fb950", amber: "#d29922", red: "#f851
 // Worst first, so an open breaker is the first thing the eye lands on.
 const BREAKER_STATES = ["open", "half_open", "closed"];
 
+// A chart of one timing's p50 (filled), p95 and p99: the sample keys `${prefix}50`, `${prefix}95`, `${prefix}99`.
+function percentileChart(id, prefix) {
+  return {
+    id,
+    format: fmtMs,
+    series: [
+      { key: prefix + "50", label: "p50", color: COLOR.green, area: true },
+      { key: prefix + "95", label: "p95", color: COLOR.amber },
+      { key: prefix + "99", label: "p99", color: COLOR.red },
+    ],
+  };
+}
+
 const CHARTS = [
   {
     id: "chart-throughput",
@@ -33,24 +46,8 @@ const CHARTS = [
       { key: "errps", label: "errors", color: COLOR.red },
     ],
   },
-  {
-    id: "chart-latency",
-    format: fmtMs,
-    series: [
-      { key: "p50", label: "p50", color: COLOR.green, area: true },
-      { key: "p95", label: "p95", color: COLOR.amber },
-      { key: "p99", label: "p99", color: COLOR.red },
-    ],
-  },
-  {
-    id: "chart-ttft",
-    format: fmtMs,
-    series: [
-      { key: "ttft50", label: "p50", color: COLOR.green, area: true },
-      { key: "ttft95", label: "p95", color: COLOR.amber },
-      { key: "ttft99", label: "p99", color: COLOR.red },
-    ],
-  },
+  percentileChart("chart-latency", "lat"),
+  percentileChart("chart-ttft", "ttft"),
   {
     id: "chart-hit-rate",
     format: (v) => (v === null ? "—" : v.toFixed(1) + "%"),
@@ -92,15 +89,22 @@ function perSecond(amount, seconds) {
   return amount !== null && seconds > 0 ? amount / seconds : null;
 }
 
-function sampleOf(stats, now) {
-  const latency = obj(stats.latency_ms);
-  const ttft = obj(stats.ttft_ms);
-  const sample = {
-    t: now,
-    p50: num(latency.p50), p95: num(latency.p95), p99: num(latency.p99),
+// A sample's timings from the `latency_ms` and `ttft_ms` of /stats or of a history point.
+function timings(latencyMs, ttftMs) {
+  const latency = obj(latencyMs), ttft = obj(ttftMs);
+  return {
+    lat50: num(latency.p50), lat95: num(latency.p95), lat99: num(latency.p99),
     ttft50: num(ttft.p50), ttft95: num(ttft.p95), ttft99: num(ttft.p99),
-    rps: null, errps: null, hitRate: null,
   };
+}
+
+// Percent of lookups that hit; null when unknown or when there were none.
+function hitRate(hits, misses) {
+  return hits !== null && misses !== null && hits + misses > 0 ? (100 * hits) / (hits + misses) : null;
+}
+
+function sampleOf(stats, now) {
+  const sample = { t: now, ...timings(stats.latency_ms, stats.ttft_ms), rps: null, errps: null, hitRate: null };
   if (previous) {
     const before = previous.stats;
     // Server uptime is the honest clock for server counters; the browser's
@@ -111,24 +115,19 @@ function sampleOf(stats, now) {
     sample.rps = perSecond(growth(num(requests.total), num(requestsBefore.total)), seconds);
     sample.errps = perSecond(growth(num(requests.errors), num(requestsBefore.errors)), seconds);
     const cache = obj(stats.cache), cacheBefore = obj(before.cache);
-    const hits = growth(num(cache.hits), num(cacheBefore.hits));
-    const misses = growth(num(cache.misses), num(cacheBefore.misses));
-    if (hits !== null && misses !== null && hits + misses > 0) sample.hitRate = (100 * hits) / (hits + misses);
+    sample.hitRate = hitRate(growth(num(cache.hits), num(cacheBefore.hits)), growth(num(cache.misses), num(cacheBefore.misses)));
   }
   return sample;
 }
 
 // A history point (one interval) as a chart sample, placed at the interval's end on the page's clock.
 function sampleOfPoint(point, seconds, offset) {
-  const requests = num(point.requests), errors = num(point.errors);
-  const hits = num(point.cache_hits), misses = num(point.cache_misses);
-  const latency = obj(point.latency_ms), ttft = obj(point.ttft_ms);
   return {
     t: (point.t + seconds) * 1000 + offset,
-    p50: num(latency.p50), p95: num(latency.p95), p99: num(latency.p99),
-    ttft50: num(ttft.p50), ttft95: num(ttft.p95), ttft99: num(ttft.p99),
-    rps: perSecond(requests, seconds), errps: perSecond(errors, seconds),
-    hitRate: hits !== null && misses !== null && hits + misses > 0 ? (100 * hits) / (hits + misses) : null,
+    ...timings(point.latency_ms, point.ttft_ms),
+    rps: perSecond(num(point.requests), seconds),
+    errps: perSecond(num(point.errors), seconds),
+    hitRate: hitRate(num(point.cache_hits), num(point.cache_misses)),
   };
 }
 
