@@ -259,6 +259,13 @@ def test_retrieve_input_items_delete(client: openai.OpenAI, fake_openai: FakeOpe
         assert forwarded == []
 
 
+def test_a_bad_page_of_stored_input_items_is_a_400_in_openais_shape(client: openai.OpenAI) -> None:
+    created = client.responses.create(model=GEMINI, input="page me")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.input_items.list(created.id, limit=1000)
+    assert refused.value.body["param"] == "limit" and refused.value.body["code"] == "invalid_request"  # type: ignore[index]
+
+
 @pytest.mark.parametrize("model", [GEMINI, OLLAMA])
 def test_function_tool_conversation_through_previous_response_id(client: openai.OpenAI, model: str) -> None:
     first = client.responses.create(model=model, input="weather in Paris?", tools=[WEATHER])

@@ -15,7 +15,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.errors import InvalidRequest, NotFound, SluiceError, error_response
+from proxy.errors import InvalidRequest, NotFound
 from proxy.providers.base import Call, Provider
 from proxy.surfaces.response_store import ResponseStore, StoredResponse
 
@@ -25,7 +25,8 @@ _MAX_LIMIT = 100
 class ResponseRoutes:
     """The handlers, for routes with a ``{response_id}`` path parameter. Each also takes the
     caller's identity (``proxy.cache.keys.identity_of``, as the pipeline computes it) and the
-    credential a ``pass_client_key`` provider may receive (None when Sluice's own keys are in use)."""
+    credential a ``pass_client_key`` provider may receive (None when Sluice's own keys are in use).
+    A ``SluiceError`` goes to the app's one error handler, which renders it in OpenAI's shape."""
 
     def __init__(self, store: ResponseStore, providers: Mapping[str, Provider]) -> None:
         self.store = store
@@ -34,36 +35,27 @@ class ResponseRoutes:
     async def retrieve(self, request: Request, identity: str, authorization: str | None) -> Response:
         """``GET /v1/responses/{response_id}``."""
         response_id = request.path_params["response_id"]
-        try:
-            record = await self._owned(response_id, identity)
-            if record is not None:
-                return _json(record.response)
-            return await self._forward("GET", response_id, "", request.url.query, identity, authorization)
-        except SluiceError as error:
-            return error_response(error)
+        record = await self._owned(response_id, identity)
+        if record is not None:
+            return _json(record.response)
+        return await self._forward("GET", response_id, "", request.url.query, identity, authorization)
 
     async def delete(self, request: Request, identity: str, authorization: str | None) -> Response:
         """``DELETE /v1/responses/{response_id}``."""
         response_id = request.path_params["response_id"]
-        try:
-            record = await self._owned(response_id, identity)
-            if record is not None:
-                await self.store.delete(response_id)
-                return _json({"id": response_id, "object": "response.deleted", "deleted": True})
-            return await self._forward("DELETE", response_id, "", "", identity, authorization)
-        except SluiceError as error:
-            return error_response(error)
+        record = await self._owned(response_id, identity)
+        if record is not None:
+            await self.store.delete(response_id)
+            return _json({"id": response_id, "object": "response.deleted", "deleted": True})
+        return await self._forward("DELETE", response_id, "", "", identity, authorization)
 
     async def input_items(self, request: Request, identity: str, authorization: str | None) -> Response:
         """``GET /v1/responses/{response_id}/input_items`` (``limit``, ``order``, ``after``)."""
         response_id = request.path_params["response_id"]
-        try:
-            record = await self._owned(response_id, identity)
-            if record is not None:
-                return _json(page(record.input_items, request.query_params))
-            return await self._forward("GET", response_id, "/input_items", request.url.query, identity, authorization)
-        except SluiceError as error:
-            return error_response(error)
+        record = await self._owned(response_id, identity)
+        if record is not None:
+            return _json(page(record.input_items, request.query_params))
+        return await self._forward("GET", response_id, "/input_items", request.url.query, identity, authorization)
 
     async def _owned(self, response_id: str, identity: str) -> StoredResponse | None:
         record = await self.store.get(response_id)
