@@ -44,7 +44,7 @@ LANE_VENV := .venv-uvicorn-newest
 test-lane-newest-uvicorn: install-test
 	test -x $(LANE_VENV)/bin/python || $(PYTHON) -m venv $(LANE_VENV)
 	$(LANE_VENV)/bin/python -m pip install -q -e '.[test]'
-	$(LANE_VENV)/bin/python -m pip install -q --upgrade 'uvicorn[standard]'
+	$(LANE_VENV)/bin/python -m pip install -q --upgrade uvicorn
 	$(LANE_VENV)/bin/python -m pytest tests/test_hit_lane.py $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-bench system-test-deps
