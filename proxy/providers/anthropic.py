@@ -26,7 +26,7 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, parse_json, raise_upstream_error, translated
+from proxy.providers.base import Call, ChunkStream, Provider, parse_json, translated
 
 PROVIDER = "Anthropic"
 API_VERSION = "2023-06-01"
@@ -408,22 +408,16 @@ class AnthropicProvider(Provider):
         """A call's headers: its credential, and the beta features its client asked for."""
         return self._headers(call.authorization, call.headers.get("anthropic-beta"))
 
-    async def _send(self, method: str, url: str, headers: dict[str, str], payload: bytes | None = None) -> UpstreamResponse:
-        response = await self.client.request(method, url, headers, payload)
-        if response.status >= 400:
-            await raise_upstream_error(response)
-        return response
-
     # -- Chat Completions, translated --
 
     async def chat(self, call: Call) -> Completion:
         payload = orjson.dumps(chat_request(call.body, call.model, stream=False))
-        response = await self._send("POST", self._messages_url, self._call_headers(call), payload)
+        response = await self._request("POST", self._messages_url, self._call_headers(call), payload)
         return Completion.from_data(chat_response(parse_json(await response.read())))
 
     async def chat_stream(self, call: Call) -> ChunkStream:
         payload = orjson.dumps(chat_request(call.body, call.model, stream=True))
-        response = await self._send("POST", self._messages_url, self._call_headers(call), payload)
+        response = await self._request("POST", self._messages_url, self._call_headers(call), payload)
         return ChunkStream(response, _chunks(response, AnthropicStream()))
 
     async def embed(self, call: Call) -> Completion:
@@ -434,7 +428,7 @@ class AnthropicProvider(Provider):
         ids: list[str] = []
         url = f"{self._base_url}/models?limit=1000"
         while True:
-            data = parse_json(await (await self._send("GET", url, self._headers(authorization))).read())
+            data = parse_json(await (await self._request("GET", url, self._headers(authorization))).read())
             ids.extend(model_ids(data))
             if not data.get("has_more") or not data.get("last_id"):
                 return ids
@@ -446,12 +440,12 @@ class AnthropicProvider(Provider):
         return api == MESSAGES_API
 
     async def native(self, api: str, call: Call) -> Completion:
-        response = await self._send("POST", self._messages_url, self._call_headers(call), _native_payload(call, stream=False))
+        response = await self._request("POST", self._messages_url, self._call_headers(call), _native_payload(call, stream=False))
         body = await response.read()
         return Completion(body, parse_json(body))
 
     async def native_stream(self, api: str, call: Call) -> ChunkStream:
-        response = await self._send("POST", self._messages_url, self._call_headers(call), _native_payload(call, stream=True))
+        response = await self._request("POST", self._messages_url, self._call_headers(call), _native_payload(call, stream=True))
         return ChunkStream(response, _native_chunks(response))
 
     async def forward(self, method: str, path: str, call: Call) -> tuple[int, bytes]:

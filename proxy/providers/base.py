@@ -194,9 +194,13 @@ class Provider(abc.ABC):
         return headers
 
     async def _send(self, method: str, url: str, authorization: str | None, wire: Any = None) -> UpstreamResponse:
-        """``wire`` as JSON to ``url``; an error answer raised as ``UpstreamHTTPError``."""
+        """``wire`` as JSON to ``url``, with this provider's headers for ``authorization``."""
         payload = orjson.dumps(wire) if wire is not None else None
-        response = await self.client.request(method, url, self._headers(authorization), payload)
+        return await self._request(method, url, self._headers(authorization), payload)
+
+    async def _request(self, method: str, url: str, headers: dict[str, str], payload: bytes | None = None) -> UpstreamResponse:
+        """The upstream's answer; an error answer raised as ``UpstreamHTTPError``."""
+        response = await self.client.request(method, url, headers, payload)
         if response.status >= 400:
             await raise_upstream_error(response)
         return response

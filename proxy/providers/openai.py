@@ -26,7 +26,6 @@ from proxy.providers.base import (
     from_upstream,
     parse_json,
     passed_back,
-    raise_upstream_error,
     translated,
 )
 
@@ -75,10 +74,7 @@ class OpenAIProvider(Provider):
         return orjson.dumps({**call.body, **changes})
 
     async def _post(self, url: str, call: Call, payload: bytes) -> UpstreamResponse:
-        response = await self.client.request("POST", url, self._headers(call.authorization, call.headers), payload)
-        if response.status >= 400:
-            await raise_upstream_error(response)
-        return response
+        return await self._request("POST", url, self._headers(call.authorization, call.headers), payload)
 
     async def chat(self, call: Call) -> Completion:
         response = await self._post(self._chat_url, call, self._payload(call))
@@ -112,9 +108,7 @@ class OpenAIProvider(Provider):
         return response.status, await response.read()
 
     async def list_models(self, authorization: str | None) -> list[str]:
-        response = await self.client.request("GET", self._models_url, self._headers(authorization))
-        if response.status >= 400:
-            await raise_upstream_error(response)
+        response = await self._request("GET", self._models_url, self._headers(authorization))
         return from_upstream(_model_ids, parse_json(await response.read()))
 
 
