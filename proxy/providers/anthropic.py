@@ -26,7 +26,7 @@ from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, parse_json, translated
+from proxy.providers.base import Call, ChunkStream, Provider, parse_json, translated, translated_stream
 
 PROVIDER = "Anthropic"
 API_VERSION = "2023-06-01"
@@ -418,7 +418,7 @@ class AnthropicProvider(Provider):
     async def chat_stream(self, call: Call) -> ChunkStream:
         payload = orjson.dumps(chat_request(call.body, call.model, stream=True))
         response = await self._request("POST", self._messages_url, self._call_headers(call), payload)
-        return ChunkStream(response, _chunks(response, AnthropicStream()))
+        return ChunkStream(response, translated_stream(response.sse_batches(), AnthropicStream()))
 
     async def embed(self, call: Call) -> Completion:
         raise InvalidRequest("Anthropic has no embeddings API; route embeddings to another provider.", param="model")
@@ -464,17 +464,6 @@ def _native_payload(call: Call, stream: bool | None = None) -> bytes:
     if not changes and call.raw is not None:
         return call.raw
     return orjson.dumps({**call.body, **changes})
-
-
-async def _chunks(response: UpstreamResponse, stream: AnthropicStream) -> AsyncIterator[list[Chunk]]:
-    def feed(data: bytes) -> list[Chunk]:
-        return [Chunk.from_data(chunk) for chunk in stream.feed(parse_json(data))]
-
-    async for chunks in translated(response.sse_batches(), feed):
-        yield chunks
-    last = [Chunk.from_data(chunk) for chunk in stream.close()]
-    if last:
-        yield last
 
 
 async def _native_chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
@@ -127,6 +127,29 @@ async def translated(
             raise
         if chunks:
             yield chunks
+
+
+class StreamTranslation(Protocol):
+    """One upstream stream's translation state: parsed events in, ``chat.completion.chunk`` dicts out."""
+
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+    def close(self) -> list[dict[str, Any]]:
+        """The chunks that follow the upstream's last event (usage); raises if the stream ended early."""
+        ...
+
+
+async def translated_stream(batches: AsyncIterator[list[bytes]], stream: StreamTranslation) -> AsyncIterator[list[Chunk]]:
+    """An upstream stream of JSON events (SSE data or NDJSON lines; blank ones carry none) as hub chunks."""
+
+    def feed(data: bytes) -> list[Chunk]:
+        return [Chunk.from_data(chunk) for chunk in stream.feed(parse_json(data))] if data.strip() else []
+
+    async for chunks in translated(batches, feed):
+        yield chunks
+    last = [Chunk.from_data(chunk) for chunk in from_upstream(stream.close)]
+    if last:
+        yield last
 
 
 class Provider(abc.ABC):

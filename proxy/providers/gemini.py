@@ -16,17 +16,16 @@ provider, or an edited history) gets Google's documented bypass value.
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import orjson
 
-from proxy.completions import Chunk, Completion
+from proxy.completions import Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
-from proxy.http import UpstreamClient, UpstreamResponse
+from proxy.http import UpstreamClient
 from proxy.providers import translate as t
 from proxy.providers.base import (
     Call,
@@ -36,7 +35,7 @@ from proxy.providers.base import (
     from_upstream,
     parse_json,
     path_model,
-    translated,
+    translated_stream,
 )
 
 PROVIDER = "Gemini"
@@ -450,7 +449,7 @@ class GeminiProvider(Provider):
         wire = from_client(chat_request, call.body, call.model)
         url = self._url(call.model, "streamGenerateContent") + "?alt=sse"
         response = await self._send("POST", url, call.authorization, wire)
-        return ChunkStream(response, _chunks(response, GeminiStream(call.client_model)))
+        return ChunkStream(response, translated_stream(response.sse_batches(), GeminiStream(call.client_model)))
 
     async def embed(self, call: Call) -> Completion:
         wire = from_client(embed_request, call.body, call.model)
@@ -473,12 +472,3 @@ class GeminiProvider(Provider):
                 return ids
 
 
-async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[list[Chunk]]:
-    def feed(data: bytes) -> list[Chunk]:
-        return [Chunk.from_data(chunk) for chunk in stream.feed(parse_json(data))]
-
-    async for chunks in translated(response.sse_batches(), feed):
-        yield chunks
-    last = [Chunk.from_data(chunk) for chunk in from_upstream(stream.close)]
-    if last:
-        yield last

@@ -12,16 +12,15 @@ as the stream's last SSE event.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.completions import Chunk, Completion
+from proxy.completions import Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
-from proxy.http import UpstreamClient, UpstreamResponse
+from proxy.http import UpstreamClient
 from proxy.providers import translate as t
-from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, parse_json, translated
+from proxy.providers.base import Call, ChunkStream, Provider, from_client, from_upstream, parse_json, translated_stream
 
 PROVIDER = "Ollama"
 
@@ -287,7 +286,7 @@ class OllamaProvider(Provider):
     async def chat_stream(self, call: Call) -> ChunkStream:
         wire = from_client(chat_request, call.body, call.model, True)
         response = await self._send("POST", self._chat_url, call.authorization, wire)
-        return ChunkStream(response, _chunks(response, OllamaStream(call.client_model)))
+        return ChunkStream(response, translated_stream(response.line_batches(), OllamaStream(call.client_model)))
 
     async def embed(self, call: Call) -> Completion:
         wire = from_client(embed_request, call.body, call.model)
@@ -300,12 +299,3 @@ class OllamaProvider(Provider):
         return from_upstream(model_ids, parse_json(await response.read()))
 
 
-async def _chunks(response: UpstreamResponse, stream: OllamaStream) -> AsyncIterator[list[Chunk]]:
-    def feed(line: bytes) -> list[Chunk]:
-        return [Chunk.from_data(chunk) for chunk in stream.feed(parse_json(line))] if line.strip() else []
-
-    async for chunks in translated(response.line_batches(), feed):
-        yield chunks
-    last = [Chunk.from_data(chunk) for chunk in from_upstream(stream.close)]
-    if last:
-        yield last
