@@ -595,7 +595,8 @@ class _Validator:
         mode = data.get("mode")
         if isinstance(mode, bool):  # YAML reads a bare off/on as a boolean
             data = {**data, "mode": "on" if mode else "off"}
-        embedder_data = self.mapping(data.get("embedder"), "cache.semantic.embedder", set(EmbedderConfig.__dataclass_fields__), _EMBEDDER)
+        embedder_fields = set(EmbedderConfig.__dataclass_fields__)
+        embedder_data = self.mapping(data.get("embedder"), "cache.semantic.embedder", embedder_fields, _EMBEDDER)
         embedder = EmbedderConfig(
             provider=self.value(embedder_data, "provider", "cache.semantic.embedder.provider", str, d.embedder.provider),
             model=self.value(embedder_data, "model", "cache.semantic.embedder.model", str, d.embedder.model),

@@ -208,13 +208,14 @@ def _code_for_status(status: int) -> str:
     }.get(status, "upstream_error")
 
 
-def error_response(error: SluiceError, headers: dict[str, str] | None = None) -> Response:
+def error_response(error: SluiceError, headers: dict[str, str] | None = None, body: dict | None = None) -> Response:
+    """``error`` as an answer: its status and ``Retry-After`` headers, and ``body`` (another API's
+    shape of it) or else OpenAI's."""
     all_headers = error.headers()
     if headers:
         all_headers.update(headers)
-    return Response(
-        orjson.dumps(error.body()), status_code=error.status, headers=all_headers, media_type="application/json"
-    )
+    payload = orjson.dumps(error.body() if body is None else body)
+    return Response(payload, status_code=error.status, headers=all_headers, media_type="application/json")
 
 
 def error_event(error: SluiceError) -> bytes:

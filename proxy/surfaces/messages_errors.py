@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from proxy import errors
 from proxy.errors import SluiceError
 
 ERROR_TYPES = {
@@ -47,10 +48,7 @@ def error_body(error: SluiceError) -> dict[str, Any]:
 
 def error_response(error: SluiceError, headers: dict[str, str] | None = None) -> Response:
     """The answer before any byte was sent; ``Retry-After`` headers as for every other API."""
-    all_headers = error.headers()
-    if headers:
-        all_headers.update(headers)
-    return Response(orjson.dumps(error_body(error)), status_code=error.status, headers=all_headers, media_type="application/json")
+    return errors.error_response(error, headers, error_body(error))
 
 
 def error_event(error: SluiceError) -> bytes:
