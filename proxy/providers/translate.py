@@ -1,9 +1,9 @@
-"""What the Gemini and Ollama translations share: ids, OpenAI's shapes, parameter checks.
+"""What the translating providers (Gemini, Ollama, Anthropic) share: ids, OpenAI's shapes, parameters.
 
 Everything here is pure (no I/O), so each mapping is unit-tested without a
 server. Provider modules keep what only their wire format needs; this module
-holds what both must agree on, so the two cannot drift apart in how they
-name ids, shape usage or refuse a parameter.
+holds what they must agree on, so they cannot drift apart in how they name
+ids, shape usage, carry sampling parameters or refuse a parameter.
 """
 
 from __future__ import annotations
