@@ -156,14 +156,15 @@ def test_bridged_openai_goes_through_chat_completions(client: openai.OpenAI, fak
 
 
 def test_native_request_reaches_openai_as_sent(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
-    """Body as sent (model routed); the client's OpenAI-Beta and OpenAI-Organization passed on."""
+    """Body as sent (model routed); the client's OpenAI-Beta passed on, its OpenAI-Organization not
+    with Sluice's own key (tests/test_security.py)."""
     extra = {"OpenAI-Beta": "responses=experimental", "OpenAI-Organization": "org-of-the-caller"}
     client.responses.create(model=NATIVE, input="hi", store=False, stream=False, extra_headers=extra)
     (call,) = fake_openai.calls("/responses")
     assert call.json == {"model": "gpt-4o-mini", "input": "hi", "store": False, "stream": False}
     assert call.headers["authorization"] == "Bearer sk-upstream"
     assert call.headers["openai-beta"] == "responses=experimental"
-    assert call.headers["openai-organization"] == "org-of-the-caller"
+    assert "openai-organization" not in call.headers
 
 
 def test_native_with_the_callers_own_key(
