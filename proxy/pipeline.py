@@ -133,7 +133,7 @@ class Pipeline:
         hub, hub_raw, bridged = await self._hub_request(surface, body, raw, route, identity)
         key = None
         if self.cache is not None or self._dedup:
-            key = cache_key(surface.api, route.key, body, identity, options.compression)
+            key = cache_key(surface.api, route.key, surface.keyed(body), identity, options.compression)
         job = Job(
             surface,
             body,

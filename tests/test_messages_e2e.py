@@ -315,6 +315,25 @@ def test_streamed_answer_is_cached_whole(start_proxy: Any, servers: tuple[Any, .
     assert cached.parse().to_dict(exclude_none=True) == streamed.to_dict(exclude_none=True)
 
 
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC])
+def test_sessions_share_the_cache_whatever_their_user_id(start_proxy: Any, servers: tuple[Any, ...], model: str) -> None:
+    """``metadata.user_id`` is the Messages API's ``user``, which the key ignores: Claude Code sends a new
+    one each session. The upstream still gets it: natively the body as sent (model routed), translated as ``user``."""
+    proxy = start_proxy(config(servers, cache={"enabled": True}))
+    client = sdk_client(proxy)
+    ask = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "same question"}]}
+    first = client.messages.with_raw_response.create(**ask, metadata={"user_id": "user_abc_session_1"})
+    again = client.messages.with_raw_response.create(**ask, metadata={"user_id": "user_abc_session_2"})
+    assert (first.headers["x-sluice-cache"], again.headers["x-sluice-cache"]) == ("miss", "hit")
+    assert again.parse().to_dict() == first.parse().to_dict()
+    if model == ANTHROPIC:
+        (sent,) = servers[3].calls("/messages")
+        assert sent.json == {**orjson.loads(first.http_request.content), "model": "claude-sonnet-4-5-20250929"}
+    else:
+        (sent,) = servers[0].calls("/chat/completions")
+        assert sent.json["user"] == "user_abc_session_1"
+
+
 async def test_identical_requests_in_flight_make_one_upstream_call(start_proxy: Any, servers: tuple[Any, ...], fake_openai: FakeOpenAI) -> None:
     proxy = start_proxy(config(servers, cache={"enabled": True}))
     gate = threading.Event()

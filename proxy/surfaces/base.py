@@ -87,6 +87,11 @@ class Surface(abc.ABC):
     def parse(self, body: dict[str, Any]) -> ParsedRequest:
         """Validate what Sluice itself reads; ``InvalidRequest`` naming the field otherwise."""
 
+    def keyed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body as the cache key sees it: this API's own name for a field the key ignores
+        (``proxy.cache.keys.IGNORED_FIELDS``) left out too."""
+        return body
+
     def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The request as a Chat Completions body, for a provider that does not speak this API.
 
