@@ -68,7 +68,8 @@ class ResponseStore(Protocol):
 
     async def put(self, record: StoredResponse) -> None: ...
 
-    async def delete(self, response_id: str) -> None: ...
+    async def delete(self, response_id: str) -> None:
+        """Forget the response, stored or native."""
 
     async def remember_native(self, response_id: str, origin: NativeOrigin) -> None: ...
 
@@ -120,6 +121,7 @@ class MemoryResponseStore:
 
     async def delete(self, response_id: str) -> None:
         self._records.pop(response_id)
+        self._origins.pop(response_id)
 
     async def remember_native(self, response_id: str, origin: NativeOrigin) -> None:
         self._origins.put(response_id, origin)
@@ -149,7 +151,7 @@ class RedisResponseStore:
 
     async def delete(self, response_id: str) -> None:
         try:
-            await self._redis.delete(_RECORD_PREFIX + response_id)
+            await self._redis.delete(_RECORD_PREFIX + response_id, _ORIGIN_PREFIX + response_id)
         except (RedisError, OSError) as exc:
             _log.warning("response_store_unavailable", operation="delete", error=type(exc).__name__)
 
