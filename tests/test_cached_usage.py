@@ -11,8 +11,6 @@ apart from them. Gemini reports no cache writes and Ollama no caching, so those 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -27,6 +25,7 @@ from tests.fakes.ollama import FakeOllama
 from tests.fakes.openai import FakeOpenAI
 from tests.fakes.server import FakeServer, ReportedUsage
 from tests.proxy_process import ProxyProcess
+from tests.test_messages_e2e import config as every_provider
 
 REPORT = ReportedUsage(prompt=1000, cached=800, written=100, completion=20)
 MODELS = {
@@ -37,52 +36,22 @@ MODELS = {
 }
 PRICE = {"input": 2.0, "cached_input": 0.5, "cache_write": 2.5, "output": 8.0}  # USD per 1M tokens
 QUESTION = "How many moons does Mars have?"
-
-
-@dataclass(frozen=True)
-class Tokens:
-    """Usage as one provider can report it: every input token, of which some read from and
-    some written to its prompt cache, and the output tokens."""
-
-    prompt: int
-    cached: int
-    written: int
-    completion: int
-
-
 # What reaches the client of each provider: Gemini reports no writes, Ollama no caching.
 EXPECTED = {
-    "openai": Tokens(1000, 800, 100, 20),
-    "anthropic": Tokens(1000, 800, 100, 20),
-    "gemini": Tokens(1000, 800, 0, 20),
-    "ollama": Tokens(1000, 0, 0, 20),
+    "openai": REPORT,
+    "anthropic": REPORT,
+    "gemini": ReportedUsage(prompt=1000, cached=800, written=0, completion=20),
+    "ollama": ReportedUsage(prompt=1000, cached=0, written=0, completion=20),
 }
 
 
 @pytest.fixture(scope="module")
-def proxy(
-    tmp_path_factory: pytest.TempPathFactory,
-    _openai_server: FakeOpenAI,
-    _gemini_server: FakeGemini,
-    _ollama_server: FakeOllama,
-    _anthropic_server: FakeAnthropic,
-) -> Iterator[ProxyProcess]:
+def proxy(tmp_path_factory: pytest.TempPathFactory, _every_server: tuple[FakeServer, ...]) -> Iterator[ProxyProcess]:
     """One server for the module, every provider on its fake, no Sluice cache, one price everywhere."""
     folder = tmp_path_factory.mktemp("cached-usage")
     prices = folder / "prices.yaml"
     prices.write_text(yaml.safe_dump({"models": {f"{name}/{model}": PRICE for name, model in MODELS.items()}}))
-    config = {
-        "providers": [
-            {"name": "openai", "type": "openai", "base_url": f"{_openai_server.url}/v1", "api_key": "sk-openai-secret"},
-            {"name": "gemini", "type": "gemini", "base_url": f"{_gemini_server.url}/v1beta", "api_key": "g-secret"},
-            {"name": "ollama", "type": "ollama", "base_url": _ollama_server.url},
-            {"name": "anthropic", "type": "anthropic", "base_url": f"{_anthropic_server.url}/v1", "api_key": "sk-ant-secret"},
-        ],
-        "retry": {"max_attempts": 1},
-        "cache": {"enabled": False},
-        "pricing_file": str(Path(prices)),
-    }
-    process = ProxyProcess(config, folder)
+    process = ProxyProcess(every_provider(_every_server, pricing_file=str(prices)), folder)
     yield process.wait_ready()
     process.stop()
 
@@ -98,7 +67,7 @@ def fakes(
     return servers
 
 
-def chat(proxy: ProxyProcess, model: str, stream: bool) -> Tokens:
+def chat(proxy: ProxyProcess, model: str, stream: bool) -> ReportedUsage:
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
     messages: Any = [{"role": "user", "content": QUESTION}]
     if stream:
@@ -114,10 +83,10 @@ def chat(proxy: ProxyProcess, model: str, stream: bool) -> Tokens:
     details = usage.prompt_tokens_details
     cached = details.cached_tokens if details else None
     written = details.cache_write_tokens if details else None
-    return Tokens(usage.prompt_tokens, cached or 0, written or 0, usage.completion_tokens)
+    return ReportedUsage(usage.prompt_tokens, cached or 0, written or 0, usage.completion_tokens)
 
 
-def responses(proxy: ProxyProcess, model: str, stream: bool) -> Tokens:
+def responses(proxy: ProxyProcess, model: str, stream: bool) -> ReportedUsage:
     client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
     if stream:
         events = list(client.responses.create(model=model, input=QUESTION, stream=True))
@@ -127,10 +96,10 @@ def responses(proxy: ProxyProcess, model: str, stream: bool) -> Tokens:
         usage = client.responses.create(model=model, input=QUESTION).usage
     assert usage is not None
     details = usage.input_tokens_details
-    return Tokens(usage.input_tokens, details.cached_tokens, details.cache_write_tokens, usage.output_tokens)
+    return ReportedUsage(usage.input_tokens, details.cached_tokens, details.cache_write_tokens, usage.output_tokens)
 
 
-def messages(proxy: ProxyProcess, model: str, stream: bool) -> Tokens:
+def messages(proxy: ProxyProcess, model: str, stream: bool) -> ReportedUsage:
     """Anthropic's ``input_tokens`` leaves out cache reads and writes: added back for comparison."""
     client = anthropic.Anthropic(base_url=proxy.url, api_key="unused", max_retries=0)
     ask: dict[str, Any] = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": QUESTION}]}
@@ -140,7 +109,7 @@ def messages(proxy: ProxyProcess, model: str, stream: bool) -> Tokens:
     else:
         usage = client.messages.create(**ask).usage
     cached, written = usage.cache_read_input_tokens or 0, usage.cache_creation_input_tokens or 0
-    return Tokens(usage.input_tokens + cached + written, cached, written, usage.output_tokens)
+    return ReportedUsage(usage.input_tokens + cached + written, cached, written, usage.output_tokens)
 
 
 def stats(proxy: ProxyProcess) -> dict[str, Any]:
