@@ -4,8 +4,8 @@ Usage is read in any of the three client APIs' shapes (``Usage.of``). In the
 hub's (Chat Completions) shape ``prompt_tokens`` counts every input token,
 provider-cached reads (``prompt_tokens_details.cached_tokens``) and cache
 writes (``prompt_tokens_details.cache_write_tokens``, OpenAI's name, or
-``cache_creation_input_tokens``, Anthropic's) included; ``completion_tokens`` counts reasoning tokens too, which
-are billed as output.
+``cache_creation_input_tokens``, Anthropic's) included; ``completion_tokens``
+counts reasoning tokens too, which are billed as output.
 """
 
 from __future__ import annotations
