@@ -37,9 +37,9 @@ class RedisLink:
     """One client with its backoff and outage log, for one part of Sluice.
 
     ``name`` names the log events, ``fallback`` says in them what serves
-    meanwhile; ``timeout``: socket connect and read, seconds. Writes nobody
-    waits for are ``spawn``-ed and awaited at ``aclose``, so a stopping
-    process does not drop them.
+    meanwhile (both default to shared state's); ``timeout``: socket connect
+    and read, seconds. Writes nobody waits for are ``spawn``-ed and awaited
+    at ``aclose``, so a stopping process does not drop them.
     """
 
     def __init__(
