@@ -8,11 +8,14 @@ translated answers. One module, so that a round trip gives back what came in.
 The two count the prompt differently: OpenAI's ``prompt_tokens`` holds every
 prompt token, cache reads (``cached_tokens``) included; Anthropic's
 ``input_tokens`` leaves out cache reads and writes, which it reports apart.
+Both are read with ``accounting.Usage.of``, the one reading of every API's usage.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from proxy.accounting import Usage
 
 
 def to_hub(usage: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -25,15 +28,16 @@ def to_hub(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     """
     if not usage:
         return None
-    read = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + read + written
-    completion = int(usage.get("output_tokens") or 0)
+    tokens = Usage.of(usage)
     hub: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": read, "cache_write_tokens": written, "cache_creation_input_tokens": written},
+        "prompt_tokens": tokens.prompt,
+        "completion_tokens": tokens.completion,
+        "total_tokens": tokens.prompt + tokens.completion,
+        "prompt_tokens_details": {
+            "cached_tokens": tokens.cached,
+            "cache_write_tokens": tokens.cache_write,
+            "cache_creation_input_tokens": tokens.cache_write,
+        },
     }
     thinking = (usage.get("output_tokens_details") or {}).get("thinking_tokens")
     if thinking is not None:
@@ -48,13 +52,10 @@ def from_hub(hub: dict[str, Any] | None, estimate: int = 0) -> dict[str, int]:
     """
     if not hub:
         return {"input_tokens": estimate, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-    details = hub.get("prompt_tokens_details") or {}
-    read = int(details.get("cached_tokens") or 0)
-    written = int(details.get("cache_creation_input_tokens") or 0)
-    prompt = int(hub.get("prompt_tokens") or 0)
+    tokens = Usage.of(hub)
     return {
-        "input_tokens": max(0, prompt - read - written),
-        "output_tokens": int(hub.get("completion_tokens") or 0),
-        "cache_creation_input_tokens": written,
-        "cache_read_input_tokens": read,
+        "input_tokens": max(0, tokens.prompt - tokens.cached - tokens.cache_write),
+        "output_tokens": tokens.completion,
+        "cache_creation_input_tokens": tokens.cache_write,
+        "cache_read_input_tokens": tokens.cached,
     }

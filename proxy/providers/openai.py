@@ -30,8 +30,11 @@ from proxy.providers.base import (
 )
 
 
-CLIENT_HEADERS = frozenset({"openai-organization", "openai-project", "openai-beta"})
+CLIENT_HEADERS = frozenset({"openai-beta"})
 """Client headers (lower case, as ``Call.headers`` keys them) an OpenAI upstream receives as sent."""
+ACCOUNT_HEADERS = frozenset({"openai-organization", "openai-project"})
+"""Client headers that pick which organization or project a key bills: sent only with the caller's own key,
+never with the operator's ``api_key`` (a caller could bill any organization that key can reach)."""
 
 
 class OpenAIProvider(Provider):
@@ -45,8 +48,9 @@ class OpenAIProvider(Provider):
     def _headers(self, authorization: str | None, passed: Mapping[str, str] | None = None) -> dict[str, str]:
         """``passed``: the client's headers; those an OpenAI upstream reads go on as sent."""
         headers = super()._headers(authorization)
+        callers_key = "Authorization" in headers and not self.config.api_key
         for name, value in (passed or {}).items():
-            if name in CLIENT_HEADERS:
+            if name in CLIENT_HEADERS or (callers_key and name in ACCOUNT_HEADERS):
                 headers[name] = value
         return headers
 
