@@ -6,7 +6,9 @@ that global, so tracing off costs nothing. On, each model call
 (``OPERATIONS``) is a SERVER span, continuing the client's ``traceparent``,
 and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
 retries and fallbacks show as siblings; the upstream receives the attempt
-span's ``traceparent``. A span is written once, when it ends, from what the
+span's ``traceparent``. Without a span of Sluice's own (tracing off, or a
+route that has none) the client's valid ``traceparent`` and ``tracestate`` go
+upstream as they came (``continue_client``). A span is written once, when it ends, from what the
 request's ``RequestRecord`` (or the attempt) learnt; ``proxy.otlp`` encodes it
 and a thread of its own exports the batches.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -73,7 +75,13 @@ class _Request:
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
 _upstream: ContextVar[dict[str, str] | None] = ContextVar("sluice_trace_upstream", default=None)
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[!-~]*)?")
+_TRACESTATE_MEMBER = re.compile(r"[a-z0-9][_0-9a-z*/@-]{0,255}=[ -+\--<>-~]{0,255}[!-+\--<>-~]")
+MAX_TRACEPARENT = 512
+"""Longer ``traceparent`` values (only a future version could be over 55 characters) are not trusted."""
+MAX_TRACESTATE = 512
+"""W3C Trace Context asks that at least 512 characters of ``tracestate`` be passed on; a longer one is dropped."""
+MAX_TRACESTATE_MEMBERS = 32
 
 
 def enabled_by(environ: Mapping[str, str]) -> bool:
@@ -101,9 +109,57 @@ def shutdown() -> None:
 
 
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` with the current attempt's ``traceparent`` (and ``tracestate``), for an upstream request."""
+    """``headers`` with the request's trace context for an upstream request: the current attempt
+    span's ``traceparent`` (and ``tracestate``), or the client's own (``continue_client``)."""
     trace_headers = _upstream.get()
     return {**headers, **trace_headers} if trace_headers is not None else headers
+
+
+def continue_client(scope: Scope) -> Token[dict[str, str] | None] | None:
+    """Send the client's trace context upstream unchanged (CONTRACT §5), for a request without
+    a span of Sluice's own; None when the client sent none that is valid. ``end_continue`` undoes it."""
+    client = client_trace(scope["headers"])
+    if client is None:
+        return None
+    traceparent, _, trace_state = client
+    return _upstream.set({"traceparent": traceparent, "tracestate": trace_state} if trace_state else {"traceparent": traceparent})
+
+
+def end_continue(token: Token[dict[str, str] | None]) -> None:
+    _upstream.reset(token)
+
+
+def client_trace(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, tuple[int, int, int], str] | None:
+    """The client's ``traceparent`` (as sent, and parsed) and ``tracestate`` ("" when absent or invalid);
+    None without exactly one valid ``traceparent`` (W3C: a second one makes it invalid)."""
+    traceparent: bytes | None = None
+    states: list[bytes] = []
+    for name, value in headers:
+        if name == b"traceparent":
+            if traceparent is not None:
+                return None
+            traceparent = value
+        elif name == b"tracestate":
+            states.append(value)
+    if traceparent is None or len(traceparent) > MAX_TRACEPARENT:
+        return None
+    text = traceparent.decode("latin-1").strip()
+    parent = parse_traceparent(text)
+    if parent is None:
+        return None
+    return text, parent, _trace_state(b",".join(states)) if states else ""
+
+
+def _trace_state(value: bytes) -> str:
+    """``tracestate`` when well formed (W3C list members, at most 32, at most 512 characters), else ""."""
+    if len(value) > MAX_TRACESTATE:
+        return ""
+    text = value.decode("latin-1")
+    members = [member.strip(" \t") for member in text.split(",")]
+    members = [member for member in members if member]
+    if len(members) > MAX_TRACESTATE_MEMBERS or not all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
+        return ""
+    return ",".join(members)
 
 
 def parse_traceparent(value: str) -> tuple[int, int, int] | None:
@@ -144,16 +200,12 @@ class Tracing:
         operation = OPERATIONS.get(path) if scope["method"] == "POST" else None
         if operation is None:
             return None
-        parent, trace_state = None, ""
-        for name, value in scope["headers"]:
-            if name == b"traceparent":
-                parent = parse_traceparent(value.decode("latin-1"))
-            elif name == b"tracestate":
-                trace_state = value.decode("latin-1").strip()
-        if parent is None:
+        client = client_trace(scope["headers"])
+        if client is None:
             trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
             flags = self._sampled(operation, trace_id, None)
         else:
+            _, parent, trace_state = client
             trace_id, parent_span_id, flags = parent
             flags = self._sampled(operation, trace_id, parent)
         record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())
