@@ -1,16 +1,17 @@
 """OpenTelemetry traces in the GenAI semantic conventions, exported over OTLP/HTTP.
 
-Off unless the standard environment asks for it (``enabled_by``): then
-``TRACING`` stays None and each hook in the request path is one check of
-that global, so tracing off costs nothing. On, each model call
+Off unless the standard ``OTEL_*`` environment, or the config's ``tracing``
+section (``with_config``: a variable the environment sets wins), asks for it
+(``enabled_by``); off, ``TRACING`` stays None and each hook in the request
+path is one check of that global. On, each model call
 (``OPERATIONS``) is a SERVER span, continuing the client's ``traceparent``,
 and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
 retries and fallbacks show as siblings; the upstream receives the attempt
 span's ``traceparent``. Without a span of Sluice's own (tracing off, or a
 route that has none) the client's valid ``traceparent`` and ``tracestate`` go
-upstream as they came (``continue_client``). A span is written once, when it ends, from what the
-request's ``RequestRecord`` (or the attempt) learnt; ``proxy.otlp`` encodes it
-and a thread of its own exports the batches.
+upstream as they came (``continue_client``). A span is written once, when it
+ends, from what the request's ``RequestRecord`` (or the attempt) learnt;
+``proxy.otlp`` encodes it and a thread of its own exports the batches.
 
 Prompt and completion text go into spans only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
@@ -36,7 +37,7 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.types import Scope
 
-from proxy.config import Config, Target
+from proxy.config import Config, Target, TracingConfig
 from proxy.errors import SluiceError, UpstreamHTTPError
 from proxy.otlp import CLIENT, SERVER, SpanExporter, encode_span, span_attributes
 from proxy.telemetry.record import RequestRecord
@@ -95,9 +96,27 @@ def enabled_by(environ: Mapping[str, str]) -> bool:
 
 
 def configure(config: Config, environ: Mapping[str, str] = os.environ) -> None:
-    """Turn tracing on in this process when the environment asks (each worker calls this in its lifespan)."""
+    """Turn tracing on in this process when the environment or the ``tracing`` section asks
+    (each worker calls this in its lifespan)."""
     global TRACING
-    TRACING = Tracing(config, environ) if enabled_by(environ) else None
+    settings = with_config(config.tracing, environ)
+    TRACING = Tracing(config, settings) if enabled_by(settings) else None
+
+
+def with_config(section: TracingConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``OTEL_*`` settings: the ``tracing`` section's, each overridden by the variable it stands for
+    when the environment sets that to a value (OpenTelemetry treats an empty one as unset).
+    ``sample_ratio`` is applied by ``Tracing``, as the SDK reads ``OTEL_TRACES_SAMPLER`` itself."""
+    defaults: dict[str, str] = {}
+    if section.enabled is not None:
+        defaults["OTEL_TRACES_EXPORTER"] = "otlp" if section.enabled else "none"
+    if section.endpoint:
+        defaults["OTEL_EXPORTER_OTLP_ENDPOINT"] = section.endpoint
+    if section.service_name:
+        defaults["OTEL_SERVICE_NAME"] = section.service_name
+    if section.capture_content is not None:
+        defaults[CAPTURE_CONTENT] = "true" if section.capture_content else "false"
+    return {**defaults, **{name: value for name, value in environ.items() if value}}
 
 
 def shutdown() -> None:
@@ -180,12 +199,16 @@ class Tracing:
         # objects and encoder (proxy/otlp.py says why).
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
         resource = Resource.create()
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-            resource = resource.merge(Resource({SERVICE_NAME: "sluice"}))
-        self._sampler = TracerProvider().sampler
+            resource = resource.merge(Resource({SERVICE_NAME: environ.get("OTEL_SERVICE_NAME") or "sluice"}))
+        ratio = config.tracing.sample_ratio
+        if ratio is not None and "OTEL_TRACES_SAMPLER" not in environ:
+            self._sampler = ParentBased(TraceIdRatioBased(ratio))
+        else:
+            self._sampler = TracerProvider().sampler
         self._default_sampling = self._sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
         self.exporter = SpanExporter(environ, dict(resource.attributes), "sluice")
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"

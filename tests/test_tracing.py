@@ -14,7 +14,9 @@ import anthropic
 import openai
 import pytest
 
-from proxy.tracing import client_trace, enabled_by
+from proxy.config import Config, ConfigError, ProviderConfig, TracingConfig, parse_config
+from proxy.telemetry.record import RequestRecord
+from proxy.tracing import Tracing, client_trace, enabled_by, with_config
 from tests.conftest import openai_config
 from tests.fakes.otlp import OTLPReceiver, ReceivedSpan
 from tests.fakes.server import FakeServer, Reply
@@ -312,10 +314,6 @@ def test_which_environments_turn_tracing_on(environ: dict[str, str], on: bool) -
     ],
 )
 def test_sampling_follows_otel_traces_sampler_and_the_parent(monkeypatch, sampler, traceparent, sampled) -> None:  # type: ignore[no-untyped-def]
-    from proxy.config import Config, ProviderConfig
-    from proxy.telemetry.record import RequestRecord
-    from proxy.tracing import Tracing
-
     if sampler is not None:
         monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
     config = Config(providers=(ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1"),))
@@ -329,3 +327,66 @@ def test_sampling_follows_otel_traces_sampler_and_the_parent(monkeypatch, sample
             assert f"{record.span.trace_id:032x}" == CLIENT_TRACE
     finally:
         tracing.exporter.shutdown()
+
+
+# -- the config's tracing section --
+
+
+def test_the_tracing_section_turns_tracing_on_without_otel_variables(start_proxy, fake_openai, receiver) -> None:  # type: ignore[no-untyped-def]
+    section = {"endpoint": receiver.url, "service_name": "sluice-from-config", "capture_content": True}
+    env = {name: "" for name in os.environ if name.startswith("OTEL_")}  # empty: unset, as OpenTelemetry reads it
+    proxy = start_proxy(openai_config(fake_openai, tracing=section), env={**env, "OTEL_BSP_SCHEDULE_DELAY": "20"})
+    client(proxy).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+
+    request = server_span(receiver.wait_for(has("server")))
+    assert request.resource["service.name"] == "sluice-from-config"
+    assert PROMPT in request.attributes["gen_ai.input.messages"]
+
+
+@pytest.mark.parametrize(
+    ("section", "environ", "on", "service"),
+    [
+        (TracingConfig(), {}, False, None),
+        (TracingConfig(enabled=True), {}, True, None),
+        (TracingConfig(endpoint="http://collector:4318"), {}, True, None),
+        (TracingConfig(enabled=False), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False, None),
+        (TracingConfig(enabled=True), {"OTEL_TRACES_EXPORTER": "none"}, False, None),
+        (TracingConfig(enabled=True), {"OTEL_SDK_DISABLED": "true"}, False, None),
+        (TracingConfig(enabled=True, service_name="a"), {"OTEL_SERVICE_NAME": "b"}, True, "b"),
+        (TracingConfig(enabled=True, service_name="a"), {"OTEL_SERVICE_NAME": ""}, True, "a"),
+    ],
+)
+def test_a_variable_the_environment_sets_wins_over_the_tracing_section(
+    section: TracingConfig, environ: dict[str, str], on: bool, service: str | None
+) -> None:
+    settings = with_config(section, environ)
+    assert enabled_by(settings) is on
+    assert settings.get("OTEL_SERVICE_NAME") == service
+
+
+def test_sample_ratio_samples_roots_and_follows_a_client_parent(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    provider = ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1")
+    tracing = Tracing(Config(providers=(provider,), tracing=TracingConfig(sample_ratio=0.0)), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    try:
+        for headers, sampled in (([], 0), ([(b"traceparent", TRACEPARENT.encode())], 1)):
+            record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
+            tracing.start_request({"path": "/v1/chat/completions", "method": "POST", "headers": headers}, record)
+            assert record.span.flags & 1 == sampled
+    finally:
+        tracing.exporter.shutdown()
+
+
+def test_the_tracing_section_is_validated_and_its_endpoint_password_masked() -> None:
+    providers = "providers: [{name: openai, type: openai, base_url: 'http://127.0.0.1:9/v1'}]\n"
+    with pytest.raises(ConfigError) as error:
+        parse_config(providers + "tracing: {enabled: 1, endpoint: collector, sample_ratio: 2, exporter: otlp}")
+    assert sorted(error.value.problems) == [
+        "tracing.enabled: must be a boolean, got int",
+        "tracing.endpoint: must be an http:// or https:// URL, got 'collector'",
+        "tracing.exporter: unknown field",
+        "tracing.sample_ratio: must be from 0 to 1",
+    ]
+    config = parse_config(providers + "tracing: {endpoint: 'https://user:secret@collector:4318/'}")
+    assert config.tracing.endpoint == "https://user:secret@collector:4318"
+    assert config.masked()["tracing"]["endpoint"] == "https://user:***@collector:4318"
