@@ -77,7 +77,8 @@ class _Request:
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
 _upstream: ContextVar[dict[str, str] | None] = ContextVar("sluice_trace_upstream", default=None)
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[!-~]*)?")
-_TRACESTATE_MEMBER = re.compile(r"[a-z0-9][_0-9a-z*/@-]{0,255}=[ -+\--<>-~]{0,255}[!-+\--<>-~]")
+_TRACESTATE_MEMBER = r"[a-z0-9][_0-9a-z*/@-]{0,255}=[ -+\--<>-~]{0,255}[!-+\--<>-~]"  # key=value, W3C's grammar
+_TRACESTATE = re.compile(rf"(?:{_TRACESTATE_MEMBER})?(?:[ \t]*,[ \t]*(?:{_TRACESTATE_MEMBER})?)*")
 MAX_TRACEPARENT = 512
 """Longer ``traceparent`` values (only a future version could be over 55 characters) are not trusted."""
 MAX_TRACESTATE = 512
@@ -170,15 +171,14 @@ def client_trace(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, tuple[int
 
 
 def _trace_state(value: bytes) -> str:
-    """``tracestate`` when well formed (W3C list members, at most 32, at most 512 characters), else ""."""
+    """``tracestate`` as sent when well formed (W3C list members, at most 32, at most 512 characters), else ""."""
     if len(value) > MAX_TRACESTATE:
         return ""
-    text = value.decode("latin-1")
-    members = [member.strip(" \t") for member in text.split(",")]
-    members = [member for member in members if member]
-    if len(members) > MAX_TRACESTATE_MEMBERS or not all(_TRACESTATE_MEMBER.fullmatch(m) for m in members):
+    text = value.decode("latin-1").strip(" \t")
+    # a member's key and value cannot hold "=" but its separator does: one "=" per member
+    if _TRACESTATE.fullmatch(text) is None or text.count("=") > MAX_TRACESTATE_MEMBERS:
         return ""
-    return ",".join(members)
+    return text
 
 
 def parse_traceparent(value: str) -> tuple[int, int, int] | None:

@@ -276,7 +276,7 @@ def test_tracing_off_passes_on_only_valid_trace_context(untraced_proxy, fake_ant
     ("headers", "expected"),
     [
         ([(b"traceparent", TRACEPARENT.encode()), (b"traceparent", TRACEPARENT.encode())], None),
-        ([(b"traceparent", TRACEPARENT.encode()), (b"tracestate", b"a=1"), (b"tracestate", b" b=2 ")], "a=1,b=2"),
+        ([(b"traceparent", TRACEPARENT.encode()), (b"tracestate", b"a=1"), (b"tracestate", b" b=2 ")], "a=1, b=2"),
         ([(b"traceparent", TRACEPARENT.encode()), (b"tracestate", ",".join(f"k{n}=v" for n in range(33)).encode())], ""),
         ([(b"traceparent", f"02-{CLIENT_TRACE}-{CLIENT_SPAN}-01-future".encode())], ""),
     ],
