@@ -146,6 +146,7 @@ def continue_client(scope: Scope) -> Token[dict[str, str] | None] | None:
 
 
 def end_continue(token: Token[dict[str, str] | None]) -> None:
+    """The request is over: its trace context no longer goes upstream."""
     _upstream.reset(token)
 
 
