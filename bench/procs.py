@@ -31,12 +31,19 @@ class Process:
     """One pinned child process, ready once `ready()` returns True."""
 
     def __init__(
-        self, name: str, argv: list[str], core: int, ready: Callable[[], bool], timeout: float = 15.0
+        self,
+        name: str,
+        argv: list[str],
+        core: int,
+        ready: Callable[[], bool],
+        timeout: float = 15.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.argv = ["taskset", "-c", str(core), *argv]
         self.ready = ready
         self.timeout = timeout
+        self.env = {**os.environ, **env} if env else None  # added to the environment this process inherits
         self.log_path = OUT / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
 
@@ -56,6 +63,7 @@ class Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.env,
             )
         try:
             self._wait_ready()

@@ -15,6 +15,8 @@ from loadgen import WrkResult
 
 Cell = WrkResult | str
 """A measurement, or why there is none."""
+TRACED = "sluice, tracing on"
+"""The target that is Sluice exporting OpenTelemetry spans (bench/otlp_sink.py receives them)."""
 
 
 @dataclass
@@ -59,7 +61,7 @@ def _workload_table(table: Table) -> list[str]:
         over, share = "—", "—"
         if isinstance(direct, WrkResult) and name != "direct":
             over = f"{cell.p50_ms - direct.p50_ms:+.2f} ms"
-        if isinstance(floor, WrkResult) and name == "sluice":
+        if isinstance(floor, WrkResult) and name in ("sluice", TRACED):
             share = f"{cell.rps / floor.rps:.0%}"
         lines.append(_row(name, *_figures(cell), over, share, cell.errors))
     return lines
@@ -140,6 +142,12 @@ def checks(tables: dict[str, Table]) -> list[Check]:
             _at_least(0.95),
             cell("delay50", "sluice"),
             cell("delay50", "floor"),
+        ),
+        _check(
+            "Tracing on keeps ≥ 90% of Sluice's req/s (costs ≤ 10%), non-streaming c=16",
+            _at_least(0.90),
+            cell("c16", TRACED),
+            cell("c16", "sluice"),
         ),
         _check(
             "Native Responses ≥ 90% of Chat Completions' req/s through Sluice, non-streaming c=16",

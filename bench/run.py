@@ -9,6 +9,8 @@
 Each client API is loaded: Chat Completions, and Responses and Messages both
 served natively and through Chat Completions (bridged, translated), all
 through one Sluice process whose providers all point at the one fake upstream.
+Chat Completions at c=16 is also measured through a second Sluice with tracing
+on, exporting its spans over OTLP/HTTP to bench/otlp_sink.py.
 
 The proxy under test runs alone on core 0; the fake upstream (and redis) share
 core 1 with wrk. For each workload the three targets are measured back to back
@@ -39,7 +41,7 @@ import orjson
 import services
 from loadgen import CHAT, MESSAGES, RESPONSES, Api, LoadError, Request, check_answer, wait_for_quiet, wrk
 from procs import StartError, free_port
-from report import Cell, Table, render, write_section
+from report import TRACED, Cell, Table, render, write_section
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -82,7 +84,7 @@ def client_api(api: Api, native: str, other: str, other_model: str) -> list[Work
 
 WORKLOADS = [
     Workload("c1", "Non-streaming, c=1", 1),
-    Workload("c16", "Non-streaming, c=16", 16),
+    Workload("c16", "Non-streaming, c=16", 16, targets=(*ALL_TARGETS, TRACED)),
     Workload("c64", "Non-streaming, c=64", 64),
     Workload("stream16", "Streaming (20 chunks + usage), c=16", 16, Request(stream=True)),
     Workload("delay50", "Non-streaming, 50 ms upstream delay, c=64", 64, delay_ms=50),
@@ -138,11 +140,13 @@ class Bench:
         print(f"  {label:<34} NOT MEASURED: {reason}", file=sys.stderr, flush=True)
         return reason
 
-    def start_sluice(self, stack: ExitStack, label: str, config: dict[str, Any]) -> str | None:
+    def start_sluice(
+        self, stack: ExitStack, label: str, config: dict[str, Any], env: dict[str, str] | None = None
+    ) -> str | None:
         """Sluice's base URL, or None (recorded as a problem) when it does not come up."""
         port = free_port()
         try:
-            stack.enter_context(services.sluice(label, port, config))
+            stack.enter_context(services.sluice(label, port, config, env))
         except StartError as exc:
             self.fail(f"sluice ({label})", f"Sluice did not start: {exc}")
             return None
@@ -165,6 +169,13 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
             "floor": services.base_url(floor_port),
             "sluice": bench.start_sluice(stack, label, services.sluice_config(upstream_port)),
         }
+        sink = None
+        if any(TRACED in workload.targets for workload in workloads):
+            sink_port = free_port()
+            stack.enter_context(services.otlp_sink(label, sink_port))
+            sink = services.base_url(sink_port)
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "sluice-bench"}
+            targets[TRACED] = bench.start_sluice(stack, f"{label}-traced", services.sluice_config(upstream_port), env)
         rounds: dict[tuple[str, str], list[Cell]] = {(w.key, name): [] for w in workloads for name in w.targets}
         for _ in range(bench.repeat):
             for workload in workloads:
@@ -174,13 +185,46 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
                     if url and not any(isinstance(cell, str) for cell in cells):
                         what = f"{name}, {workload.key}"
                         cells.append(bench.measure(what, url, workload.connections, workload.request))
+        traced = targets.get(TRACED)
+        exported = _exported_spans(bench, traced, sink) if sink and traced else None
     tables = [Table(workload.key, workload.title) for workload in workloads]
     for workload, table in zip(workloads, tables, strict=True):
         table.rows = {
             name: median(cells) if (cells := rounds[workload.key, name]) else "Sluice did not start"
             for name in workload.targets
         }
+        if exported and TRACED in workload.targets:
+            table.notes.append(exported)
     return tables
+
+
+SPANS_PER_REQUEST = 2
+"""A proxied request's spans: the request (SERVER) and its one upstream attempt (CLIENT)."""
+EXPORT_WAIT = 8.0
+"""Seconds to wait for the last batch: the exporter sends a partial one every 5 s (OTEL_BSP_SCHEDULE_DELAY)."""
+
+
+def _exported_spans(bench: Bench, sluice: str, sink: str) -> str:
+    """Proof that tracing was on: the spans the sink received against those the requests made
+    (none is a problem: the tracing figure would be Sluice's without tracing)."""
+    try:
+        requests = _get_json(f"{sluice}/stats")["requests"]["total"]
+        expected = requests * SPANS_PER_REQUEST
+        deadline = time.monotonic() + EXPORT_WAIT
+        received = _get_json(f"{sink}/__stats")
+        while received["spans"] < expected and time.monotonic() < deadline:
+            time.sleep(0.25)
+            received = _get_json(f"{sink}/__stats")
+    except (OSError, ValueError) as exc:
+        return bench.fail(f"{TRACED}, spans", f"could not count the exported spans ({exc})")
+    if not received["spans"]:
+        return bench.fail(f"{TRACED}, spans", "the OTLP sink received no spans: tracing was not on")
+    return (
+        f"{TRACED}: `OTEL_EXPORTER_OTLP_ENDPOINT` at bench/otlp_sink.py (an OTLP/HTTP collector on core 1), "
+        f"default batch settings; it received {received['spans']:,} spans in {received['exports']:,} exports "
+        f"for the {requests:,} requests this Sluice served ({received['spans'] / max(expected, 1):.0%} of "
+        f"{SPANS_PER_REQUEST} per request; spans beyond `OTEL_BSP_MAX_QUEUE_SIZE` waiting are dropped)"
+    )
 
 
 def median(cells: list[Cell]) -> Cell:
@@ -252,13 +296,17 @@ def _measure_hits(bench: Bench, label: str, url: str, headers: dict[str, str] | 
 def _cache_stats(url: str) -> str:
     """Sluice's own count of hits and misses, to show the run really was served from cache."""
     try:
-        with urllib.request.urlopen(f"{url}/stats", timeout=5) as response:
-            cache = orjson.loads(response.read()).get("cache", {})
+        cache = _get_json(f"{url}/stats").get("cache", {})
     except (OSError, ValueError) as exc:
         return f"/stats unavailable ({exc})"
     hits, misses, rate = cache.get("hits"), cache.get("misses"), cache.get("hit_rate")
     lane = f", of the hits {cache['lane_hits']:,} by the hit lane" if "lane_hits" in cache else ""
     return f"Sluice's /stats: cache hits {hits:,}, misses {misses}, hit rate {rate}{lane}"
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return orjson.loads(response.read())
 
 
 def context(bench: Bench, load_before: float) -> list[str]:

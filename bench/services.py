@@ -51,8 +51,15 @@ def ceiling(label: str, port: int) -> Process:
     return Process(f"ceiling-{label}", argv, PROXY_CORE, tcp_open(port))
 
 
-def sluice(label: str, port: int, config: dict[str, Any]) -> Process:
-    """Sluice with `config` written to bench/out/sluice-<label>.yaml, one worker."""
+def otlp_sink(label: str, port: int) -> Process:
+    """The OTLP/HTTP collector the tracing workload exports to (bench/otlp_sink.py)."""
+    argv = [sys.executable, str(BENCH / "otlp_sink.py"), "--port", str(port)]
+    return Process(f"otlp-sink-{label}", argv, LOAD_CORE, http_ok(f"{base_url(port)}/__stats"))
+
+
+def sluice(label: str, port: int, config: dict[str, Any], env: dict[str, str] | None = None) -> Process:
+    """Sluice with `config` written to bench/out/sluice-<label>.yaml, one worker; `env` adds
+    to its environment (the tracing workload's `OTEL_*`)."""
     name = f"sluice-{label}"
     path = OUT / f"{name}.yaml"
     OUT.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,7 @@ def sluice(label: str, port: int, config: dict[str, Any]) -> Process:
         "--workers",
         "1",
     ]
-    return Process(name, argv, PROXY_CORE, http_ok(f"{base_url(port)}/healthz"))
+    return Process(name, argv, PROXY_CORE, http_ok(f"{base_url(port)}/healthz"), env=env)
 
 
 def sluice_config(upstream_port: int, **sections: dict[str, Any]) -> dict[str, Any]:

@@ -187,6 +187,18 @@ class ResponsesConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """OpenTelemetry export without environment variables (proxy/tracing.py): each field stands for a
+    standard ``OTEL_*`` variable, and a variable the environment sets wins over it. None: not set here."""
+
+    enabled: bool | None = None  # OTEL_TRACES_EXPORTER otlp / none
+    endpoint: str = ""  # OTEL_EXPORTER_OTLP_ENDPOINT: the collector's OTLP/HTTP base URL (/v1/traces is appended)
+    service_name: str = ""  # OTEL_SERVICE_NAME (default sluice)
+    capture_content: bool | None = None  # OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT
+    sample_ratio: float | None = None  # OTEL_TRACES_SAMPLER parentbased_traceidratio with this argument
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     providers: tuple[ProviderConfig, ...]
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -199,6 +211,7 @@ class Config:
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     pricing_file: str | None = DEFAULT_PRICING_FILE
     pricing_file_required: bool = False  # named in the config: then it must exist
     context_windows: dict[str, int] = field(default_factory=dict)
@@ -224,6 +237,7 @@ class Config:
             key["key"] = _mask(key["key"])
         data["auth"]["admin_key"] = _mask(data["auth"]["admin_key"])
         data["cache"]["redis_url"] = _mask_url_password(data["cache"]["redis_url"])
+        data["tracing"]["endpoint"] = _mask_url_password(data["tracing"]["endpoint"])
         return data
 
 
@@ -415,6 +429,7 @@ class _Validator:
         breaker = self.breaker(self.section(data, "breaker", set(BreakerConfig.__dataclass_fields__)))
         auth = self.auth(self.section(data, "auth", set(AuthConfig.__dataclass_fields__)), names)
         responses = self.responses(self.section(data, "responses", set(ResponsesConfig.__dataclass_fields__)))
+        tracing = self.tracing(self.section(data, "tracing", set(TracingConfig.__dataclass_fields__)))
         pricing_required = data.get("pricing_file") is not None
         if "pricing_file" in data and data["pricing_file"] is None:
             pricing_file = None  # an explicit null: the built-in price table alone
@@ -438,6 +453,7 @@ class _Validator:
             breaker=breaker,
             auth=auth,
             responses=responses,
+            tracing=tracing,
             pricing_file=pricing_file or None,
             pricing_file_required=pricing_required,
             context_windows=context_windows,
@@ -623,6 +639,16 @@ class _Validator:
             max_entries=self.value(data, "max_entries", "responses.max_entries", int, d.max_entries, _positive),
         )
 
+    def tracing(self, data: dict[str, Any]) -> TracingConfig:
+        endpoint = self.value(data, "endpoint", "tracing.endpoint", str, "", lambda url: _url(url) if url else None)
+        return TracingConfig(
+            enabled=self.value(data, "enabled", "tracing.enabled", bool, None),
+            endpoint=endpoint.rstrip("/"),
+            service_name=self.value(data, "service_name", "tracing.service_name", str, ""),
+            capture_content=self.value(data, "capture_content", "tracing.capture_content", bool, None),
+            sample_ratio=self.value(data, "sample_ratio", "tracing.sample_ratio", float, None, _ratio),
+        )
+
     def compression(self, data: dict[str, Any]) -> CompressionConfig:
         return CompressionConfig(
             mode=self.value(data, "mode", "compression.mode", str, "safe", _one_of(COMPRESSION_MODES)),
@@ -789,6 +815,10 @@ def _redis_url(value: str) -> str | None:
     if not re.match(r"^(redis|rediss|unix)://", value):
         return "must be a redis://, rediss:// or unix:// URL"
     return None
+
+
+def _ratio(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be from 0 to 1"
 
 
 def _unit_interval(value: float) -> str | None:

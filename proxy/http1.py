@@ -672,8 +672,7 @@ class Http1Client:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> Http1Response:
         """Send a request and return once the status line and headers arrived."""
-        if tracing.TRACING is not None:
-            headers = tracing.upstream_headers(headers)
+        headers = tracing.upstream_headers(headers)
         data = self._encode(method, url, headers, body)
         if self._closed:
             raise UpstreamConnectionError("upstream connection failed: client closed")

@@ -162,8 +162,7 @@ class Http2UpstreamClient:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> Http2UpstreamResponse:
         """Send a request and return once the response headers arrived."""
-        if tracing.TRACING is not None:
-            headers = tracing.upstream_headers(headers)
+        headers = tracing.upstream_headers(headers)
         request = self._client.build_request(method, url, headers=headers, content=body)
         deadline = asyncio.get_running_loop().time() + self._total
         try:

@@ -42,6 +42,7 @@ class RequestMiddleware:
         scope.setdefault("state", {})["record"] = record
         tracer = tracing.TRACING
         trace_token = tracer.start_request(scope, record) if tracer is not None else None
+        continued = tracing.continue_client(scope) if trace_token is None else None
         id_header = (b"x-request-id", request_id.encode("latin-1"))
         started = False
 
@@ -67,6 +68,8 @@ class RequestMiddleware:
             self.telemetry.finish(record)
             if trace_token is not None:
                 tracer.finish_request(record, trace_token)  # type: ignore[union-attr]
+            elif continued is not None:
+                tracing.end_continue(continued)
 
 
 def client_request_id(value: bytes | None) -> str | None:

@@ -1,14 +1,17 @@
 """OpenTelemetry traces in the GenAI semantic conventions, exported over OTLP/HTTP.
 
-Off unless the standard environment asks for it (``enabled_by``): then
-``TRACING`` stays None and each hook in the request path is one check of
-that global, so tracing off costs nothing. On, each model call
+Off unless the standard ``OTEL_*`` environment, or the config's ``tracing``
+section (``with_config``: a variable the environment sets wins), asks for it
+(``enabled_by``); off, ``TRACING`` stays None and each hook in the request
+path is one check of that global. On, each model call
 (``OPERATIONS``) is a SERVER span, continuing the client's ``traceparent``,
 and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
 retries and fallbacks show as siblings; the upstream receives the attempt
-span's ``traceparent``. A span is written once, when it ends, from what the
-request's ``RequestRecord`` (or the attempt) learnt; ``proxy.otlp`` encodes it
-and a thread of its own exports the batches.
+span's ``traceparent``. Without a span of Sluice's own (tracing off, or a
+route that has none) the client's valid ``traceparent`` and ``tracestate`` go
+upstream as they came (``continue_client``). A span is written once, when it
+ends, from what the request's ``RequestRecord`` (or the attempt) learnt;
+``proxy.otlp`` encodes it and a thread of its own exports the batches.
 
 Prompt and completion text go into spans only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
@@ -34,7 +37,7 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.types import Scope
 
-from proxy.config import Config, Target
+from proxy.config import Config, Target, TracingConfig
 from proxy.errors import SluiceError, UpstreamHTTPError
 from proxy.otlp import CLIENT, SERVER, SpanExporter, encode_span, span_attributes
 from proxy.telemetry.record import RequestRecord
@@ -73,7 +76,14 @@ class _Request:
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
 _upstream: ContextVar[dict[str, str] | None] = ContextVar("sluice_trace_upstream", default=None)
-_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[!-~]*)?")
+_TRACESTATE_MEMBER = r"[a-z0-9][_0-9a-z*/@-]{0,255}=[ -+\--<>-~]{0,255}[!-+\--<>-~]"  # key=value, W3C's grammar
+_TRACESTATE = re.compile(rf"(?:{_TRACESTATE_MEMBER})?(?:[ \t]*,[ \t]*(?:{_TRACESTATE_MEMBER})?)*")
+MAX_TRACEPARENT = 512
+"""Longer ``traceparent`` values (only a future version could be over 55 characters) are not trusted."""
+MAX_TRACESTATE = 512
+"""W3C Trace Context asks that at least 512 characters of ``tracestate`` be passed on; a longer one is dropped."""
+MAX_TRACESTATE_MEMBERS = 32
 
 
 def enabled_by(environ: Mapping[str, str]) -> bool:
@@ -87,9 +97,27 @@ def enabled_by(environ: Mapping[str, str]) -> bool:
 
 
 def configure(config: Config, environ: Mapping[str, str] = os.environ) -> None:
-    """Turn tracing on in this process when the environment asks (each worker calls this in its lifespan)."""
+    """Turn tracing on in this process when the environment or the ``tracing`` section asks
+    (each worker calls this in its lifespan)."""
     global TRACING
-    TRACING = Tracing(config, environ) if enabled_by(environ) else None
+    settings = with_config(config.tracing, environ)
+    TRACING = Tracing(config, settings) if enabled_by(settings) else None
+
+
+def with_config(section: TracingConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``OTEL_*`` settings: the ``tracing`` section's, each overridden by the variable it stands for
+    when the environment sets that to a value (OpenTelemetry treats an empty one as unset).
+    ``sample_ratio`` is applied by ``Tracing``, as the SDK reads ``OTEL_TRACES_SAMPLER`` itself."""
+    defaults: dict[str, str] = {}
+    if section.enabled is not None:
+        defaults["OTEL_TRACES_EXPORTER"] = "otlp" if section.enabled else "none"
+    if section.endpoint:
+        defaults["OTEL_EXPORTER_OTLP_ENDPOINT"] = section.endpoint
+    if section.service_name:
+        defaults["OTEL_SERVICE_NAME"] = section.service_name
+    if section.capture_content is not None:
+        defaults[CAPTURE_CONTENT] = "true" if section.capture_content else "false"
+    return {**defaults, **{name: value for name, value in environ.items() if value}}
 
 
 def shutdown() -> None:
@@ -101,9 +129,57 @@ def shutdown() -> None:
 
 
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
-    """``headers`` with the current attempt's ``traceparent`` (and ``tracestate``), for an upstream request."""
+    """``headers`` with the request's trace context for an upstream request: the current attempt
+    span's ``traceparent`` (and ``tracestate``), or the client's own (``continue_client``)."""
     trace_headers = _upstream.get()
     return {**headers, **trace_headers} if trace_headers is not None else headers
+
+
+def continue_client(scope: Scope) -> Token[dict[str, str] | None] | None:
+    """Send the client's trace context upstream unchanged (CONTRACT §5), for a request without
+    a span of Sluice's own; None when the client sent none that is valid. ``end_continue`` undoes it."""
+    client = client_trace(scope["headers"])
+    if client is None:
+        return None
+    traceparent, _, trace_state = client
+    return _upstream.set({"traceparent": traceparent, "tracestate": trace_state} if trace_state else {"traceparent": traceparent})
+
+
+def end_continue(token: Token[dict[str, str] | None]) -> None:
+    """The request is over: its trace context no longer goes upstream."""
+    _upstream.reset(token)
+
+
+def client_trace(headers: Iterable[tuple[bytes, bytes]]) -> tuple[str, tuple[int, int, int], str] | None:
+    """The client's ``traceparent`` (as sent, and parsed) and ``tracestate`` ("" when absent or invalid);
+    None without exactly one valid ``traceparent`` (W3C: a second one makes it invalid)."""
+    traceparent: bytes | None = None
+    states: list[bytes] = []
+    for name, value in headers:
+        if name == b"traceparent":
+            if traceparent is not None:
+                return None
+            traceparent = value
+        elif name == b"tracestate":
+            states.append(value)
+    if traceparent is None or len(traceparent) > MAX_TRACEPARENT:
+        return None
+    text = traceparent.decode("latin-1").strip()
+    parent = parse_traceparent(text)
+    if parent is None:
+        return None
+    return text, parent, _trace_state(b",".join(states)) if states else ""
+
+
+def _trace_state(value: bytes) -> str:
+    """``tracestate`` as sent when well formed (W3C list members, at most 32, at most 512 characters), else ""."""
+    if len(value) > MAX_TRACESTATE:
+        return ""
+    text = value.decode("latin-1").strip(" \t")
+    # a member's key and value cannot hold "=" but its separator does: one "=" per member
+    if _TRACESTATE.fullmatch(text) is None or text.count("=") > MAX_TRACESTATE_MEMBERS:
+        return ""
+    return text
 
 
 def parse_traceparent(value: str) -> tuple[int, int, int] | None:
@@ -124,12 +200,16 @@ class Tracing:
         # objects and encoder (proxy/otlp.py says why).
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
+        from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
         resource = Resource.create()
         if str(resource.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
-            resource = resource.merge(Resource({SERVICE_NAME: "sluice"}))
-        self._sampler = TracerProvider().sampler
+            resource = resource.merge(Resource({SERVICE_NAME: environ.get("OTEL_SERVICE_NAME") or "sluice"}))
+        ratio = config.tracing.sample_ratio
+        if ratio is not None and "OTEL_TRACES_SAMPLER" not in environ:
+            self._sampler = ParentBased(TraceIdRatioBased(ratio))
+        else:
+            self._sampler = TracerProvider().sampler
         self._default_sampling = self._sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
         self.exporter = SpanExporter(environ, dict(resource.attributes), "sluice")
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
@@ -144,16 +224,12 @@ class Tracing:
         operation = OPERATIONS.get(path) if scope["method"] == "POST" else None
         if operation is None:
             return None
-        parent, trace_state = None, ""
-        for name, value in scope["headers"]:
-            if name == b"traceparent":
-                parent = parse_traceparent(value.decode("latin-1"))
-            elif name == b"tracestate":
-                trace_state = value.decode("latin-1").strip()
-        if parent is None:
+        client = client_trace(scope["headers"])
+        if client is None:
             trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
             flags = self._sampled(operation, trace_id, None)
         else:
+            _, parent, trace_state = client
             trace_id, parent_span_id, flags = parent
             flags = self._sampled(operation, trace_id, parent)
         record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())

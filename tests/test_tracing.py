@@ -10,13 +10,17 @@ import json
 import os
 from collections.abc import Iterator
 
+import anthropic
 import openai
 import pytest
 
-from proxy.tracing import enabled_by
+from proxy.config import Config, ConfigError, ProviderConfig, TracingConfig, parse_config
+from proxy.telemetry.record import RequestRecord
+from proxy.tracing import Tracing, client_trace, enabled_by, with_config
 from tests.conftest import openai_config
 from tests.fakes.otlp import OTLPReceiver, ReceivedSpan
-from tests.fakes.server import Reply
+from tests.fakes.server import FakeServer, Reply
+from tests.proxy_process import ProxyProcess
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -70,7 +74,7 @@ def error_reply(status: int) -> Reply:
 
 def test_request_span_continues_the_client_trace_with_genai_attributes(start_proxy, fake_openai, receiver) -> None:
     proxy = start_proxy(openai_config(fake_openai), env=traced(receiver))
-    answer = client(proxy, traceparent=TRACEPARENT).chat.completions.create(
+    answer = client(proxy, traceparent=TRACEPARENT, tracestate="rojo=00f067aa0ba902b7").chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}], temperature=0
     )
     assert answer.choices[0].message.content == f"echo: {PROMPT}"
@@ -103,7 +107,8 @@ def test_request_span_continues_the_client_trace_with_genai_attributes(start_pro
     assert request.start_ns <= attempt.start_ns <= attempt.end_ns <= request.end_ns
 
     (upstream,) = fake_openai.calls("/chat/completions")
-    assert upstream.headers["traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01"
+    assert upstream.headers["traceparent"] == f"00-{CLIENT_TRACE}-{attempt.span_id}-01", "the attempt span's, not the client's"
+    assert upstream.headers["tracestate"] == "rojo=00f067aa0ba902b7"
 
 
 def test_a_retried_request_has_one_client_span_per_attempt(start_proxy, fake_openai, receiver) -> None:
@@ -187,12 +192,99 @@ def test_streams_cache_hits_and_content_when_opted_in(start_proxy, fake_openai, 
     assert not children(spans, hit)
 
 
-def test_tracing_off_sends_no_trace_headers_upstream(start_proxy, fake_openai) -> None:
+# -- tracing off: the client's trace context goes upstream as it came --
+
+CLIENT_STATE = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"
+MODELS = {
+    "openai": "openai/gpt-4o-mini",
+    "gemini": "gemini/gemini-2.5-flash",
+    "ollama": "ollama/llama3.1",
+    "anthropic": "anthropic/claude-sonnet-4-5-20250929",
+}
+
+
+@pytest.fixture(scope="module")
+def untraced_proxy(
+    tmp_path_factory: pytest.TempPathFactory, _openai_server, _gemini_server, _ollama_server, _anthropic_server  # type: ignore[no-untyped-def]
+) -> Iterator[ProxyProcess]:
+    """Every provider type, tracing off (whatever ``OTEL_*`` the test run has), no cache."""
+    config = {
+        "providers": [
+            {"name": "openai", "type": "openai", "base_url": f"{_openai_server.url}/v1", "api_key": "sk-openai"},
+            {"name": "gemini", "type": "gemini", "base_url": f"{_gemini_server.url}/v1beta", "api_key": "g-key"},
+            {"name": "ollama", "type": "ollama", "base_url": _ollama_server.url},
+            {"name": "anthropic", "type": "anthropic", "base_url": f"{_anthropic_server.url}/v1", "api_key": "sk-ant"},
+        ],
+        "routing": {"default_provider": "openai"},
+        "retry": {"max_attempts": 1},
+        "cache": {"enabled": False},
+        "pricing_file": None,
+    }
     env = {name: "" for name in os.environ if name.startswith("OTEL_")}
-    proxy = start_proxy(openai_config(fake_openai), env=env)
-    client(proxy).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "untraced"}])
-    (upstream,) = fake_openai.calls("/chat/completions")
-    assert "traceparent" not in upstream.headers
+    process = ProxyProcess(config, tmp_path_factory.mktemp("untraced"), env=env)
+    yield process.wait_ready()
+    process.stop()
+
+
+def ask(proxy: ProxyProcess, api: str, model: str, headers: dict[str, str]) -> None:
+    """One request in the client API ``api``, through that API's official SDK."""
+    if api == "messages":
+        sdk = anthropic.Anthropic(base_url=proxy.url, api_key="unused", max_retries=0, default_headers=headers)
+        sdk.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "untraced"}])
+    elif api == "responses":
+        client(proxy, **headers).responses.create(model=model, input="untraced")
+    else:
+        client(proxy, **headers).chat.completions.create(model=model, messages=[{"role": "user", "content": "untraced"}])
+
+
+def trace_headers(fake: FakeServer) -> tuple[str | None, str | None]:
+    """The trace headers of the last request the fake upstream received."""
+    upstream = fake.calls()[-1]
+    return upstream.headers.get("traceparent"), upstream.headers.get("tracestate")
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+def test_tracing_off_passes_the_clients_trace_context_to_every_provider(
+    untraced_proxy, fake_openai, fake_gemini, fake_ollama, fake_anthropic, api  # type: ignore[no-untyped-def]
+) -> None:
+    fakes = {"openai": fake_openai, "gemini": fake_gemini, "ollama": fake_ollama, "anthropic": fake_anthropic}
+    for provider, fake in fakes.items():
+        ask(untraced_proxy, api, MODELS[provider], {"traceparent": TRACEPARENT, "tracestate": CLIENT_STATE})
+        assert trace_headers(fake) == (TRACEPARENT, CLIENT_STATE), provider
+
+
+@pytest.mark.parametrize(
+    ("sent", "forwarded"),
+    [
+        ({}, (None, None)),
+        ({"tracestate": CLIENT_STATE}, (None, None)),  # a tracestate means nothing without its traceparent
+        ({"traceparent": TRACEPARENT}, (TRACEPARENT, None)),
+        ({"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}", "tracestate": CLIENT_STATE}, (None, None)),
+        ({"traceparent": f"00-{'0' * 32}-{CLIENT_SPAN}-01"}, (None, None)),
+        ({"traceparent": f"01-{CLIENT_TRACE}-{CLIENT_SPAN}-01-" + "a" * 600}, (None, None)),
+        ({"traceparent": TRACEPARENT, "tracestate": "rojo=1,=bad"}, (TRACEPARENT, None)),
+        ({"traceparent": TRACEPARENT, "tracestate": "k=" + "v" * 600}, (TRACEPARENT, None)),
+    ],
+    ids=["none", "state-alone", "no-state", "short", "zero-trace", "too-long", "bad-state", "long-state"],
+)
+def test_tracing_off_passes_on_only_valid_trace_context(untraced_proxy, fake_anthropic, sent, forwarded) -> None:  # type: ignore[no-untyped-def]
+    ask(untraced_proxy, "messages", MODELS["anthropic"], sent)
+    assert trace_headers(fake_anthropic) == forwarded
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"traceparent", TRACEPARENT.encode()), (b"traceparent", TRACEPARENT.encode())], None),
+        ([(b"traceparent", TRACEPARENT.encode()), (b"tracestate", b"a=1"), (b"tracestate", b" b=2 ")], "a=1, b=2"),
+        ([(b"traceparent", TRACEPARENT.encode()), (b"tracestate", ",".join(f"k{n}=v" for n in range(33)).encode())], ""),
+        ([(b"traceparent", f"02-{CLIENT_TRACE}-{CLIENT_SPAN}-01-future".encode())], ""),
+    ],
+    ids=["two-traceparents", "two-tracestates", "33-members", "future-version"],
+)
+def test_client_trace_follows_w3c_trace_context(headers: list[tuple[bytes, bytes]], expected: str | None) -> None:
+    found = client_trace(headers)
+    assert (found[2] if found is not None else None) == expected
 
 
 @pytest.mark.parametrize(
@@ -222,10 +314,6 @@ def test_which_environments_turn_tracing_on(environ: dict[str, str], on: bool) -
     ],
 )
 def test_sampling_follows_otel_traces_sampler_and_the_parent(monkeypatch, sampler, traceparent, sampled) -> None:  # type: ignore[no-untyped-def]
-    from proxy.config import Config, ProviderConfig
-    from proxy.telemetry.record import RequestRecord
-    from proxy.tracing import Tracing
-
     if sampler is not None:
         monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
     config = Config(providers=(ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1"),))
@@ -239,3 +327,66 @@ def test_sampling_follows_otel_traces_sampler_and_the_parent(monkeypatch, sample
             assert f"{record.span.trace_id:032x}" == CLIENT_TRACE
     finally:
         tracing.exporter.shutdown()
+
+
+# -- the config's tracing section --
+
+
+def test_the_tracing_section_turns_tracing_on_without_otel_variables(start_proxy, fake_openai, receiver) -> None:  # type: ignore[no-untyped-def]
+    section = {"endpoint": receiver.url, "service_name": "sluice-from-config", "capture_content": True}
+    env = {name: "" for name in os.environ if name.startswith("OTEL_")}  # empty: unset, as OpenTelemetry reads it
+    proxy = start_proxy(openai_config(fake_openai, tracing=section), env={**env, "OTEL_BSP_SCHEDULE_DELAY": "20"})
+    client(proxy).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": PROMPT}])
+
+    request = server_span(receiver.wait_for(has("server")))
+    assert request.resource["service.name"] == "sluice-from-config"
+    assert PROMPT in request.attributes["gen_ai.input.messages"]
+
+
+@pytest.mark.parametrize(
+    ("section", "environ", "on", "service"),
+    [
+        (TracingConfig(), {}, False, None),
+        (TracingConfig(enabled=True), {}, True, None),
+        (TracingConfig(endpoint="http://collector:4318"), {}, True, None),
+        (TracingConfig(enabled=False), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"}, False, None),
+        (TracingConfig(enabled=True), {"OTEL_TRACES_EXPORTER": "none"}, False, None),
+        (TracingConfig(enabled=True), {"OTEL_SDK_DISABLED": "true"}, False, None),
+        (TracingConfig(enabled=True, service_name="a"), {"OTEL_SERVICE_NAME": "b"}, True, "b"),
+        (TracingConfig(enabled=True, service_name="a"), {"OTEL_SERVICE_NAME": ""}, True, "a"),
+    ],
+)
+def test_a_variable_the_environment_sets_wins_over_the_tracing_section(
+    section: TracingConfig, environ: dict[str, str], on: bool, service: str | None
+) -> None:
+    settings = with_config(section, environ)
+    assert enabled_by(settings) is on
+    assert settings.get("OTEL_SERVICE_NAME") == service
+
+
+def test_sample_ratio_samples_roots_and_follows_a_client_parent(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    provider = ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1")
+    tracing = Tracing(Config(providers=(provider,), tracing=TracingConfig(sample_ratio=0.0)), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    try:
+        for headers, sampled in (([], 0), ([(b"traceparent", TRACEPARENT.encode())], 1)):
+            record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
+            tracing.start_request({"path": "/v1/chat/completions", "method": "POST", "headers": headers}, record)
+            assert record.span.flags & 1 == sampled
+    finally:
+        tracing.exporter.shutdown()
+
+
+def test_the_tracing_section_is_validated_and_its_endpoint_password_masked() -> None:
+    providers = "providers: [{name: openai, type: openai, base_url: 'http://127.0.0.1:9/v1'}]\n"
+    with pytest.raises(ConfigError) as error:
+        parse_config(providers + "tracing: {enabled: 1, endpoint: collector, sample_ratio: 2, exporter: otlp}")
+    assert sorted(error.value.problems) == [
+        "tracing.enabled: must be a boolean, got int",
+        "tracing.endpoint: must be an http:// or https:// URL, got 'collector'",
+        "tracing.exporter: unknown field",
+        "tracing.sample_ratio: must be from 0 to 1",
+    ]
+    config = parse_config(providers + "tracing: {endpoint: 'https://user:secret@collector:4318/'}")
+    assert config.tracing.endpoint == "https://user:secret@collector:4318"
+    assert config.masked()["tracing"]["endpoint"] == "https://user:***@collector:4318"
