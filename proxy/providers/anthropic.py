@@ -24,6 +24,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
+from proxy.sse import Comment
 from proxy.providers import translate as t
 from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
 
@@ -512,7 +513,7 @@ def _native_payload(call: Call, stream: bool | None = None) -> bytes:
     return orjson.dumps({**call.body, **changes})
 
 
-async def _chunks(response: UpstreamResponse, stream: AnthropicStream) -> AsyncIterator[list[Chunk]]:
+async def _chunks(response: UpstreamResponse, stream: AnthropicStream) -> AsyncIterator[list[Chunk] | Comment]:
     def feed(data: bytes) -> list[Chunk]:
         return [Chunk.from_data(chunk) for chunk in stream.feed(t.parse_json(data))]
 
@@ -523,7 +524,7 @@ async def _chunks(response: UpstreamResponse, stream: AnthropicStream) -> AsyncI
         yield last
 
 
-async def _native_chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+async def _native_chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk] | Comment]:
     """Each event as it came, framed again with its name (which Anthropic sets equal to its ``type``)."""
     stopped = False
 

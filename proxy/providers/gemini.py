@@ -27,6 +27,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
+from proxy.sse import Comment
 from proxy.providers import translate as t
 from proxy.providers.base import (
     Call,
@@ -500,7 +501,7 @@ def _client_model(call: Call) -> str:
     return str(call.body.get("model") or call.model)
 
 
-async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[list[Chunk]]:
+async def _chunks(response: UpstreamResponse, stream: GeminiStream) -> AsyncIterator[list[Chunk] | Comment]:
     def feed(data: bytes) -> list[Chunk]:
         return [Chunk.from_data(chunk) for chunk in stream.feed(t.parse_json(data))]
 

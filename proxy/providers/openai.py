@@ -19,6 +19,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
+from proxy.sse import Comment
 from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, passed_back, raise_upstream_error, translated
 
 
@@ -130,7 +131,7 @@ def _completion(body: bytes) -> Completion:
     return Completion(body, _parse(body))
 
 
-async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk] | Comment]:
     done = False
 
     def chunk(data: bytes) -> list[Chunk]:
@@ -155,7 +156,7 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chunk] | Comment]:
     """A Responses stream's events, each passed on as an ``event: <type>`` frame.
 
     It must reach one of the final events: a stream cut before them is a
