@@ -24,9 +24,9 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.sse import Comment
 from proxy.providers import translate as t
 from proxy.providers.base import Call, ChunkStream, Provider, raise_upstream_error, translated
+from proxy.sse import Comment
 
 PROVIDER = "Anthropic"
 API_VERSION = "2023-06-01"

@@ -27,7 +27,6 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.sse import Comment
 from proxy.providers import translate as t
 from proxy.providers.base import (
     Call,
@@ -38,6 +37,7 @@ from proxy.providers.base import (
     path_model,
     translated,
 )
+from proxy.sse import Comment
 
 PROVIDER = "Gemini"
 

@@ -19,8 +19,8 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
-from proxy.sse import Comment
 from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, passed_back, raise_upstream_error, translated
+from proxy.sse import Comment
 
 
 CLIENT_HEADERS = frozenset({"openai-organization", "openai-project", "openai-beta"})
