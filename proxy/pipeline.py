@@ -359,11 +359,11 @@ class Pipeline:
         assembler = job.surface.assembler() if flight.native else StreamAssembler()
 
         def take(batch: list[Chunk] | Comment) -> None:
+            """One batch of what ``start`` read: comments, then the stream's first chunks."""
             if type(batch) is Comment:
                 flight.comment(batch)
                 return
-            if flight.first_chunk_seconds is None:
-                flight.first_chunk_seconds = time.perf_counter() - started
+            flight.first_chunk_seconds = time.perf_counter() - started
             for chunk in batch:
                 assembler.add(chunk.data)
             flight.publish(batch)
@@ -371,8 +371,13 @@ class Pipeline:
         try:
             for batch in stream.head:
                 take(batch)
-            async for batch in stream:
-                take(batch)
+            async for batch in stream:  # as ``take``, inline: every event goes through this loop
+                if type(batch) is Comment:
+                    flight.comment(batch)
+                    continue
+                for chunk in batch:
+                    assembler.add(chunk.data)
+                flight.publish(batch)
         finally:
             await stream.aclose()
         if not assembler.finished:

@@ -65,13 +65,15 @@ class ChunkStream:
         it a failed attempt that is retried or falls back, as an error status
         is, and its comments go with it.
         """
-        comments: deque[Comment] = deque(maxlen=KEPT_COMMENTS)
+        comments: deque[Comment] | None = None  # made only when one comes
         async for batch in self._chunks:
             if type(batch) is not Comment:
-                self.head = [*comments, batch]
+                self.head = [*comments, batch] if comments else [batch]
                 return
+            if comments is None:
+                comments = deque(maxlen=KEPT_COMMENTS)
             comments.append(batch)
-        self.head = [*comments]
+        self.head = [*comments] if comments else []
 
     def __aiter__(self) -> AsyncIterator[list[Chunk] | Comment]:
         return self._chunks
