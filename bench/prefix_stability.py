@@ -11,12 +11,14 @@ it, as agent loops do; Sluice trims each request to the window with no
 requested output length (so ``min(4096, window / 4)`` is reserved), exactly as
 ``proxy.compression.trim_history`` runs in the pipeline. Two schemes:
 
-- **old**: ``step=0``, the oldest turns go one by one until the prompt fits;
-- **new**: ``step=TRIM_STEP``, turns go in blocks (see ``_cut``).
+- **old**: ``low_water=1``, the oldest turns go one by one until the prompt fits;
+- **new**: ``low_water=LOW_WATER``, an overflowing prompt drops to that share of
+  the budget and keeps its cut until the window fills again (see ``_cut``).
 
 Reported, over the requests after trimming first happened: the share whose
 upstream prompt starts with the previous request's whole prompt (message by
-message), the mean prompt tokens, and the input cost modelled with OpenAI's
+message), the mean prompt tokens and their share of the prompt budget (how
+much history is kept), and the input cost modelled with OpenAI's
 prompt caching: the prefix shared with the previous request is cached when it
 is at least 1,024 tokens, in 128-token steps, billed at gpt-4.1's cached-input
 price ($0.50 per 1M against $2.00).
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import orjson
 
-from proxy.compression import TRIM_STEP, trim_history
+from proxy.compression import LOW_WATER, trim_history
 from proxy.tokens import REPLY_PRIMING_TOKENS, count_message
 
 AGENT = Path(__file__).resolve().parent / "data" / "agent"
@@ -77,12 +79,12 @@ def requests(messages: list[dict]) -> list[list[dict]]:
     return [messages[:i] for i, m in enumerate(messages) if m["role"] == "assistant" and i > 0]
 
 
-def replay(messages: list[dict], window: int, step: float) -> Outcome:
+def replay(messages: list[dict], window: int, low_water: float) -> Outcome:
     sizes = {id(m): count_message(m, MODEL) for m in messages}
     outcome = Outcome()
     previous: list[dict] | None = None
     for prompt in requests(messages):
-        sent = trim_history(prompt, MODEL, window, None, step=step)
+        sent = trim_history(prompt, MODEL, window, None, low_water=low_water)
         if previous is None and sent is prompt:
             continue  # trimming has not begun
         tokens = REPLY_PRIMING_TOKENS + sum(sizes[id(m)] for m in sent)
@@ -105,22 +107,23 @@ def replay(messages: list[dict], window: int, step: float) -> Outcome:
 
 def table() -> str:
     lines = [
-        "| window | scheme | requests after trimming began | prefix-stable | mean prompt tokens | modelled input cost | vs old |",
-        "|---|---|---|---|---|---|---|",
+        "| window | scheme | requests after trimming began | prefix-stable | mean prompt tokens | share of the budget | modelled input cost | vs old |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for window in WINDOWS:
         results: dict[str, Outcome] = {}
-        for scheme, step in (("old (turn by turn)", 0.0), (f"new (blocks of {TRIM_STEP:.0%})", TRIM_STEP)):
+        budget = window - min(4096, window // 4)
+        for scheme, low_water in (("old (turn by turn)", 1.0), (f"new (down to {LOW_WATER:.0%})", LOW_WATER)):
             total = Outcome()
             for path in sorted(AGENT.glob("*.json")):
-                total.add(replay(session(path, window), window, step))
+                total.add(replay(session(path, window), window, low_water))
             results[scheme] = total
         old = next(iter(results.values()))
         for scheme, total in results.items():
             mean = total.prompt_tokens / (total.requests + len(list(AGENT.glob("*.json"))))
             lines.append(
                 f"| {window:,} | {scheme} | {total.requests} | {total.stable / total.requests:.1%} "
-                f"| {mean:,.0f} | ${total.cost:.4f} | {total.cost / old.cost - 1:+.1%} |"
+                f"| {mean:,.0f} | {mean / budget:.1%} | ${total.cost:.4f} | {total.cost / old.cost - 1:+.1%} |"
             )
     return "\n".join(lines)
 

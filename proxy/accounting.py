@@ -3,9 +3,9 @@
 Usage is read in any of the three client APIs' shapes (``Usage.of``). In the
 hub's (Chat Completions) shape ``prompt_tokens`` counts every input token,
 provider-cached reads (``prompt_tokens_details.cached_tokens``) and cache
-writes (``prompt_tokens_details.cache_creation_input_tokens``, from
-Anthropic) included; ``completion_tokens`` counts reasoning tokens too, which
-are billed as output.
+writes (``prompt_tokens_details.cache_write_tokens``, OpenAI's name, or
+``cache_creation_input_tokens``, Anthropic's) included; ``completion_tokens``
+counts reasoning tokens too, which are billed as output.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class Usage:
             return cls(
                 _int(usage.get("prompt_tokens")),
                 _int(details.get("cached_tokens")),
-                _int(details.get("cache_creation_input_tokens")),
+                _int(details.get("cache_write_tokens")) or _int(details.get("cache_creation_input_tokens")),
                 _int(usage.get("completion_tokens")),
             )
         if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
@@ -75,7 +75,10 @@ class Usage:
             return cls(_int(usage.get("input_tokens")) + cached + written, cached, written, _int(usage.get("output_tokens")))
         details = usage.get("input_tokens_details") or {}
         return cls(
-            _int(usage.get("input_tokens")), _int(details.get("cached_tokens")), 0, _int(usage.get("output_tokens"))
+            _int(usage.get("input_tokens")),
+            _int(details.get("cached_tokens")),
+            _int(details.get("cache_write_tokens")),
+            _int(usage.get("output_tokens")),
         )
 
 

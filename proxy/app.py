@@ -125,7 +125,7 @@ class Gateway:
         if self.shared is not None and self.config.dedup.enabled:
             from proxy.remote_flights import RemoteFlights
 
-            self.pipeline.remote_flights = RemoteFlights(self.shared.link, self.config.cache.redis_url)
+            self.pipeline.remote_flights = RemoteFlights(self.shared.link)
 
     async def stop(self) -> None:
         self.telemetry.flush()

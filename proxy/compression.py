@@ -30,8 +30,9 @@ user messages: opt-in, because a politeness word can be the point of a prompt.
 Providers cache prompt prefixes (cached input costs 10-50% of the price), so
 nothing here may make a prompt's start change from one request to the next:
 each message is rewritten from its own content alone, and history trimming
-drops blocks of turns and then keeps that cut while the conversation regrows
-(``trim_history``; measured by ``bench/prefix_stability.py``).
+drops well below the window at once and then keeps that cut while the
+conversation regrows (``trim_history``; measured by
+``bench/prefix_stability.py``).
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ SYSTEM_ROLES = frozenset({"system", "developer"})
 TOOL_RESULT_ROLES = frozenset({"tool", "function"})
 # Room kept for the answer when the request does not say how long it may be.
 DEFAULT_OUTPUT_RESERVE = 4096
-# Share of the prompt budget that trimming drops at once: the cut then holds
-# while the conversation regrows by as much (bench/prefix_stability.py).
-TRIM_STEP = 0.6
+# Share of the prompt budget that trimming drops the prompt to when it
+# overflows: the cut then holds while the conversation regrows by the rest
+# (bench/prefix_stability.py).
+LOW_WATER = 0.4
 
 
 @dataclass(slots=True)
@@ -379,12 +381,19 @@ def _filler_match(match: re.Match[str]) -> str:
 # -- history trimming --
 
 
+@dataclass(slots=True)
+class _Turn:
+    role: str | None  # its first message's
+    indexes: list[int]  # of its messages, ascending
+    size: int  # tokens
+
+
 def trim_history(
     messages: list[dict],
     model: str,
     context_window: int,
     max_output_tokens: int | None,
-    step: float = TRIM_STEP,
+    low_water: float = LOW_WATER,
 ) -> list[dict]:
     """Drop the oldest turns until prompt and answer fit ``context_window``.
 
@@ -396,24 +405,27 @@ def trim_history(
     result is ever left without its call. Returns ``messages`` itself when it
     fits; raises ``ContextOverflow`` when even the kept messages do not.
 
-    Turns go in blocks of at least ``step`` × the prompt budget (see
-    ``_cut``), so the cut stays put while the conversation grows and the
-    provider's prompt cache keeps hitting; ``step=0`` drops turn by turn.
+    When the prompt overflows, turns go down to ``low_water`` × the prompt
+    budget, and that cut then holds until the window fills again, so the
+    provider's prompt cache keeps hitting (see ``_cut``); ``low_water=1``
+    drops just enough, turn by turn.
     """
     reserve = max_output_tokens if max_output_tokens is not None else min(DEFAULT_OUTPUT_RESERVE, context_window // 4)
     limit = context_window - reserve
     if REPLY_PRIMING_TOKENS + sum(message_upper_bound(m) for m in messages if isinstance(m, dict)) <= limit:
         return messages
     sizes = [count_message(m, model) if isinstance(m, dict) else 0 for m in messages]
-    total = REPLY_PRIMING_TOKENS + sum(sizes)
-    if total <= limit:
+    if REPLY_PRIMING_TOKENS + sum(sizes) <= limit:
         return messages
-    turns, kept = _turns(messages)
-    turn_sizes = [sum(sizes[i] for i in turn) for turn in turns]
-    droppable = [kept.isdisjoint(turn) for turn in turns]
-    cut = _cut(turn_sizes, droppable, total - limit, step * max(limit, 0))
-    dropped = {i for turn, drop in zip(turns[:cut], droppable) if drop for i in turn}
-    total -= sum(sizes[i] for i in dropped)
+    turns = _turns(messages, sizes)
+    start, pinned = _cut(turns, limit, low_water * limit)
+    newest = len(messages) - 1
+    kept = [
+        turn
+        for t, turn in enumerate(turns)
+        if t >= start or t == pinned or turn.role in SYSTEM_ROLES or turn.indexes[-1] == newest
+    ]
+    total = REPLY_PRIMING_TOKENS + sum(turn.size for turn in kept)
     # Without a requested length the reserve is only a courtesy: a prompt that
     # fits the window is still sent, the answer gets whatever room is left.
     if total > limit and (max_output_tokens is not None or total >= context_window):
@@ -423,44 +435,55 @@ def trim_history(
             "reserved for the completion. Please reduce the length of the messages or of the completion.",
             param="messages",
         )
-    return [message for i, message in enumerate(messages) if i not in dropped]
+    indexes = {i for turn in kept for i in turn.indexes}
+    return [message for i, message in enumerate(messages) if i in indexes]
 
 
-def _cut(turn_sizes: list[int], droppable: list[bool], excess: int, block: float) -> int:
-    """How many of the oldest turns to drop (the kept ones among them stay) to shed ``excess`` tokens.
+def _cut(turns: list[_Turn], limit: int, low: float) -> tuple[int, int | None]:
+    """The first turn kept, and the user turn kept from before it (or None).
 
-    Cuts fall only at the ends of blocks: runs of turns, counted from the
-    oldest, of at least ``block`` tokens. A block's end depends on older turns
-    alone (kept ones counted too, so one that stops being kept moves nothing),
-    so as new turns arrive the same cut is chosen again until the prompt
-    outgrows it, then the next block goes: every upstream prompt between two
-    jumps starts with the one before it. Past the last whole block (only when
-    the kept messages are huge) turns go one by one; with none enough, all go.
+    Replays the conversation as if a request had been sent at the end of
+    every turn: whenever the prompt then outgrows ``limit``, the oldest turns
+    go until it is down to ``low`` (the newest turn always stays). Every cut
+    depends only on the turns up to where it happened, so the next request,
+    which resends this one's turns and more, gets the same cuts and then
+    maybe one more: its prompt starts with this one's until the window fills
+    again. The last user message at a cut stays (pinned) until the next cut,
+    even once a newer one arrives, so that its going does not move the start
+    in between.
     """
-    seen = 0
-    block_start = 0
-    ends: list[int] = []
-    for count, size in enumerate(turn_sizes, 1):
-        seen += size
-        if seen - block_start >= block:
-            ends.append(count)
-            block_start = seen
-    candidates = ends + list(range((ends[-1] if ends else 0) + 1, len(turn_sizes) + 1))
-    shed = 0
-    done = 0
-    for count in candidates:
-        shed += sum(size for size, drop in zip(turn_sizes[done:count], droppable[done:count]) if drop)
-        done = count
-        if shed >= excess:
-            return count
-    return len(turn_sizes)
+    start = 0
+    pinned: int | None = None
+    last_user: int | None = None
+    fixed = REPLY_PRIMING_TOKENS  # system turns and the pinned user turn
+    live = 0  # the turns from start on
+    for t, turn in enumerate(turns):
+        if turn.role in SYSTEM_ROLES:
+            fixed += turn.size
+            continue
+        live += turn.size
+        if turn.role == "user":
+            last_user = t
+        if fixed + live <= limit:
+            continue
+        if pinned is not None and pinned != last_user:
+            fixed -= turns[pinned].size
+            pinned = None
+        while fixed + live > low and start < t:
+            dropped = turns[start]
+            if dropped.role not in SYSTEM_ROLES:
+                live -= dropped.size
+                if start == last_user:
+                    pinned, fixed = start, fixed + dropped.size
+            start += 1
+    return start, pinned
 
 
-def _turns(messages: list[dict]) -> tuple[list[list[int]], set[int]]:
-    """Turns (lists of message indexes) but system ones, oldest first, and the indexes always kept."""
-    turns: list[list[int]] = []
-    turn_of_call: dict[str, list[int]] = {}
-    last_call_turn: list[int] | None = None
+def _turns(messages: list[dict], sizes: list[int]) -> list[_Turn]:
+    """The conversation's turns, ordered by their first message; ``sizes`` are the messages' tokens."""
+    turns: list[_Turn] = []
+    turn_of_call: dict[str, _Turn] = {}
+    last_call_turn: _Turn | None = None
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
         if role in TOOL_RESULT_ROLES:
@@ -470,9 +493,10 @@ def _turns(messages: list[dict]) -> tuple[list[list[int]], set[int]]:
             if turn is None:
                 turn = last_call_turn
             if turn is not None:
-                turn.append(i)
+                turn.indexes.append(i)
+                turn.size += sizes[i]
                 continue
-        turn = [i]
+        turn = _Turn(role, [i], sizes[i])
         turns.append(turn)
         last_call_turn = None
         if role == "assistant" and (message.get("tool_calls") or message.get("function_call")):
@@ -480,15 +504,4 @@ def _turns(messages: list[dict]) -> tuple[list[list[int]], set[int]]:
             for call in message.get("tool_calls") or ():
                 if isinstance(call, dict) and isinstance(call.get("id"), str):
                     turn_of_call[call["id"]] = turn
-    kept = _kept_indexes(messages)
-    return [turn for turn in turns if messages[turn[0]].get("role") not in SYSTEM_ROLES], kept
-
-
-def _kept_indexes(messages: list[dict]) -> set[int]:
-    kept = {i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES}
-    users = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
-    if users:
-        kept.add(users[-1])
-    if messages:
-        kept.add(len(messages) - 1)
-    return kept
+    return turns

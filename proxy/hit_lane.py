@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from starlette.types import Scope
 
 from proxy.cache.base import CacheBackend, CachedAnswer
+from proxy.fifo import BoundedFifo
 from proxy.middleware import client_request_id, new_request_id
 from proxy.telemetry import Telemetry
 from proxy.telemetry.record import RequestRecord
@@ -91,10 +92,9 @@ class HitLane:
         self._cache = cache
         self._telemetry = telemetry
         self._max_bytes = max_bytes
-        self._entries: dict[LaneKey, LaneEntry] = {}
+        self._entries: BoundedFifo[LaneKey, LaneEntry] = BoundedFifo(max_bytes=max_bytes, on_drop=self._dropped)
         self._body_sizes: Counter[int] = Counter()  # a first check that costs nothing per byte
-        self._seen: dict[int, None] = {}  # hashes of keys hit once, oldest first
-        self._size = 0
+        self._seen: BoundedFifo[int, None] = BoundedFifo(max_entries=SEEN_MAX)  # hashes of keys hit once
         self.hits = 0
 
     def __len__(self) -> int:
@@ -136,38 +136,28 @@ class HitLane:
         )
         if entry.size > self._max_bytes // 64:  # one entry may not crowd out the rest
             return
-        self._discard(key)
-        while self._entries and self._size + entry.size > self._max_bytes:
-            self._discard(next(iter(self._entries)))  # the oldest learned first
-        self._entries[key] = entry
+        self._entries.put(key, entry, entry.size)  # the oldest learned leave first
         self._body_sizes[len(key[3])] += 1
-        self._size += entry.size
 
     def clear(self) -> None:
         self._entries.clear()
         self._body_sizes.clear()
         self._seen.clear()
-        self._size = 0
 
     def _seen_before(self, key: LaneKey) -> bool:
         """Whether the full path answered these bytes before; notes them if not."""
         digest = hash(key)
         if digest in self._seen:
-            del self._seen[digest]
+            self._seen.discard(digest)
             return True
-        if len(self._seen) >= SEEN_MAX:
-            del self._seen[next(iter(self._seen))]
-        self._seen[digest] = None
+        self._seen.put(digest, None)
         return False
 
-    def _discard(self, key: LaneKey) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._size -= entry.size
-            body_size = len(key[3])
-            self._body_sizes[body_size] -= 1
-            if not self._body_sizes[body_size]:
-                del self._body_sizes[body_size]
+    def _dropped(self, key: LaneKey) -> None:
+        body_size = len(key[3])
+        self._body_sizes[body_size] -= 1
+        if not self._body_sizes[body_size]:
+            del self._body_sizes[body_size]
 
     # -- the protocol asks --
 
@@ -183,8 +173,8 @@ class HitLane:
         if entry is None:
             return None
         if self._cache.get_nowait(entry.cache_key) is not entry.answer:
-            self._discard(key)  # expired, evicted, cleared or refreshed: the full path decides,
-            self._seen[hash(key)] = None  # and these bytes are known: its next hit teaches the lane
+            self._entries.discard(key)  # expired, evicted, cleared or refreshed: the full path decides,
+            self._seen.put(hash(key), None)  # and these bytes are known: its next hit teaches the lane
             return None
         return LaneHit(entry, client_request_id(request_id) or new_request_id())
 

@@ -16,8 +16,9 @@ httpx and httpcore internals it touches, and why (pinned in pyproject.toml,
 checked by tests/test_http2.py::test_the_httpx_internals_used_are_there):
 ``AsyncHTTPTransport._pool``, to give httpcore a network backend on asyncio's
 transports (httpx has no public way; without it, httpx builds its own pool
-with the same settings on its default backend), and the walk in ``release``
-(without it, abandoned streams are only released, not reset).
+with the same settings on its default backend), the walk in ``release``
+(without it, abandoned streams are only released, not reset), and the pool's
+``_requests`` for ``waiting`` (without it, the gauge reads 0).
 """
 
 from __future__ import annotations

@@ -81,6 +81,7 @@ class Job:
     cache_key: str | None
     bridged: bool = False
     semantic: SemanticQuery | None = None  # set when the semantic cache may store this job's answer
+    rendered: dict[str, Any] | None = None  # the hub answer in the surface's form, once ``_remember`` made it
 
     def native_to(self, provider: Provider) -> bool:
         """Whether ``provider`` gets the client's own body rather than the hub request."""
@@ -134,7 +135,7 @@ class Pipeline:
         hub, hub_raw, bridged = await self._hub_request(surface, body, raw, route, identity)
         key = None
         if self.cache is not None or self._dedup:
-            key = cache_key(surface.api, route.key, body, identity, options.compression)
+            key = cache_key(surface.api, route.key, surface.keyed(body), identity, options.compression)
         job = Job(
             surface,
             body,
@@ -200,8 +201,22 @@ class Pipeline:
         except CacheUnavailable:
             record.cache = "bypass"
             return None
+        if answer is not None and job.surface.remembers:
+            answer = await self._reissued(job, answer)
         record.cache = "hit" if answer is not None else "miss"
         return answer
+
+    async def _reissued(self, job: Job, cached: CachedAnswer) -> CachedAnswer | None:
+        """A hit on an API that keeps its answers (Responses) as an answer of its own, kept like one
+        (a bridged answer gets fresh ids, so GET, DELETE and ``previous_response_id`` work on it);
+        None, a miss, when the native answer names a response that is gone."""
+        surface = job.surface
+        data = cached.completion.data
+        if _is_native(surface, data):
+            return cached if await surface.still_kept(data, job.body) else None
+        completion = Completion.from_data(surface.reissued(data))
+        await self._remember(job, completion, cached.provider)
+        return CachedAnswer(completion, cached.provider)
 
     async def _store(self, job: Job, completion: Completion, provider: str) -> None:
         if self.cache is None or job.options.no_store or job.cache_key is None:
@@ -285,6 +300,8 @@ class Pipeline:
         """Let the surface keep the answer (Responses' stored responses) before any caller sees its end."""
         native = _is_native(job.surface, completion.data)
         answer = completion.data if native else job.surface.from_hub(completion.data, job.body)
+        if not native:
+            job.rendered = answer
         try:
             await job.surface.answered(job.body, job.identity, answer, native, provider)
         except Exception as exc:  # noqa: BLE001 - the answer stands even when it cannot be kept
@@ -550,7 +567,7 @@ def _json_body(job: Job, completion: Completion) -> bytes:
     surface = job.surface
     if surface.hub_native or _is_native(surface, completion.data):
         return completion.body
-    return orjson.dumps(surface.from_hub(completion.data, job.body))
+    return orjson.dumps(job.rendered if job.rendered is not None else surface.from_hub(completion.data, job.body))
 
 
 def _replay(job: Job, completion: Completion, include_usage: bool) -> bytes:

@@ -37,15 +37,13 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.completions import Chunk, Completion, replay_chunks
 from proxy.config import Target
 from proxy.dedup import Flight, Outcome
 from proxy.errors import SluiceError
-from proxy.shared_state import RedisLink, RedisUnavailable
+from proxy.redis_link import RedisLink, RedisUnavailable
 from proxy.sse import Comment
 
 FLIGHT_PREFIX = "sluice:flight:"
@@ -66,7 +64,7 @@ class RemoteFlights:
     readable for followers that claimed just before the end."""
 
     def __init__(
-        self, link: RedisLink, url: str, *, lease: float = 10.0, block: float = 1.0, final_ttl: float = 30.0, max_claims: int = 3
+        self, link: RedisLink, *, lease: float = 10.0, block: float = 1.0, final_ttl: float = 30.0, max_claims: int = 3
     ) -> None:
         self._link = link
         self._lease_ms = max(1, round(lease * 1000))
@@ -74,12 +72,7 @@ class RemoteFlights:
         self._final_ttl_ms = max(1, round(final_ttl * 1000))
         self._max_claims = max_claims
         # Blocking reads need a socket timeout longer than the block; the link's client keeps its short one.
-        self._reader = Redis.from_url(
-            url,
-            socket_connect_timeout=0.25,
-            socket_timeout=block + 1.0,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._reader = link.client(read_timeout=block + 1.0)
         self._renew = link.redis.register_script(_RENEW)
         self._release = link.redis.register_script(_RELEASE)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -1,8 +1,13 @@
 """Retries with backoff, a circuit breaker per target, and fallback across targets.
 
-The first attempt runs bare: tenacity costs ~50 µs per call even when nothing
-fails (measured here), which is a sixth of the proxy's whole budget per
-request, so it only drives the retries after a first failure.
+Both are Sluice's own, a loop and a three-state machine, not tenacity and
+pybreaker: every request passes through them, and the libraries cost more
+than the whole wrapper does when nothing fails (``bench/micro.py``, one
+core: tenacity's ``AsyncRetrying`` 25-46 µs per call, pybreaker's locked
+``call`` ~1.3 µs per success; this module's whole path for one successful
+attempt ~1.7 µs). Neither library fits the async call either: pybreaker
+guards synchronous calls, and tenacity would own the loop that must stop
+at an open breaker.
 """
 
 from __future__ import annotations
@@ -13,9 +18,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-
-import pybreaker
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from proxy import tracing
 from proxy.config import BreakerConfig, RetryConfig, Target
@@ -34,57 +36,54 @@ from proxy.errors import (
 
 T = TypeVar("T")
 
-BREAKER_STATES = {"closed": "closed", "open": "open", "half-open": "half_open"}
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 MAX_BREAKERS = 1000
 OVERFLOW_MODEL = "other"
+
+# uvloop's timers count whole milliseconds of a clock read at the loop's last turn, so a
+# sleep may end up to ~1 ms early: Retry-After is a floor, hence the margin.
+_CLOCK_MARGIN = 0.002
 
 # Anthropic's "overloaded" status: the condition of a 503, under a name of its own.
 OVERLOADED = 529
 
 
-class TargetBreaker(pybreaker.CircuitBreakerListener):
-    """pybreaker's state machine for one target, driven around async calls.
+class TargetBreaker:
+    """One target's breaker: closed, open, or half-open with exactly one trial request through.
 
-    pybreaker guards synchronous calls; here the upstream call is async, so the
-    breaker is asked before the call (``allow``) and told the outcome after.
-    Half-open lets exactly one trial request through.
+    Asked before each attempt (``allow``), told its outcome after: ``failure_threshold``
+    failures in a row open it for ``reset_timeout_seconds``; the first request after that
+    is the trial, whose success closes it and whose failure opens it again.
 
     ``on_change`` hears when this process's own verdicts open or close the
     breaker, so another process can be told; states applied from elsewhere
     (``open_for``, ``close``) are not reported back, so nothing echoes.
     """
 
+    __slots__ = ("label", "state", "_threshold", "_reset_timeout", "_failures", "_opened_at", "_trial_running", "_on_change")
+
     def __init__(
         self, label: str, config: BreakerConfig, on_change: Callable[[TargetBreaker], None] | None = None
     ) -> None:
         self.label = label
-        self._breaker = pybreaker.CircuitBreaker(
-            fail_max=config.failure_threshold, reset_timeout=config.reset_timeout_seconds, listeners=[self], name=label
-        )
+        self.state = CLOSED
+        self._threshold = config.failure_threshold
         self._reset_timeout = config.reset_timeout_seconds
+        self._failures = 0  # in a row, while closed
         self._opened_at = 0.0
         self._trial_running = False
         self._on_change = on_change
-
-    def state_change(self, cb: pybreaker.CircuitBreaker, old_state, new_state) -> None:  # type: ignore[no-untyped-def]
-        if new_state is not None and new_state.name == pybreaker.STATE_OPEN:
-            self._opened_at = time.monotonic()
-
-    @property
-    def state(self) -> str:
-        return BREAKER_STATES.get(self._breaker.current_state, self._breaker.current_state)
 
     def retry_after(self) -> float:
         return max(0.0, self._opened_at + self._reset_timeout - time.monotonic())
 
     def allow(self) -> bool:
-        state = self._breaker.current_state
-        if state == pybreaker.STATE_CLOSED:
+        if self.state == CLOSED:
             return True
-        if state == pybreaker.STATE_OPEN:
+        if self.state == OPEN:
             if self.retry_after() > 0:
                 return False
-            self._breaker.half_open()
+            self.state = HALF_OPEN
         if self._trial_running:
             return False
         self._trial_running = True
@@ -92,61 +91,52 @@ class TargetBreaker(pybreaker.CircuitBreakerListener):
 
     def record_success(self) -> None:
         self._trial_running = False
-        before = self._breaker.current_state
-        if before == pybreaker.STATE_OPEN:
-            return  # a call that began before the breaker opened: the open period runs its course
-        if before == pybreaker.STATE_CLOSED and self._breaker.fail_counter == 0:
-            return  # nothing to reset: skip pybreaker's locked call on the hot path
-        self._breaker.call(_succeed)
-        self._reported(before)
+        if self.state == CLOSED:
+            self._failures = 0
+        elif self.state == HALF_OPEN:
+            self._close()
+            self._reported()
+        # open: a call that began before the breaker opened; the open period runs its course
 
     def record_failure(self, error: BaseException) -> None:
         self._trial_running = False
-        before = self._breaker.current_state
-        if before == pybreaker.STATE_OPEN:
+        if self.state == OPEN:
             return  # likewise: it is already open, and reopening would extend the period
-        try:
-            self._breaker.call(_fail, error)
-        except (pybreaker.CircuitBreakerError, SluiceError):
-            pass
-        self._reported(before)
+        if self.state == CLOSED:
+            self._failures += 1
+            if self._failures < self._threshold:
+                return
+        self._open(time.monotonic())
+        self._reported()
 
     def release(self) -> None:
-        """The call ended without a verdict (cancelled, or a client error)."""
-        if self._breaker.current_state == pybreaker.STATE_HALF_OPEN and self._trial_running:
-            self._trial_running = False
-            self._breaker.call(_succeed)
-            self._reported(pybreaker.STATE_HALF_OPEN)
+        """The call ended without a verdict (cancelled, or a client error): a trial's counts as a success."""
+        if self.state == HALF_OPEN and self._trial_running:
+            self._close()
+            self._reported()
         self._trial_running = False
 
     def open_for(self, seconds: float) -> None:
-        """Open as another process's breaker did, for the time it has left.
-
-        ``_opened_at`` is back-dated so that ``retry_after`` is ``seconds``;
-        pybreaker's own clock never decides anything here, ``allow`` does.
-        """
-        if self._breaker.current_state != pybreaker.STATE_OPEN:
-            self._breaker.open()
-        self._opened_at = time.monotonic() - self._reset_timeout + seconds
+        """Open as another process's breaker did, for the time it has left."""
+        self._open(time.monotonic() - self._reset_timeout + seconds)
 
     def close(self) -> None:
         """Close as another process's breaker did: its trial succeeded."""
-        if self._breaker.current_state != pybreaker.STATE_CLOSED:
-            self._breaker.close()
+        if self.state != CLOSED:
+            self._close()
 
-    def _reported(self, before: str) -> None:
+    def _open(self, opened_at: float) -> None:
+        self.state = OPEN
+        self._opened_at = opened_at
+
+    def _close(self) -> None:
+        self.state = CLOSED
+        self._failures = 0
+
+    def _reported(self) -> None:
         """Tell ``on_change`` of an opening or a closing; half-open is a local step, not news."""
-        after = self._breaker.current_state
-        if after != before and after != pybreaker.STATE_HALF_OPEN and self._on_change is not None:
+        if self._on_change is not None:
             self._on_change(self)
-
-
-def _succeed() -> None:
-    return None
-
-
-def _fail(error: BaseException) -> None:
-    raise error
 
 
 class Breakers:
@@ -234,7 +224,7 @@ class Resilience:
         delay = random.uniform(0, ceiling)
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, cap))
+            delay = max(delay, min(retry_after + _CLOCK_MARGIN, cap))
         return delay
 
     async def run(
@@ -267,31 +257,20 @@ class Resilience:
     async def _with_retries(
         self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]], attempts: Attempts
     ) -> T:
-        try:
-            return await self._once(target, breaker, attempt, attempts)
-        except UpstreamFailure as exc:
-            if self._retry.max_attempts <= 1 or not self.retryable(exc):
-                raise
-            first_error = exc
-        await asyncio.sleep(self.backoff(1, first_error))
-
-        def wait(state: RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            return self.backoff(state.attempt_number + 1, error)
-
-        async def retry_once() -> T:
+        """The target's attempts: retryable failures are retried after a backoff, while its breaker allows."""
+        number = 1
+        while True:
+            try:
+                return await self._once(target, breaker, attempt, attempts)
+            except UpstreamFailure as exc:
+                if number >= self._retry.max_attempts or not self.retryable(exc):
+                    raise
+                error = exc
+            await asyncio.sleep(self.backoff(number, error))
             if not breaker.allow():
-                raise first_error
+                raise error
+            number += 1
             attempts.retries += 1
-            return await self._once(target, breaker, attempt, attempts)
-
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry.max_attempts - 1),
-            wait=wait,
-            retry=retry_if_exception(self.retryable),
-            reraise=True,
-        )
-        return await retrying(retry_once)
 
     async def _once(
         self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]], attempts: Attempts

@@ -70,6 +70,12 @@ def fake_anthropic(_anthropic_server):  # type: ignore[no-untyped-def]
     return _anthropic_server
 
 
+@pytest.fixture(scope="session")
+def _every_server(_openai_server, _gemini_server, _ollama_server, _anthropic_server):  # type: ignore[no-untyped-def]
+    """The four fakes, for a proxy shared by a module: OpenAI, Gemini, Ollama, Anthropic."""
+    return _openai_server, _gemini_server, _ollama_server, _anthropic_server
+
+
 @pytest.fixture
 def start_proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
     """``start_proxy(config_dict, env=None, args=None)`` → a ready proxy, stopped at test end."""

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from proxy.compression import (
+    LOW_WATER,
     CompressionResult,
     ContextOverflow,
     compact_json,
@@ -413,8 +414,8 @@ def tool_exchange(call_id: str, words: int = 50) -> list[dict]:
     ]
 
 
-def trim(messages: list[dict], window: int, max_output: int | None = 0) -> list[dict]:
-    return trim_history(messages, MODEL, window, max_output)
+def trim(messages: list[dict], window: int, max_output: int | None = 0, low_water: float = LOW_WATER) -> list[dict]:
+    return trim_history(messages, MODEL, window, max_output, low_water)
 
 
 def test_a_prompt_that_fits_is_returned_as_is() -> None:
@@ -444,7 +445,7 @@ def test_the_answer_reserve_counts() -> None:
 def test_without_a_requested_length_a_default_reserve_is_kept() -> None:
     messages = [*turn(1, words=400), user("q")]
     window = count_messages(messages, MODEL) + 10  # fits, but leaves no room to answer
-    assert trim(messages, window, max_output=None) == [turn(1, words=400)[1], user("q")]
+    assert trim(messages, window, max_output=None, low_water=1) == [turn(1, words=400)[1], user("q")]
 
 
 def test_without_a_requested_length_a_prompt_that_fits_is_sent_rather_than_refused() -> None:
@@ -573,11 +574,30 @@ def test_the_cut_holds_while_the_conversation_grows() -> None:
         assert prompt[0] is system and count_messages(prompt, MODEL) + 200 <= 2000
 
 
-def test_step_zero_drops_turn_by_turn() -> None:
+def test_low_water_one_drops_turn_by_turn() -> None:
     messages = [*turn(1), *turn(2), *turn(3), user("q")]
     window = count_messages([*turn(2)[1:], *turn(3), user("q")], MODEL)
-    assert trim_history(messages, MODEL, window, 0, step=0) == [*turn(2)[1:], *turn(3), user("q")]
-    assert len(trim_history(messages, MODEL, window, 0)) < len(messages) - 3, "a block of turns goes at once"
+    assert trim(messages, window, low_water=1) == [*turn(2)[1:], *turn(3), user("q")]
+    assert len(trim(messages, window)) < len(messages) - 3, "the prompt drops to the low-water mark at once"
+
+
+def test_an_agent_session_keeps_its_cut_and_its_task_through_tool_calls() -> None:
+    """One task's tool calls outgrow the window: the cut falls behind the task's user
+    message, which stays (pinned) even after the next task begins, until the next cut."""
+    system = {"role": "system", "content": "You are an agent."}
+    history: list[dict] = [system]
+    trimmed: list[list[dict]] = []
+    for task in range(12):
+        history.append(user(f"task {task}"))
+        for step in range(4):
+            history += tool_exchange(f"t{task}s{step}", words=120)
+            prompt = trim_history(history, MODEL, 2000, 500)
+            assert prompt[0] is system and count_messages(prompt, MODEL) + 500 <= 2000
+            assert [m for m in prompt if m["role"] == "user"][-1] is history[-2 * step - 3], "the task stays"
+            if prompt is not history:
+                trimmed.append(prompt)
+    jumps = sum(1 for before, after in itertools.pairwise(trimmed) if after[: len(before)] != before)
+    assert len(trimmed) > 30 and jumps <= len(trimmed) // 4
 
 
 @FAST

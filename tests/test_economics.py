@@ -59,13 +59,10 @@ def test_trim_history_keeps_system_and_tool_pairs(start_proxy, fake_openai) -> N
     ]
     response = post(proxy, {"model": "tiny-model", "messages": messages, "max_tokens": 50})
     assert response.status_code == 200, response.text
-    trimmed = int(response.headers["x-sluice-trimmed-messages"])
-    assert trimmed >= 3
+    assert response.headers["x-sluice-trimmed-messages"] == "2"
     sent = fake_openai.calls("/chat/completions")[0].json["messages"]
-    assert sent[0] == messages[0] and sent[-1] == messages[-1]
-    roles = [m["role"] for m in sent]
-    if "tool" in roles:
-        assert roles[roles.index("tool") - 1] == "assistant"
+    # The tool call went with its result; the question it answered stays, the task then.
+    assert [m["content"].rstrip() for m in sent] == [messages[i]["content"].rstrip() for i in (0, 1, 4, 5)]
     overflow = post(proxy, {"model": "tiny-model", "messages": [{"role": "user", "content": filler * 10}]})
     assert overflow.status_code == 400
     assert overflow.json()["error"]["code"] == "context_length_exceeded"
@@ -147,3 +144,30 @@ def test_trimming_keeps_its_cut_across_turns(start_proxy, fake_openai) -> None:
     kept_start = sum(1 for before, after in itertools.pairwise(trimmed) if after[: len(before)] == before)
     assert kept_start / (len(trimmed) - 1) >= 0.9
     assert all(prompt[0] == messages[0] for prompt in sent)
+
+
+def test_an_agent_loop_keeps_its_cut_and_its_task_across_tool_rounds(start_proxy, fake_openai) -> None:
+    """Tool rounds outgrow the window: the upstream prompt keeps its start across rounds and
+    tasks, and the task being worked on is always in it, even once the cut has passed it."""
+    proxy = start_proxy(openai_config(fake_openai, cache={"enabled": False}, context_windows={"tiny-model": 2000}))
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+    messages: list[dict] = [{"role": "system", "content": "You are an agent."}]
+    tasks: list[str] = []
+    lengths: list[int] = []
+    for task in range(10):
+        tasks.append(f"Task {task}: find the files that mention lorem.")
+        messages.append({"role": "user", "content": tasks[-1]})
+        for step in range(4):
+            call = {"id": f"call_{task}_{step}", "type": "function", "function": {"name": "grep", "arguments": "{}"}}
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": f"file_{step}.txt: " + "lorem " * 120})
+            client.chat.completions.create(model="tiny-model", messages=messages, max_tokens=500)  # type: ignore[arg-type]
+            lengths.append(len(messages))
+    sent = [call.json["messages"] for call in fake_openai.calls("/chat/completions")]
+    assert all(prompt[0] == messages[0] for prompt in sent)
+    for prompt, task in zip(sent, (task for task in tasks for _ in range(4))):
+        assert [m["content"] for m in prompt if m["role"] == "user"][-1] == task
+    trimmed = [prompt for prompt, full in zip(sent, lengths) if len(prompt) < full]
+    assert len(trimmed) >= 30
+    kept_start = sum(1 for before, after in itertools.pairwise(trimmed) if after[: len(before)] == before)
+    assert kept_start / (len(trimmed) - 1) >= 0.85, "turn by turn, nearly every request would move the start"

@@ -378,6 +378,7 @@ async def test_the_httpx_internals_used_are_there(certificates) -> None:  # type
     try:
         response = await client.request("GET", f"{upstream.url}/v1/models", {})
         await response.read()
+        assert hasattr(client._pool, "_requests")  # Http2UpstreamClient.waiting counts the queued ones
         [pooled] = client._pool.connections
         connection = pooled._connection
         assert hasattr(connection, "_h2_state") and hasattr(connection, "_events")

@@ -200,6 +200,43 @@ def test_count_tokens_asks_anthropic(client: anthropic.Anthropic, fake_anthropic
     assert fake_anthropic.calls("/v1/messages/count_tokens")[0].json["model"] == "claude-sonnet-4-5-20250929"
 
 
+def counting_config(servers: tuple[Any, ...], **sections: Any) -> dict[str, Any]:
+    """Two anthropic providers on the one fake, and aliases over them and OpenAI."""
+    second = {**providers(*servers)[3], "name": "anthropic-b", "api_key": "sk-ant-other"}
+    claude = {"provider": "anthropic", "model": "claude-sonnet-4-5"}
+    aliases = [
+        {"name": "claude-twice", "targets": [claude, {"provider": "anthropic-b", "model": "claude-sonnet-4-5"}]},
+        {"name": "claude-or-gpt", "targets": [claude, {"provider": "openai", "model": "gpt-4o-mini"}]},
+        {"name": "claude", "targets": [claude]},
+        {"name": "gpt", "targets": [{"provider": "openai", "model": "gpt-4o-mini"}]},
+    ]
+    return config(servers, providers=[*providers(*servers), second], models=aliases, **sections)
+
+
+def test_count_tokens_falls_back_to_the_next_target(start_proxy: Any, servers: tuple[Any, ...]) -> None:
+    fake_anthropic = servers[3]
+    client = sdk_client(start_proxy(counting_config(servers)))
+    fake_anthropic.script(Reply(status=529, json=anthropic_error("overloaded_error", "Overloaded")), Reply(json={"input_tokens": 4242}))
+    assert client.messages.count_tokens(model="claude-twice", messages=HELLO).input_tokens == 4242
+    keys = [call.headers["x-api-key"] for call in fake_anthropic.calls("/count_tokens")]
+    assert keys == ["sk-ant-secret", "sk-ant-other"]
+
+
+def test_count_tokens_estimates_when_no_anthropic_target_can_count(start_proxy: Any, servers: tuple[Any, ...]) -> None:
+    """A failed count, or an open breaker, is answered with tiktoken's estimate; a client error passes through."""
+    fake_anthropic = servers[3]
+    proxy = start_proxy(counting_config(servers, breaker={"failure_threshold": 1, "reset_timeout_seconds": 600}))
+    client = sdk_client(proxy)
+    estimate = client.messages.count_tokens(model="gpt", messages=HELLO).input_tokens
+    fake_anthropic.script(Reply(status=500, json=anthropic_error("api_error", "Internal server error")))
+    assert client.messages.count_tokens(model="claude-or-gpt", messages=HELLO).input_tokens == estimate
+    assert client.messages.count_tokens(model="claude", messages=HELLO).input_tokens == estimate  # breaker open
+    assert len(fake_anthropic.calls("/count_tokens")) == 1
+    fake_anthropic.script(Reply(status=400, json=anthropic_error("invalid_request_error", "messages: bad")))
+    with pytest.raises(anthropic.BadRequestError, match="messages: bad"):
+        client.messages.count_tokens(model="claude-twice", messages=HELLO)  # the second target counts; its 400 stands
+
+
 def test_count_tokens_names_a_bad_field(proxy: ProxyProcess) -> None:
     response = httpx.post(f"{proxy.url}/v1/messages/count_tokens", json={"model": OPENAI, "messages": "Hello"})
     assert response.status_code == 400
@@ -313,6 +350,25 @@ def test_streamed_answer_is_cached_whole(start_proxy: Any, servers: tuple[Any, .
     cached = client.messages.with_raw_response.create(**ask)
     assert cached.headers["x-sluice-cache"] == "hit"
     assert cached.parse().to_dict(exclude_none=True) == streamed.to_dict(exclude_none=True)
+
+
+@pytest.mark.parametrize("model", [OPENAI, ANTHROPIC])
+def test_sessions_share_the_cache_whatever_their_user_id(start_proxy: Any, servers: tuple[Any, ...], model: str) -> None:
+    """``metadata.user_id`` is the Messages API's ``user``, which the key ignores: Claude Code sends a new
+    one each session. The upstream still gets it: natively the body as sent (model routed), translated as ``user``."""
+    proxy = start_proxy(config(servers, cache={"enabled": True}))
+    client = sdk_client(proxy)
+    ask = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": "same question"}]}
+    first = client.messages.with_raw_response.create(**ask, metadata={"user_id": "user_abc_session_1"})
+    again = client.messages.with_raw_response.create(**ask, metadata={"user_id": "user_abc_session_2"})
+    assert (first.headers["x-sluice-cache"], again.headers["x-sluice-cache"]) == ("miss", "hit")
+    assert again.parse().to_dict() == first.parse().to_dict()
+    if model == ANTHROPIC:
+        (sent,) = servers[3].calls("/messages")
+        assert sent.json == {**orjson.loads(first.http_request.content), "model": "claude-sonnet-4-5-20250929"}
+    else:
+        (sent,) = servers[0].calls("/chat/completions")
+        assert sent.json["user"] == "user_abc_session_1"
 
 
 async def test_identical_requests_in_flight_make_one_upstream_call(start_proxy: Any, servers: tuple[Any, ...], fake_openai: FakeOpenAI) -> None:

@@ -396,13 +396,14 @@ async def test_openai_headers_go_upstream_and_request_id_and_rate_limits_come_ba
     passed = {"x-request-id": "req_up_1", "x-ratelimit-remaining-requests": "99", "x-ratelimit-limit-tokens": "1000"}
     fake_openai.script(Reply(json=completion("gpt-4o-mini", "hi"), headers={**passed, "x-internal": "no"}))
     fake_openai.script(Reply(chunks=_rich_stream(), headers=passed))
-    config = ProviderConfig(name="openai", type="openai", base_url=f"{fake_openai.url}/v1", api_key="sk-up")
+    config = ProviderConfig(name="openai", type="openai", base_url=f"{fake_openai.url}/v1", pass_client_key=True)
     provider = OpenAIProvider(config, upstream_client(config))
     sent = {"openai-organization": "org-1", "openai-project": "proj-1", "openai-beta": "assistants=v2"}
+    own = "Bearer sk-callers-own"  # organization and project go only with the caller's own key
     try:
-        answer = await provider.chat(Call("gpt-4o-mini", dict(CHAT), headers={**sent, "anthropic-beta": "x"}))
+        answer = await provider.chat(Call("gpt-4o-mini", dict(CHAT), authorization=own, headers={**sent, "anthropic-beta": "x"}))
         assert answer.upstream_headers == passed
-        stream = await provider.chat_stream(Call("gpt-4o-mini", {**CHAT, "stream": True}, headers=sent))
+        stream = await provider.chat_stream(Call("gpt-4o-mini", {**CHAT, "stream": True}, authorization=own, headers=sent))
         assert stream.upstream_headers == passed
         await stream.aclose()
     finally:

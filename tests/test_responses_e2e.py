@@ -156,14 +156,15 @@ def test_bridged_openai_goes_through_chat_completions(client: openai.OpenAI, fak
 
 
 def test_native_request_reaches_openai_as_sent(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
-    """Body as sent (model routed); the client's OpenAI-Beta and OpenAI-Organization passed on."""
+    """Body as sent (model routed); the client's OpenAI-Beta passed on, its OpenAI-Organization not
+    with Sluice's own key (tests/test_security.py)."""
     extra = {"OpenAI-Beta": "responses=experimental", "OpenAI-Organization": "org-of-the-caller"}
     client.responses.create(model=NATIVE, input="hi", store=False, stream=False, extra_headers=extra)
     (call,) = fake_openai.calls("/responses")
     assert call.json == {"model": "gpt-4o-mini", "input": "hi", "store": False, "stream": False}
     assert call.headers["authorization"] == "Bearer sk-upstream"
     assert call.headers["openai-beta"] == "responses=experimental"
-    assert call.headers["openai-organization"] == "org-of-the-caller"
+    assert "openai-organization" not in call.headers
 
 
 def test_native_with_the_callers_own_key(
@@ -248,12 +249,11 @@ def test_retrieve_input_items_delete(client: openai.OpenAI, fake_openai: FakeOpe
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(created.id)
     forwarded = [(call.method, call.path, call.query) for call in fake_openai.calls(f"/responses/{created.id}")]
-    if model == NATIVE:
+    if model == NATIVE:  # once the provider deleted it, Sluice forgets the id too
         assert forwarded == [
             ("GET", f"/v1/responses/{created.id}", ""),
             ("GET", f"/v1/responses/{created.id}/input_items", "limit=5"),
             ("DELETE", f"/v1/responses/{created.id}", ""),
-            ("GET", f"/v1/responses/{created.id}", ""),
         ]
     else:
         assert forwarded == []
@@ -368,13 +368,83 @@ def test_identical_requests_hit_the_cache_streams_included(
     first = client.responses.with_raw_response.create(model=model, input="cache me")
     again = client.responses.with_raw_response.create(model=model, input="cache me")
     assert (first.headers["x-sluice-cache"], again.headers["x-sluice-cache"]) == ("miss", "hit")
-    assert again.parse().model_dump() == first.parse().model_dump()
+    assert without_ids(again.parse()) == without_ids(first.parse())
     with client.responses.stream(model=model, input="cache me") as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_response()
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
-    assert final.id == first.parse().id and final.output_text == "echo: cache me"
+    assert final.output_text == "echo: cache me"
+    assert (final.id == first.parse().id) == (model == NATIVE)  # a bridged hit is a response of its own
     assert client.responses.retrieve(final.id).id == final.id
+
+
+def without_ids(response: Any) -> dict[str, Any]:
+    """A response's content: what a cache hit shares with the answer it replays."""
+    data = response.model_dump()
+    data.pop("id"), data.pop("created_at")
+    for item in data["output"]:
+        item.pop("id")
+    return data
+
+
+@BRIDGED
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_bridged_cache_hit_is_a_response_of_its_own(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama], model: str, streaming: bool
+) -> None:
+    """Deleting the first answer leaves the hit's id alive: GET, input_items and previous_response_id work on it."""
+    client = sdk(start_proxy(config(*fakes, cache={"enabled": True})))
+    first = client.responses.create(model=model, input="remember 7")
+    client.responses.delete(first.id)
+    raw = client.responses.with_raw_response.create(model=model, input="remember 7", stream=streaming)
+    assert raw.headers["x-sluice-cache"] == "hit"
+    again = [event for event in raw.parse()][-1].response if streaming else raw.parse()  # type: ignore[union-attr]
+    assert again.id != first.id and again.output[0].id != first.output[0].id
+    assert again.output_text == first.output_text == "echo: remember 7"
+    assert client.responses.retrieve(again.id).model_dump() == again.model_dump()
+    assert [item.type for item in client.responses.input_items.list(again.id).data] == ["message"]
+    follow_up = client.responses.create(model=model, previous_response_id=again.id, input="which number?")
+    assert follow_up.output_text == "echo: which number?" and follow_up.previous_response_id == again.id
+    history = [item.type for item in client.responses.input_items.list(follow_up.id, order="asc").data]
+    assert history == ["message", "message", "message"]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+
+
+def test_a_cached_native_response_is_not_handed_out_once_deleted(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama]
+) -> None:
+    """The id is OpenAI's: a hit replays it while OpenAI keeps it; after a DELETE the next create is a miss."""
+    fake_openai = fakes[0]
+    client = sdk(start_proxy(config(*fakes, cache={"enabled": True})))
+    first = client.responses.create(model=NATIVE, input="native cache")
+    hit = client.responses.with_raw_response.create(model=NATIVE, input="native cache")
+    assert hit.headers["x-sluice-cache"] == "hit" and hit.parse().id == first.id
+    client.responses.delete(first.id)
+    fresh = client.responses.with_raw_response.create(model=NATIVE, input="native cache")
+    assert fresh.headers["x-sluice-cache"] == "miss" and fresh.parse().id != first.id
+    assert client.responses.retrieve(fresh.parse().id).output_text == "echo: native cache"
+    assert client.responses.with_raw_response.create(model=NATIVE, input="native cache").headers["x-sluice-cache"] == "hit"
+    assert len(fake_openai.calls("/v1/responses")) == 2 + 2  # two creates, one DELETE and one GET
+    unstored = {"model": NATIVE, "input": "not stored", "store": False}
+    client.responses.create(**unstored)
+    assert client.responses.with_raw_response.create(**unstored).headers["x-sluice-cache"] == "hit"
+
+
+@BRIDGED
+def test_a_bridged_cache_hit_echoes_its_own_user_and_metadata(
+    start_proxy: Callable[..., ProxyProcess], fakes: tuple[FakeOpenAI, FakeGemini, FakeOllama], model: str
+) -> None:
+    """``user`` is not in the key (CONTRACT §6) and reaches no bridged provider as an answer-changing field:
+    each hit echoes the caller's own. ``metadata`` is in the key: OpenAI keeps it with a native response."""
+    client = sdk(start_proxy(config(*fakes, cache={"enabled": True})))
+    alice = client.responses.with_raw_response.create(model=model, input="same", user="alice", metadata={"team": "a"})
+    bob = client.responses.with_raw_response.create(model=model, input="same", user="bob", metadata={"team": "a"})
+    assert (alice.headers["x-sluice-cache"], bob.headers["x-sluice-cache"]) == ("miss", "hit")
+    assert (alice.parse().user, bob.parse().user) == ("alice", "bob")
+    assert client.responses.retrieve(bob.parse().id).user == "bob"
+    other = client.responses.with_raw_response.create(model=model, input="same", user="bob", metadata={"team": "b"})
+    assert other.headers["x-sluice-cache"] == "miss" and other.parse().metadata == {"team": "b"}
 
 
 def gated_answer(model: str, streaming: bool, gate: threading.Event) -> Reply:

@@ -102,6 +102,28 @@ def test_a_proxy_key_is_never_forwarded_and_may_arrive_as_x_api_key(start_proxy,
     assert all("authorization" not in call.headers for call in fake_openai.requests), "a proxy key is not an upstream credential"
 
 
+@pytest.mark.parametrize("callers_key", [False, True])
+def test_organization_and_project_go_upstream_only_with_the_callers_own_key(start_proxy, fake_openai, callers_key) -> None:
+    """They pick which organization or project a key bills: with Sluice's own ``api_key`` a caller
+    could bill any that key can reach. ``OpenAI-Beta`` selects API behaviour and always goes."""
+    provider = {"api_key": "", "pass_client_key": True} if callers_key else {}
+    proxy = start_proxy(openai_config(fake_openai, provider=provider, cache={"enabled": False}))
+    client = openai.OpenAI(
+        base_url=f"{proxy.url}/v1", api_key=CLIENT_KEY, organization="org-caller", project="proj-caller", max_retries=0
+    )
+    beta = {"OpenAI-Beta": "assistants=v2"}
+    client.chat.completions.create(model="gpt-4o-mini", messages=ASK, extra_headers=beta)
+    client.chat.completions.create(model="gpt-4o-mini", messages=ASK, stream=True, extra_headers=beta).close()
+    client.responses.create(model="gpt-4o-mini", input="hi", extra_headers=beta)
+    calls = fake_openai.calls("/chat/completions") + fake_openai.calls("/responses")
+    assert len(calls) == 3
+    for call in calls:
+        account = (call.headers.get("openai-organization"), call.headers.get("openai-project"))
+        assert account == (("org-caller", "proj-caller") if callers_key else (None, None))
+        assert call.headers["openai-beta"] == "assistants=v2"
+        assert call.headers["authorization"] == (f"Bearer {CLIENT_KEY}" if callers_key else "Bearer sk-upstream-secret-123")
+
+
 def test_an_alias_over_two_pass_through_providers_is_a_config_error(tmp_path, fake_openai, fake_gemini, fake_ollama) -> None:
     config = three_providers(fake_openai, fake_gemini, fake_ollama)
     config["providers"][1]["pass_client_key"] = True

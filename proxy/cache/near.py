@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable
 
 from proxy.cache.base import CachedAnswer, held_bytes
+from proxy.fifo import BoundedFifo
 
 _CHANGED_MAX = 10_000
 """Keys whose last invalidation is remembered; past this they are forgotten, and no read then in flight is kept."""
@@ -30,10 +31,8 @@ _CHANGED_MAX = 10_000
 
 class NearCache:
     def __init__(self, max_entries: int, max_bytes: int) -> None:
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._entries: dict[str, tuple[CachedAnswer, float, int]] = {}  # key → (answer, monotonic deadline, size)
-        self._size = 0
+        self._entries: BoundedFifo[str, tuple[CachedAnswer, float]] = BoundedFifo(max_entries, max_bytes)
+        """key → (answer, monotonic deadline), the oldest kept leaving first."""
         self.live = False
         self.epoch = 0
         """Moves on every invalidation and reset."""
@@ -50,7 +49,7 @@ class NearCache:
         if entry is None:
             return None
         if entry[1] <= time.monotonic():
-            self._drop(key)
+            self._entries.discard(key)
             return None
         return entry[0]
 
@@ -58,34 +57,21 @@ class NearCache:
         """Keep what a read that began at ``epoch`` found, for the ``ttl_ms`` Redis gave it."""
         if not self.live or ttl_ms <= 0 or self._flushed > epoch or self._changed.get(key, -1) > epoch:
             return
-        size = held_bytes(answer)
-        if size > self._max_bytes:
-            return
-        self._drop(key)
-        while self._entries and (len(self._entries) >= self._max_entries or self._size + size > self._max_bytes):
-            self._drop(next(iter(self._entries)))  # the oldest kept first
-        self._entries[key] = (answer, time.monotonic() + ttl_ms / 1000, size)
-        self._size += size
+        self._entries.put(key, (answer, time.monotonic() + ttl_ms / 1000), held_bytes(answer))
 
     def invalidate(self, keys: Iterable[str] | None) -> None:
         """Redis says these keys changed (None: all of them)."""
         self.epoch += 1
         if keys is None:
             self._entries.clear()
-            self._size = 0
         if keys is None or len(self._changed) >= _CHANGED_MAX:
             self._changed.clear()
             self._flushed = self.epoch  # no read in flight now is kept
         for key in keys or ():
-            self._drop(key)
+            self._entries.discard(key)
             self._changed[key] = self.epoch
 
     def reset(self, live: bool) -> None:
         """Empty, and trust what is kept from now on only if ``live``."""
         self.invalidate(None)
         self.live = live
-
-    def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self._size -= entry[2]

@@ -1,11 +1,9 @@
 """The shared cache: Redis, so every Sluice process and worker answers from the same entries.
 
-Redis is an optimisation, never a dependency. Each command has short socket
-timeouts and no retries; any failure becomes ``CacheUnavailable`` (the request
-goes upstream uncached, ``X-Sluice-Cache: bypass``); and for a short backoff
-after a failure Redis is not tried at all, so an outage costs nothing per
-request. There is no "down" state: the first call after the backoff tries
-again, so the cache comes back by itself when Redis does.
+Redis is an optimisation, never a dependency: the cache's ``RedisLink``
+(``proxy.redis_link``: short timeouts, a backoff, one warning per outage)
+turns any failure into ``CacheUnavailable``, and the request goes upstream
+uncached (``X-Sluice-Cache: bypass``).
 
 An entry is ``sluice:cache:<request hash>`` → ``<n>:<provider><body>`` (``n``
 the provider name's length in bytes), expired by Redis itself (``SET ... PX``)
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -30,14 +27,13 @@ from typing import TypeVar
 import orjson
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import Connection, parse_url
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError, ResponseError
 
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.near import NearCache
 from proxy.completions import Completion
+from proxy.redis_link import RedisLink, RedisUnavailable
 
 KEY_PREFIX = "sluice:cache:"
 INVALIDATIONS = "__redis__:invalidate"
@@ -65,17 +61,9 @@ class RedisCache(CacheBackend):
         log_interval: float = 30.0,
         near: tuple[int, int] | None = (10_000, 256 * 1024 * 1024),
     ) -> None:
-        self._url = url
-        self._timeout = timeout
-        self._backoff = backoff
-        self._log_interval = log_interval
-        self._where = _location(url)
-        self._password = parse_url(url).get("password")
-        self._client: Redis | None = None
-        self._skip_until = 0.0  # monotonic time before which Redis is not tried
-        self._logged_at = -math.inf
-        self._failures = 0  # since the last warning
-        self._outage_reported = False
+        self._link = RedisLink(
+            url, name="cache", fallback="uncached", timeout=timeout, backoff=backoff, log_interval=log_interval
+        )
         self._entries: tuple[float, int] | None = None  # (when counted, count)
         self._near_copy = near is not None
         self.near = NearCache(*(near or (0, 0)))  # never live without a follower
@@ -126,17 +114,13 @@ class RedisCache(CacheBackend):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
             self._follower = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._link.aclose()
 
     async def _follow_invalidations(self) -> None:
         """One connection that hears Redis name every changed cache key; the near copy lives while it does."""
         # RESP2 (pub/sub replies as plain arrays), on a pool of its own: redis-py's RESP3
         # connections consume pushed messages themselves.
-        client = Redis.from_url(
-            self._url, protocol=2, socket_connect_timeout=self._timeout, socket_timeout=self._timeout
-        )
+        client = self._link.client(protocol=2)
         try:
             await self._follow_on(client)
         finally:
@@ -158,14 +142,14 @@ class RedisCache(CacheBackend):
                 self.near.reset(live=True)
                 await self._listen(connection)
             except ResponseError as exc:  # no client tracking here (Redis before 6, or an ACL): no near copy
-                _log.info("cache_near_copy_off", backend="redis", redis=self._where, reason=str(exc))
+                _log.info("cache_near_copy_off", backend="redis", redis=self._link.where, reason=str(exc))
                 return
             except (RedisError, OSError):
                 pass  # an outage: the cache's own calls notice and report it
             finally:
                 self.near.reset(live=False)
                 await connection.disconnect()
-            await asyncio.sleep(self._backoff)
+            await asyncio.sleep(self._link.backoff)
 
     async def _listen(self, connection: Connection) -> None:
         """Apply each invalidation; a quiet connection is pinged, and one that stays quiet is given up."""
@@ -185,49 +169,12 @@ class RedisCache(CacheBackend):
                     None if keys is None else [key.decode().removeprefix(KEY_PREFIX) for key in keys]
                 )
 
-    def _redis(self) -> Redis:
-        """The client, built on first use: the app is built before its event loop runs."""
-        if self._client is None:
-            self._client = Redis.from_url(
-                self._url,
-                socket_connect_timeout=self._timeout,
-                socket_timeout=self._timeout,
-                retry=Retry(NoBackoff(), 0),  # none, whatever redis-py's default: the backoff decides
-            )
-        return self._client
-
     async def _run(self, command: Callable[[Redis], Awaitable[T]]) -> T:
         """One Redis call, failing open: any error or timeout is ``CacheUnavailable``."""
-        if time.monotonic() < self._skip_until:
-            raise CacheUnavailable(f"redis at {self._where} failed less than {self._backoff}s ago")
         try:
-            result = await command(self._redis())
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
-            raise CacheUnavailable(f"redis at {self._where}: {type(exc).__name__}") from exc
-        if self._outage_reported:
-            self._outage_reported = False
-            _log.info("cache_recovered", backend="redis", redis=self._where)
-        return result
-
-    def _failed(self, exc: Exception) -> None:
-        now = time.monotonic()
-        self._skip_until = now + self._backoff
-        self._failures += 1
-        if now - self._logged_at < self._log_interval:
-            return
-        error = f"{type(exc).__name__}: {exc}"
-        if self._password:
-            error = error.replace(self._password, "***")
-        _log.warning(
-            "cache_unavailable",
-            backend="redis",
-            redis=self._where,
-            error=error,
-            failures=self._failures,
-            retry_after_s=self._backoff,
-        )
-        self._logged_at, self._failures, self._outage_reported = now, 0, True
+            return await self._link.run(command)
+        except RedisUnavailable as exc:
+            raise CacheUnavailable(str(exc)) from exc
 
 
 async def _get_with_ttl(redis: Redis, key: str) -> tuple[bytes | None, int]:
@@ -276,10 +223,3 @@ def _decode(value: bytes) -> CachedAnswer | None:
     if not isinstance(data, dict):
         return None
     return CachedAnswer(Completion(body, data), provider)
-
-
-def _location(url: str) -> str:
-    """Where Redis is, for logs and errors: host, port and db, never the credentials."""
-    parts = parse_url(url)
-    place = parts.get("path") or f"{parts.get('host', 'localhost')}:{parts.get('port', 6379)}"
-    return f"{place}/{parts.get('db', 0)}"

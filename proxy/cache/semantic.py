@@ -47,6 +47,7 @@ from proxy.cache.keys import IGNORED_FIELDS
 from proxy.cache.terms import key_terms, normalize
 from proxy.config import Config, SemanticConfig
 from proxy.errors import SluiceError
+from proxy.redis_link import RedisLink, RedisUnavailable
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from proxy.cache.embedder import Embedder
     from proxy.providers.base import Provider
     from proxy.requests import RequestOptions
-    from proxy.shared_state import RedisLink, SharedState
+    from proxy.shared_state import SharedState
 
 STREAM = "sluice:semantic"
 _READ_COUNT = 1000  # stream entries read per round trip
@@ -196,8 +197,6 @@ class SemanticCache:
         self.index.add(query.scope, vector, query.terms, key)
         if self._link is None:
             return
-        from proxy.shared_state import RedisUnavailable
-
         fields = {
             "s": query.scope,
             "k": key,
@@ -241,8 +240,6 @@ class SemanticCache:
         if self._link is None:
             return
         import numpy as np
-
-        from proxy.shared_state import RedisUnavailable
 
         while True:
             try:

@@ -23,8 +23,11 @@ from proxy.providers.base import Call, ChunkStream, Provider, from_upstream, pas
 from proxy.sse import Comment
 
 
-CLIENT_HEADERS = frozenset({"openai-organization", "openai-project", "openai-beta"})
+CLIENT_HEADERS = frozenset({"openai-beta"})
 """Client headers (lower case, as ``Call.headers`` keys them) an OpenAI upstream receives as sent."""
+ACCOUNT_HEADERS = frozenset({"openai-organization", "openai-project"})
+"""Client headers that pick which organization or project a key bills: sent only with the caller's own key,
+never with the operator's ``api_key`` (a caller could bill any organization that key can reach)."""
 
 
 class OpenAIProvider(Provider):
@@ -41,8 +44,9 @@ class OpenAIProvider(Provider):
         credential = self.credential(authorization)
         if credential:
             headers["Authorization"] = f"Bearer {credential}"
+        callers_key = credential is not None and not self.config.api_key
         for name, value in (passed or {}).items():
-            if name in CLIENT_HEADERS:
+            if name in CLIENT_HEADERS or (callers_key and name in ACCOUNT_HEADERS):
                 headers[name] = value
         return headers
 

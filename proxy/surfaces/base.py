@@ -87,6 +87,11 @@ class Surface(abc.ABC):
     def parse(self, body: dict[str, Any]) -> ParsedRequest:
         """Validate what Sluice itself reads; ``InvalidRequest`` naming the field otherwise."""
 
+    def keyed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body as the cache key sees it: this API's own name for a field the key ignores
+        (``proxy.cache.keys.IGNORED_FIELDS``) left out too."""
+        return body
+
     def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """The request as a Chat Completions body, for a provider that does not speak this API.
 
@@ -122,8 +127,16 @@ class Surface(abc.ABC):
         return None
 
     async def answered(self, body: dict[str, Any], identity: str, answer: dict[str, Any], native: bool, provider: str) -> None:
-        """Once per upstream answer (not per cache hit or joined caller), in this API's form."""
+        """Once per upstream answer and per re-issued cache hit (not per joined caller), in this API's form."""
         return None
+
+    def reissued(self, completion: dict[str, Any]) -> dict[str, Any]:
+        """A cached hub answer as a new one, for an API that ``remembers`` its answers."""
+        return completion
+
+    async def still_kept(self, answer: dict[str, Any], body: dict[str, Any]) -> bool:
+        """Whether a cached answer in this API's own form may be handed out again."""
+        return True
 
     def error_response(self, error: SluiceError, headers: dict[str, str] | None = None) -> Response:
         """An error before any byte of the answer was sent, in this API's shape."""

@@ -37,6 +37,18 @@ class MessagesSurface(Surface):
             raise InvalidRequest("stream: must be a boolean.", param="stream")
         return ParsedRequest(model, bool(stream))
 
+    def keyed(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Without ``metadata.user_id``, the Messages API's ``user``: Claude Code sends a new one
+        each session, and identical requests of two sessions must share the cache and a flight."""
+        metadata = body.get("metadata")
+        if not isinstance(metadata, dict) or "user_id" not in metadata:
+            return body
+        rest = {name: value for name, value in metadata.items() if name != "user_id"}
+        keyed = {name: value for name, value in body.items() if name != "metadata"}
+        if rest:
+            keyed["metadata"] = rest
+        return keyed
+
     def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return messages_request.to_hub(body, history)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from proxy.accounting import Usage
 from proxy.surfaces.messages_ids import message_id, tool_use_id
 
 STOP_REASONS = {
@@ -73,15 +74,12 @@ def usage(hub: dict[str, Any] | None, estimate: int = 0) -> dict[str, int]:
     """
     if not hub:
         return {"input_tokens": estimate, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-    details = hub.get("prompt_tokens_details") or {}
-    cached = int(details.get("cached_tokens") or 0)
-    written = int(details.get("cache_creation_input_tokens") or 0)
-    prompt = int(hub.get("prompt_tokens") or 0)
+    tokens = Usage.of(hub)
     return {
-        "input_tokens": max(0, prompt - cached - written),
-        "output_tokens": int(hub.get("completion_tokens") or 0),
-        "cache_creation_input_tokens": written,
-        "cache_read_input_tokens": cached,
+        "input_tokens": max(0, tokens.prompt - tokens.cached - tokens.cache_write),
+        "output_tokens": tokens.completion,
+        "cache_creation_input_tokens": tokens.cache_write,
+        "cache_read_input_tokens": tokens.cached,
     }
 
 

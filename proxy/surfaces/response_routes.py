@@ -50,7 +50,10 @@ class ResponseRoutes:
             if record is not None:
                 await self.store.delete(response_id)
                 return _json({"id": response_id, "object": "response.deleted", "deleted": True})
-            return await self._forward("DELETE", response_id, "", "", identity, authorization)
+            deleted = await self._forward("DELETE", response_id, "", "", identity, authorization)
+            if deleted.status_code < 300:  # its cached copies must not hand the id out again
+                await self.store.delete(response_id)
+            return deleted
         except SluiceError as error:
             return error_response(error)
 

@@ -9,6 +9,8 @@ A bridged conversation's state lives in a ``ResponseStore``.
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from proxy.errors import SluiceError
@@ -74,6 +76,19 @@ class ResponsesSurface(Surface):
         items = conversation(previous) if previous is not None else []
         items.extend(numbered(responses_request.input_items(body), response_id))
         await self.store.put(StoredResponse(identity, answer, items))
+
+    def reissued(self, completion: dict[str, Any]) -> dict[str, Any]:
+        """A new seed for every id derived from the answer (``responses_answer.Ids``), and now as its time:
+        each create is a response of its own, which the caller may delete without breaking another's."""
+        return {**completion, "id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}
+
+    async def still_kept(self, answer: dict[str, Any], body: dict[str, Any]) -> bool:
+        """A native response is the upstream's, id included: a cached one is handed out again only while
+        Sluice knows it is still stored there (not deleted through it); one with ``store: false`` always."""
+        if body.get("store") is False:
+            return True
+        response_id = answer.get("id")
+        return isinstance(response_id, str) and await self.store.native_origin(response_id) is not None
 
     async def _previous(self, body: dict[str, Any], identity: str) -> StoredResponse | None:
         previous_id = body.get("previous_response_id")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from proxy.accounting import Usage
+
 # Echoed from the request as OpenAI echoes them, with its defaults when absent.
 _ECHOED_DEFAULTS: dict[str, Any] = {
     "instructions": None,
@@ -144,16 +146,14 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     """Hub usage in the Responses API's terms."""
     if not usage:
         return None
-    prompt = int(usage.get("prompt_tokens") or 0)
-    completion = int(usage.get("completion_tokens") or 0)
-    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    tokens = Usage.of(usage)
     reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
     return {
-        "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
-        "output_tokens": completion,
+        "input_tokens": tokens.prompt,
+        "input_tokens_details": {"cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write},
+        "output_tokens": tokens.completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
-        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+        "total_tokens": int(usage.get("total_tokens") or tokens.prompt + tokens.completion),
     }
 
 

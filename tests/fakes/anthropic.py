@@ -249,6 +249,10 @@ class FakeAnthropic(FakeServer):
 
     def _usage(self, payload: dict[str, Any], output: int) -> dict[str, Any]:
         """Prompt caching: the prefix up to the last ``cache_control`` marker is written once, then read."""
+        report = self.report_usage
+        if report:  # input_tokens counts only what was neither read from nor written to the cache
+            plain = report.prompt - report.cached - report.written
+            return usage(plain, report.completion, cache_read=report.cached, cache_write=report.written)
         prompt = _prompt_tokens(payload)
         prefix = _cached_prefix(payload)
         if prefix is None:

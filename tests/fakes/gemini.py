@@ -209,6 +209,8 @@ class FakeGemini(FakeServer):
         count = config.get("candidateCount", 1)
         candidates = [candidate([{"text": text}], finish, index) for index in range(count)]
         usage = usage_metadata(prompt, _words(text) * count, thoughts=thoughts, cached=cached)
+        if self.report_usage:  # Gemini reports cache reads, inside promptTokenCount, and no writes
+            usage = usage_metadata(self.report_usage.prompt, self.report_usage.completion, cached=self.report_usage.cached)
         return response(candidates, usage, model)
 
     def _implicitly_cached(self, model: str, payload: dict[str, Any]) -> int | None:

@@ -122,6 +122,8 @@ class FakeOllama(FakeServer):
         if payload.get("tools") and name in NO_TOOL_MODELS:
             return _json(error_body(f"registry.ollama.ai/library/{name} does not support tools"), 400)
         lines = answer_lines(payload)
+        if self.report_usage:  # Ollama reports no prompt caching
+            lines[-1].update(prompt_eval_count=self.report_usage.prompt, eval_count=self.report_usage.completion)
         if payload.get("stream") is False:
             return _json(_merge(lines))
         frames = [self.stream_frame(line) for line in lines]

@@ -17,8 +17,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from tests.fakes.openai_responses import ResponsesState, completion_frames, response_events, text_completion
-from tests.fakes.server import FakeServer, Reply
+from tests.fakes.openai_responses import (
+    ResponsesState,
+    completion_frames,
+    response_events,
+    responses_usage,
+    text_completion,
+)
+from tests.fakes.server import FakeServer, Reply, ReportedUsage
 
 _ids = itertools.count(1)
 
@@ -33,12 +39,12 @@ def last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-def usage(prompt: int = 11, completion: int = 7) -> dict[str, Any]:
+def usage(prompt: int = 11, completion: int = 7, cached: int = 0) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -46,6 +52,13 @@ def usage(prompt: int = 11, completion: int = 7) -> dict[str, Any]:
             "rejected_prediction_tokens": 0,
         },
     }
+
+
+def reported_usage(report: ReportedUsage) -> dict[str, Any]:
+    """``report`` as Chat Completions counts it: cache reads and writes inside ``prompt_tokens``."""
+    data = usage(report.prompt, report.completion, report.cached)
+    data["prompt_tokens_details"]["cache_write_tokens"] = report.written
+    return data
 
 
 def completion(model: str, content: str | None, tool_calls: list[dict] | None = None, **extra: Any) -> dict[str, Any]:
@@ -150,14 +163,19 @@ class FakeOpenAI(FakeServer):
             name = payload["tools"][0]["function"]["name"]
             tool_calls = [{"id": f"call_fake{next(_ids)}", "type": "function", "function": {"name": name, "arguments": '{"city":"Paris"}'}}]
         content = None if tool_calls else f"echo: {last_user_text(messages)}"
+        counted = {"usage": reported_usage(self.report_usage)} if self.report_usage else {}
         if payload.get("stream"):
             include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
             chunks = stream_chunks(model, content or "", include_usage=include_usage, tool_calls=tool_calls)
+            if include_usage:
+                chunks[-1].update(counted)
             return _sse([self.stream_frame(c) for c in chunks] + [self.stream_end()])
-        return _json(completion(model, content, tool_calls))
+        return _json(completion(model, content, tool_calls, **counted))
 
     def _responses(self, payload: dict[str, Any]) -> Response:
         status, response = self.responses.create(payload)
+        if status == 200 and self.report_usage:
+            response["usage"] = responses_usage(self.report_usage)
         if status != 200 or not payload.get("stream"):
             return _json(response, status)
         return _sse(response_events(response))

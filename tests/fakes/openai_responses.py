@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from tests.fakes.server import ReportedUsage
+
 _ids = itertools.count(1)
 
 
@@ -23,13 +25,14 @@ def _id(prefix: str) -> str:
     return f"{prefix}{secrets.token_hex(8)}{next(_ids)}"
 
 
-def _usage() -> dict[str, Any]:
+def responses_usage(report: ReportedUsage = ReportedUsage(11, 0, 0, 7)) -> dict[str, Any]:
+    """``report`` as the Responses API counts it: cache reads and writes inside ``input_tokens``."""
     return {
-        "input_tokens": 11,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
-        "output_tokens": 7,
+        "input_tokens": report.prompt,
+        "input_tokens_details": {"cached_tokens": report.cached, "cache_write_tokens": report.written},
+        "output_tokens": report.completion,
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": 18,
+        "total_tokens": report.prompt + report.completion,
     }
 
 
@@ -121,7 +124,7 @@ class ResponsesState:
             "tools": payload.get("tools") or [],
             "top_p": payload.get("top_p", 1.0),
             "truncation": payload.get("truncation", "disabled"),
-            "usage": _usage(),
+            "usage": responses_usage(),
             "user": payload.get("user"),
         }
         if response["store"] is not False:

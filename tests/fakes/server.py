@@ -50,6 +50,19 @@ class Reply:
     reset: bool = False
 
 
+@dataclass(frozen=True)
+class ReportedUsage:
+    """Usage a fake reports, in its own API's fields, instead of its own count, when a test sets
+    ``fake.report_usage``: ``prompt`` input tokens in all, of which ``cached`` were read from the
+    provider's prompt cache and ``written`` to it. A provider that reports no cache writes
+    (Gemini) or no caching at all (Ollama) leaves those out, as the real one does."""
+
+    prompt: int
+    cached: int
+    written: int
+    completion: int
+
+
 @dataclass
 class Recorded:
     method: str
@@ -77,6 +90,7 @@ class FakeServer:
         self.requests: list[Recorded] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
+        self.report_usage: ReportedUsage | None = None
         self.port = free_port(host)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -96,6 +110,7 @@ class FakeServer:
         self.requests.clear()
         self.disconnects = 0
         self.disconnected.clear()
+        self.report_usage = None
 
     def calls(self, path_part: str = "") -> list[Recorded]:
         return [r for r in self.requests if path_part in r.path]
