@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import anthropic
@@ -123,6 +124,21 @@ def test_bridged_responses_stream_passes_comments_and_the_replay_has_none(start_
     done = [e for e in client.responses.create(**body) if e.type == "response.completed"]
     assert done[0].response.output_text == "bridged answer"
     assert len(fake_openai.calls("/chat/completions")) == 1
+
+
+def test_upstream_comments_follow_sluices_own_keepalive_when_the_first_event_is_slow(start_proxy, fake_openai) -> None:
+    gate = threading.Event()
+    fake_openai.script(Reply(chunks=_pinged(stream_chunks("gpt-4o-mini", "slow answer")), gate=gate))
+    proxy = start_proxy(openai_config(fake_openai, server={"stream_keepalive_seconds": 0.05}))
+    lines: list[str] = []
+    with httpx.stream("POST", f"{proxy.url}/v1/chat/completions", json=CHAT, timeout=30) as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == ": keep-alive":
+                gate.set()  # the upstream answers only once the head and a keep-alive are out
+    comments = [line for line in _comments(lines) if line != ": keep-alive"]
+    assert lines[0] == ": keep-alive" and comments == [": ping 0", ": ping 2", ": ping 4", ": ping 7"]
+    assert lines.index(": ping 0") > max(i for i, line in enumerate(lines) if line == ": keep-alive")
 
 
 # -- a stream of comments only, then a failure: nothing was committed --
