@@ -6,6 +6,11 @@ one that started it and those that joined) reads from the flight at its own
 pace, so a late streaming joiner first gets every chunk already sent, then
 the rest live. The call is cancelled only when the last caller leaves.
 
+The upstream's SSE comments reach the callers following at the time, each in
+its place among the chunks, but are never part of the answer. Only the latest
+``KEPT_COMMENTS`` are held: a caller that joins gets those still held with the
+chunks so far, and one that falls further behind misses the oldest.
+
 A JSON answer's call runs inside the first caller's own task (``run_here``):
 a task per request measurably costs throughput. If that caller disconnects
 while others wait, its task simply goes on working for them.
@@ -14,6 +19,7 @@ while others wait, its task simply goes on working for them.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,6 +27,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import Target
 from proxy.errors import SluiceError
 from proxy.resilience import Attempts
+from proxy.sse import KEPT_COMMENTS, Comment
 
 
 @dataclass(slots=True)
@@ -54,6 +61,8 @@ class Flight:
         self.native = False  # the stream's chunks are the surface's own events, not hub chunks
         self.upstream_headers: dict[str, str] | None = None  # the opened stream's, for its clients
         self.remote = False  # fed from another process's call through Redis
+        self._comments: deque[tuple[int, Comment]] = deque(maxlen=KEPT_COMMENTS)  # (chunks before it, comment)
+        self._heard = 0  # comments heard in all
         self._changed = asyncio.Event()
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._callers = 0
@@ -86,6 +95,12 @@ class Flight:
         self.chunks.extend(chunks)
         self._wake()
 
+    def comment(self, comment: Comment) -> None:
+        """An upstream comment, for the callers following, after the chunks published so far."""
+        self._comments.append((len(self.chunks), comment))
+        self._heard += 1
+        self._wake()
+
     def finish(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
@@ -116,18 +131,28 @@ class Flight:
         while not self.chunks and self.outcome is None:
             await self._changed.wait()
 
-    async def follow(self) -> AsyncIterator[list[Chunk]]:
-        """Every chunk from the first, live, in batches of what arrived since the
-        last look (one write to the client per batch); returns when the flight ends."""
+    async def follow(self) -> AsyncIterator[list[Chunk] | Comment]:
+        """Every chunk from the first, live, in batches of what arrived since the last look
+        (one write to the client per batch), and the comments held, each in its place;
+        returns when the flight ends."""
         index = 0
+        heard = self._heard - len(self._comments)
         while True:
+            if heard != self._heard:  # comments came since the last look
+                heard, kept = self._heard, list(self._comments)[heard - self._heard :]
+                for position, comment in kept:
+                    if position > index:
+                        batch = self.chunks[index:position]
+                        index = position
+                        yield batch
+                    yield comment
             if index < len(self.chunks):
                 batch = self.chunks[index:]
                 index += len(batch)
                 yield batch
-            if self.outcome is not None and index == len(self.chunks):
-                return
-            if index == len(self.chunks):
+            elif heard == self._heard:
+                if self.outcome is not None:
+                    return
                 await self._changed.wait()
 
 

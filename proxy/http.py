@@ -23,6 +23,7 @@ from typing import Protocol
 from proxy.config import ProviderConfig
 from proxy.http1 import Http1Client
 from proxy.http2 import Http2UpstreamClient
+from proxy.sse import Comment
 
 
 class UpstreamResponse(Protocol):
@@ -34,7 +35,7 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
-    def sse_batches(self) -> AsyncIterator[list[bytes]]: ...
+    def sse_batches(self) -> AsyncIterator[list[bytes] | Comment]: ...
 
     def line_batches(self) -> AsyncIterator[list[bytes]]: ...
 

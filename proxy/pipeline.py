@@ -29,7 +29,7 @@ from proxy.accounting import Prices, Usage
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
 from proxy.cache.semantic import SemanticCache, SemanticQuery
-from proxy.completions import Completion, StreamAssembler, replay_chunks
+from proxy.completions import Chunk, Completion, StreamAssembler, replay_chunks
 from proxy.compression import DEFAULT_OUTPUT_RESERVE, compress
 from proxy.config import Config, Target
 from proxy.dedup import Flight, FlightRegistry, Outcome
@@ -42,6 +42,7 @@ from proxy.requests import RequestOptions, read_headers, read_json_body, request
 from proxy.resilience import Resilience
 from proxy.responses import Answer, EventStream, JSONAnswer
 from proxy.routing import Route, Router
+from proxy.sse import Comment
 from proxy.surfaces.base import ParsedRequest, Surface
 from proxy.telemetry import Telemetry
 from proxy.telemetry.record import RequestRecord
@@ -359,16 +360,38 @@ class Pipeline:
         else:
             stream = await provider.chat_stream(self._hub_call(flight, job, target))
             flight.native = False
+        try:
+            await stream.start()  # up to the first chunk: a stream that fails before it is retried
+        except BaseException:
+            await stream.aclose()
+            raise
         flight.upstream_headers = stream.upstream_headers
         return stream
 
     async def _pump(self, flight: Flight, job: Job, stream: ChunkStream, started: float) -> Completion:
-        """Forward each chunk to the flight as it arrives; assemble the whole for the cache."""
+        """Forward each chunk to the flight as it arrives; assemble the whole for the cache.
+
+        Upstream comments go to the flight's followers, never into the answer.
+        """
         assembler = job.surface.assembler() if flight.native else StreamAssembler()
+
+        def take(batch: list[Chunk] | Comment) -> None:
+            """One batch of what ``start`` read: comments, then the stream's first chunks."""
+            if type(batch) is Comment:
+                flight.comment(batch)
+                return
+            flight.first_chunk_seconds = time.perf_counter() - started
+            for chunk in batch:
+                assembler.add(chunk.data)
+            flight.publish(batch)
+
         try:
-            async for batch in stream:
-                if flight.first_chunk_seconds is None:
-                    flight.first_chunk_seconds = time.perf_counter() - started
+            for batch in stream.head:
+                take(batch)
+            async for batch in stream:  # as ``take``, inline: every event goes through this loop
+                if type(batch) is Comment:
+                    flight.comment(batch)
+                    continue
                 for chunk in batch:
                     assembler.add(chunk.data)
                 flight.publish(batch)
@@ -515,6 +538,9 @@ class Pipeline:
                         yield KEEPALIVE
             renderer = None if flight.native else job.surface.renderer(job.body, include_usage)
             async for batch in flight.follow():
+                if type(batch) is Comment:  # valid between the events of every client API; clients skip it
+                    yield batch
+                    continue
                 payload = b"".join([c.sse for c in batch]) if renderer is None else renderer.feed(batch)
                 if payload:
                     yield payload

@@ -44,6 +44,7 @@ from proxy.config import Target
 from proxy.dedup import Flight, Outcome
 from proxy.errors import SluiceError
 from proxy.redis_link import RedisLink, RedisUnavailable
+from proxy.sse import Comment
 
 FLIGHT_PREFIX = "sluice:flight:"
 
@@ -143,6 +144,8 @@ class RemoteFlights:
         try:
             first = True
             async for batch in flight.follow():
+                if type(batch) is Comment:  # comments stay in this process
+                    continue
                 entries = []
                 for chunk in batch:
                     fields: dict[str, Any] = {"k": "c", "c": chunk.body}

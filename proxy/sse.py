@@ -4,6 +4,13 @@ Both come in batches: everything complete in what one network read brought.
 A stream is many small events, and under load several arrive per read;
 handing them on together costs one hop through the layers above (provider,
 flight, client) per read instead of one per event.
+
+An event that is only comment lines (``: ping``, ``: OPENROUTER PROCESSING``)
+comes as a ``Comment`` of its own, in its place between the batches of data.
+Telling them apart costs one comparison per read: only a read in which some
+event held no data takes the slower path that looks for comments. Comment
+lines inside an event that carries data are dropped with its other non-data
+lines, as the SSE spec has clients do.
 """
 
 from __future__ import annotations
@@ -15,6 +22,20 @@ from proxy.errors import UpstreamProtocolError
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 """The longest event (or line) an upstream may send: past it, the stream is refused, not buffered on."""
 
+KEPT_COMMENTS = 8
+"""The most upstream comments held for a reader at once: a stream of nothing but comments holds no more as it goes on."""
+
+
+class Comment(bytes):
+    """An upstream event of comment lines only, framed to be passed on as it came (``: ping\\n\\n``).
+
+    Never data: it reaches the streaming clients and nothing else (not the
+    assembled answer, the cache or its replay). A type of its own, so that
+    the layers above tell it from a batch once per batch, never per event.
+    """
+
+    __slots__ = ()
+
 
 class StreamedBody:
     """The framing half of an upstream answer; a client supplies ``_piece``."""
@@ -25,8 +46,9 @@ class StreamedBody:
         """The next piece of the body as it arrived; empty at its end."""
         raise NotImplementedError
 
-    async def sse_batches(self) -> AsyncIterator[list[bytes]]:
-        """The ``data:`` payloads of server-sent events (multi-line data joined), per read."""
+    async def sse_batches(self) -> AsyncIterator[list[bytes] | Comment]:
+        """The ``data:`` payloads of server-sent events (multi-line data joined), per read,
+        and each event of comment lines as a ``Comment`` in its place."""
         buffer = b""
         while piece := await self._piece():
             buffer = buffer + piece if buffer else piece
@@ -36,7 +58,10 @@ class StreamedBody:
             if len(buffer) > MAX_EVENT_BYTES:
                 raise UpstreamProtocolError("upstream sent a stream event over 16 MiB")
             batch = [data for event in events if (data := _event_data(event)) is not None]
-            if batch:
+            if len(batch) != len(events):  # an event without data: a comment, maybe
+                for part in _in_place(events):
+                    yield part
+            elif batch:
                 yield batch
         data = _event_data(buffer)
         if data is not None:
@@ -54,6 +79,26 @@ class StreamedBody:
                 yield [line.rstrip(b"\r") for line in lines]
         if buffer:
             yield [buffer.rstrip(b"\r")]
+
+
+def _in_place(events: list[bytes]) -> list[list[bytes] | Comment]:
+    """A read's events as batches of data with each event of comment lines in its place."""
+    parts: list[list[bytes] | Comment] = []
+    batch: list[bytes] = []
+    for event in events:
+        data = _event_data(event)
+        if data is not None:
+            batch.append(data)
+            continue
+        comments = [line for line in event.split(b"\n") if line.startswith(b":")]
+        if comments:
+            if batch:
+                parts.append(batch)
+                batch = []
+            parts.append(Comment(b"\n".join(comments) + b"\n\n"))
+    if batch:
+        parts.append(batch)
+    return parts
 
 
 def _event_data(event: bytes) -> bytes | None:

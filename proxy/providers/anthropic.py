@@ -27,6 +27,7 @@ from proxy.errors import InvalidRequest, UpstreamProtocolError
 from proxy.http import UpstreamClient, UpstreamResponse
 from proxy.providers import translate as t
 from proxy.providers.base import Call, ChunkStream, Provider, parse_json, translated, translated_stream
+from proxy.sse import Comment
 
 PROVIDER = "Anthropic"
 API_VERSION = "2023-06-01"
@@ -466,7 +467,7 @@ def _native_payload(call: Call, stream: bool | None = None) -> bytes:
     return orjson.dumps({**call.body, **changes})
 
 
-async def _native_chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+async def _native_chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk] | Comment]:
     """Each event as it came, framed again with its name (which Anthropic sets equal to its ``type``)."""
     stopped = False
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from proxy.completions import Chunk, Completion
 from proxy.config import ProviderConfig
 from proxy.errors import SHAPE_ERRORS, InvalidRequest, SluiceError, UpstreamProtocolError, UpstreamHTTPError
 from proxy.http import UpstreamClient, UpstreamResponse
+from proxy.sse import KEPT_COMMENTS, Comment
 
 
 @dataclass(slots=True)
@@ -47,18 +49,38 @@ class Call:
 
 
 class ChunkStream:
-    """An opened upstream stream: iterate for chunks (in batches, as they were read), ``aclose`` to release it.
+    """An opened upstream stream: iterate for chunks (in batches, as they were read) and the
+    upstream's ``Comment``s in their places, ``aclose`` to release it.
 
     Returned only after the upstream answered with success headers, so
     retries happen before any byte reaches the client.
     """
 
-    def __init__(self, response: UpstreamResponse, chunks: AsyncIterator[list[Chunk]]) -> None:
+    def __init__(self, response: UpstreamResponse, chunks: AsyncIterator[list[Chunk] | Comment]) -> None:
         self._response = response
         self._chunks = chunks
         self.upstream_headers: dict[str, str] | None = None  # for the client, as ``Completion.upstream_headers``
+        self.head: list[list[Chunk] | Comment] = []  # what ``start`` read: it comes before the iteration
 
-    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+    async def start(self) -> None:
+        """Read up to the first batch of chunks, into ``head``, with the comments before it (the latest few).
+
+        A stream that fails before its first chunk has committed nothing, not
+        even with comments on the way: called inside the attempt, this makes
+        it a failed attempt that is retried or falls back, as an error status
+        is, and its comments go with it.
+        """
+        comments: deque[Comment] | None = None  # made only when one comes
+        async for batch in self._chunks:
+            if type(batch) is not Comment:
+                self.head = [*comments, batch] if comments else [batch]
+                return
+            if comments is None:
+                comments = deque(maxlen=KEPT_COMMENTS)
+            comments.append(batch)
+        self.head = [*comments] if comments else []
+
+    def __aiter__(self) -> AsyncIterator[list[Chunk] | Comment]:
         return self._chunks
 
     async def aclose(self) -> None:
@@ -108,15 +130,18 @@ def path_model(model: str) -> str:
 
 
 async def translated(
-    batches: AsyncIterator[list[bytes]], translate: Callable[[bytes], Iterable[Chunk]]
-) -> AsyncIterator[list[Chunk]]:
-    """Each batch of upstream events as a batch of ``chat.completion.chunk``s.
+    batches: AsyncIterator[list[bytes] | Comment], translate: Callable[[bytes], Iterable[Chunk]]
+) -> AsyncIterator[list[Chunk] | Comment]:
+    """Each batch of upstream events as a batch of ``chat.completion.chunk``s; comments as they came.
 
     When an event in a batch fails (an error mid-stream, broken JSON, an
     event of an unexpected shape), the chunks before it still go out first,
     as they would had they arrived in reads of their own.
     """
     async for batch in batches:
+        if type(batch) is Comment:
+            yield batch
+            continue
         chunks: list[Chunk] = []
         try:
             for item in batch:
@@ -139,7 +164,9 @@ class StreamTranslation(Protocol):
         ...
 
 
-async def translated_stream(batches: AsyncIterator[list[bytes]], stream: StreamTranslation) -> AsyncIterator[list[Chunk]]:
+async def translated_stream(
+    batches: AsyncIterator[list[bytes] | Comment], stream: StreamTranslation
+) -> AsyncIterator[list[Chunk] | Comment]:
     """An upstream stream of JSON events (SSE data or NDJSON lines; blank ones carry none) as hub chunks."""
 
     def feed(data: bytes) -> list[Chunk]:

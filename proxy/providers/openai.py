@@ -28,6 +28,7 @@ from proxy.providers.base import (
     passed_back,
     translated,
 )
+from proxy.sse import Comment
 
 
 CLIENT_HEADERS = frozenset({"openai-beta"})
@@ -124,7 +125,7 @@ def _completion(body: bytes) -> Completion:
     return Completion(body, parse_json(body))
 
 
-async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk] | Comment]:
     done = False
 
     def chunk(data: bytes) -> list[Chunk]:
@@ -149,7 +150,7 @@ async def _chunks(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
 _RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
-async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chunk]]:
+async def _response_events(response: UpstreamResponse) -> AsyncIterator[list[Chunk] | Comment]:
     """A Responses stream's events, each passed on as an ``event: <type>`` frame.
 
     It must reach one of the final events: a stream cut before them is a

@@ -29,6 +29,10 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+class Raw(bytes):
+    """A scripted stream item sent as it is, unframed: an SSE comment such as ``b": ping\\n\\n"``."""
+
+
 @dataclass
 class Reply:
     """One scripted answer. Fields combine: e.g. ``delay`` then a cut stream."""
@@ -208,7 +212,7 @@ class FakeServer:
                     raise StreamCut
                 if reply.chunk_delay and index:
                     await asyncio.sleep(reply.chunk_delay)
-                yield self.stream_frame(item)
+                yield item if isinstance(item, Raw) else self.stream_frame(item)
             end = self.stream_end()
             if end:
                 yield end
