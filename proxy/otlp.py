@@ -37,13 +37,23 @@ _log = structlog.get_logger("sluice")
 
 
 # -- encoding ------------------------------------------------------------------
+# A span is written as a few byte strings joined once: those a request's spans
+# share (``trace_fields``), those a kind of span shares (``name_and_kind`` and
+# its attributes from ``span_attributes``, cached by proxy/tracing.py), and the
+# few that change from span to span, each written under a name encoded once
+# (``Attribute``): no dict or protobuf object is built per span.
 
 _SMALL = [bytes([n]) for n in range(128)]
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_TIMES = struct.Struct("<BQBQ")  # fields 7 and 8: tag, fixed64, tag, fixed64
+_FLAGS = [b"\x85\x01" + struct.pack("<I", flags) for flags in range(256)]  # field 16, fixed32
 
 
 def _varint(n: int) -> bytes:
     if n < 128:
         return _SMALL[n]
+    if n < 16384:  # lengths of spans and batches' parts: one step, no loop
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -63,50 +73,98 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+        return b"\x18" + _varint(value & _MASK64)
     if isinstance(value, float):
         return b"\x21" + struct.pack("<d", value)
     values = b"".join(_delimited(b"\x0a", _any_value(item)) for item in value)
     return _delimited(b"\x2a", values)
 
 
-_keys: dict[str, bytes] = {}
-
-
-def _key_value(key: str, value: Any) -> bytes:
-    """A ``KeyValue``; the key's bytes are made once per name (there are a few dozen)."""
-    encoded = _keys.get(key)
-    if encoded is None:
-        encoded = _keys[key] = _delimited(b"\x0a", key.encode())
-    return encoded + _delimited(b"\x12", _any_value(value))
-
-
-_attributes: dict[tuple[bytes, str, type, Any], bytes] = {}
-_UNCACHED = frozenset({"gen_ai.response.id", "gen_ai.input.messages", "gen_ai.output.messages"})
-"""Values that are new on every span: not worth keeping."""
-MAX_CACHED = 8192
-
-
 def encode_attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
-    """Each attribute as a ``tag`` field; most recur (operation, provider, model, status…) and are encoded once."""
-    parts = []
-    for key, value in attributes.items():
-        if key in _UNCACHED or isinstance(value, list):
-            parts.append(_delimited(tag, _key_value(key, value)))
-            continue
-        cache_key = (tag, key, type(value), value)
-        part = _attributes.get(cache_key)
-        if part is None:
-            part = _delimited(tag, _key_value(key, value))
-            if len(_attributes) < MAX_CACHED:
-                _attributes[cache_key] = part
-        parts.append(part)
-    return b"".join(parts)
+    """Each attribute as a ``KeyValue`` in a ``tag`` field."""
+    return b"".join(_delimited(tag, _delimited(b"\x0a", key.encode()) + _delimited(b"\x12", _any_value(value))) for key, value in attributes.items())
 
 
 def span_attributes(attributes: Mapping[str, Any]) -> bytes:
-    """Attributes as a ``Span``'s (field 9), for ``encode_span``'s ``encoded_attributes``."""
+    """Attributes as a ``Span``'s (field 9)."""
     return encode_attributes(b"\x4a", attributes)
+
+
+class Attribute:
+    """A ``Span`` attribute's name, encoded once, and its value written straight after it: for the
+    values that change from span to span (token counts, the response id…)."""
+
+    __slots__ = ("_key", "_ints", "_strings", "_arrays")
+
+    def __init__(self, name: str) -> None:
+        self._key = _delimited(b"\x0a", name.encode())  # KeyValue.key
+        # everything before the value's own bytes, by their length: an int's varint, a short string's
+        self._ints = [self._head(b"\x18", n) for n in range(11)]
+        self._strings = [self._head(b"\x0a" + _varint(n), n) for n in range(128)]
+        self._arrays: dict[tuple[str, ...], bytes] = {}
+
+    def _head(self, value_tag: bytes, size: int) -> bytes:
+        """The attribute's bytes up to its value's last ``size`` bytes (AnyValue after ``value_tag``)."""
+        any_size = len(value_tag) + size
+        key_value_size = len(self._key) + 1 + len(_varint(any_size)) + any_size
+        return b"\x4a" + _varint(key_value_size) + self._key + b"\x12" + _varint(any_size) + value_tag
+
+    def int(self, value: int) -> bytes:
+        encoded = _varint(value & _MASK64)
+        return self._ints[len(encoded)] + encoded
+
+    def str(self, value: str) -> bytes:
+        encoded = value.encode()
+        size = len(encoded)
+        return (self._strings[size] if size < 128 else self._head(b"\x0a" + _varint(size), size)) + encoded
+
+    def float(self, value: float) -> bytes:
+        return self._head(b"\x21", 8) + struct.pack("<d", value)
+
+    def strings(self, values: tuple[str, ...]) -> bytes:
+        """An array of strings (finish reasons): a few recur, so each is encoded once."""
+        encoded = self._arrays.get(values)
+        if encoded is None:
+            encoded = _delimited(b"\x4a", self._key + _delimited(b"\x12", _any_value(values)))
+            if len(self._arrays) < MAX_ARRAYS:
+                self._arrays[values] = encoded
+        return encoded
+
+
+MAX_ARRAYS = 256
+"""Arrays kept encoded, per attribute."""
+
+
+def trace_fields(trace_id: int, trace_state: str) -> bytes:
+    """Fields 1 ``trace_id`` and 3 ``trace_state``: the same in each span of a request."""
+    trace = b"\x0a\x10" + trace_id.to_bytes(16, "big")
+    return trace + _delimited(b"\x1a", trace_state.encode()) if trace_state else trace
+
+
+def span_ids(span_id: int, parent_span_id: int) -> bytes:
+    """Fields 2 ``span_id`` and 4 ``parent_span_id`` (none for a root span)."""
+    ids = b"\x12\x08" + span_id.to_bytes(8, "big")
+    return ids + b"\x22\x08" + parent_span_id.to_bytes(8, "big") if parent_span_id else ids
+
+
+def name_and_kind(name: str, kind: int) -> bytes:
+    """Fields 5 ``name`` and 6 ``kind``."""
+    return _delimited(b"\x2a", name.encode()) + b"\x30" + _varint(kind)
+
+
+def times(start_ns: int, end_ns: int) -> bytes:
+    """Fields 7 ``start_time_unix_nano`` and 8 ``end_time_unix_nano``."""
+    return _TIMES.pack(0x39, start_ns, 0x41, end_ns)
+
+
+def error_status(message: str) -> bytes:
+    """Field 15 ``status``: its message (2) and code (3) ERROR."""
+    return _delimited(b"\x7a", _delimited(b"\x12", message.encode()) + b"\x18" + _varint(_ERROR))
+
+
+def flags_field(flags: int) -> bytes:
+    """Field 16 ``flags``: the W3C trace flags."""
+    return _FLAGS[flags & 0xFF]
 
 
 def encode_span(
@@ -122,35 +180,25 @@ def encode_span(
     end_ns: int,
     attributes: Mapping[str, Any],
     error: str | None,
-    encoded_attributes: bytes = b"",
 ) -> bytes:
-    """One ``Span`` message (trace.proto field numbers in the comments).
-
-    ``encoded_attributes`` are more attributes, already encoded with ``span_attributes``.
-    """
-    parts = [
-        b"\x0a\x10" + trace_id.to_bytes(16, "big"),  # 1 trace_id
-        b"\x12\x08" + span_id.to_bytes(8, "big"),  # 2 span_id
-    ]
-    if trace_state:
-        parts.append(_delimited(b"\x1a", trace_state.encode()))  # 3 trace_state
-    if parent_span_id:
-        parts.append(b"\x22\x08" + parent_span_id.to_bytes(8, "big"))  # 4 parent_span_id
-    parts.append(_delimited(b"\x2a", name.encode()))  # 5 name
-    parts.append(b"\x30" + _varint(kind))  # 6 kind
-    parts.append(b"\x39" + struct.pack("<Q", start_ns))  # 7 start_time_unix_nano
-    parts.append(b"\x41" + struct.pack("<Q", end_ns))  # 8 end_time_unix_nano
-    parts.append(encoded_attributes + span_attributes(attributes))  # 9 attributes
-    if error is not None:  # 15 status: message 2, code 3
-        parts.append(_delimited(b"\x7a", _delimited(b"\x12", error.encode()) + b"\x18" + _varint(_ERROR)))
-    parts.append(b"\x85\x01" + struct.pack("<I", flags & 0xFF))  # 16 flags (fixed32): the W3C trace flags
-    return b"".join(parts)
+    """One ``Span`` message from its fields (proxy/tracing.py joins the same parts, most of them pre-encoded)."""
+    return b"".join((
+        trace_fields(trace_id, trace_state),
+        span_ids(span_id, parent_span_id),
+        times(start_ns, end_ns),
+        name_and_kind(name, kind),
+        span_attributes(attributes),
+        error_status(error) if error is not None else b"",
+        flags_field(flags),
+    ))
 
 
 def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
     """``ExportTraceServiceRequest`` of one resource and one scope; ``resource`` and ``scope`` already encoded."""
-    scope_spans = _delimited(b"\x0a", scope) + b"".join(_delimited(b"\x12", span) for span in spans)
-    resource_spans = _delimited(b"\x0a", resource) + _delimited(b"\x12", scope_spans)
+    parts = [b"\x0a", _varint(len(scope)), scope]
+    for span in spans:
+        parts += (b"\x12", _varint(len(span)), span)
+    resource_spans = _delimited(b"\x0a", resource) + _delimited(b"\x12", b"".join(parts))
     return _delimited(b"\x0a", resource_spans)
 
 
