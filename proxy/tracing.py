@@ -44,11 +44,9 @@ from proxy.otlp import (
     Attribute,
     SpanExporter,
     error_status,
-    flags_field,
+    ids_and_times,
     name_and_kind,
     span_attributes,
-    span_ids,
-    times,
     trace_fields,
 )
 from proxy.telemetry.record import RequestRecord
@@ -77,13 +75,14 @@ class _Request:
     """The request's span while it is served: what its attempt spans and the upstream headers need."""
 
     trace_id: int
-    span_id: int
-    parent_span_id: int
-    flags: int
+    trace_hex: str  # for the attempts' ``traceparent``
+    span_id: bytes
+    parent_span_id: bytes  # b"" for a new trace
+    flags: int  # 0 or 1: sampled (``Tracing._sampled``)
     trace_state: str
     operation: str
     start_ns: int
-    trace: bytes  # its spans' trace fields (``otlp.trace_fields``), once sampled
+    trace: bytes  # the fields each of its spans has (``otlp.trace_fields``)
     answer: _Answer | None = None  # what its attempt's answer said, for its own span to reuse
 
 
@@ -239,14 +238,17 @@ class Tracing:
             return None
         client = client_trace(scope["headers"])
         if client is None:
-            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
+            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, b"", ""
             flags = self._sampled(operation, trace_id, None)
         else:
             _, parent, trace_state = client
-            trace_id, parent_span_id, flags = parent
+            trace_id, parent_span_id = parent[0], parent[1].to_bytes(8, "big")
             flags = self._sampled(operation, trace_id, parent)
-        trace = trace_fields(trace_id, trace_state) if flags & 1 else b""
-        record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns(), trace)
+        trace = trace_id.to_bytes(16, "big")
+        record.span = _Request(
+            trace_id, trace.hex(), (getrandbits(64) or 1).to_bytes(8, "big"), parent_span_id, flags, trace_state,
+            operation, time.time_ns(), trace_fields(trace, trace_state, flags),
+        )
         return _request.set(record.span)
 
     def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
@@ -266,7 +268,7 @@ class Tracing:
         """The request is over: its span, from what its record learnt."""
         _request.reset(token)
         request: _Request = record.span
-        if not request.flags & 1:
+        if not request.flags:
             return
         kind = (request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model, record.provider)
         common = self._common.get(kind)
@@ -275,7 +277,7 @@ class Tracing:
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
         parts = [
-            request.trace, span_ids(request.span_id, request.parent_span_id), times(request.start_ns, time.time_ns()),
+            request.trace, ids_and_times(request.span_id, request.parent_span_id, request.start_ns, time.time_ns()),
             common, _TOKENS_SAVED.int(record.tokens_saved),
         ]
         if record.ttft_seconds is not None:
@@ -286,10 +288,9 @@ class Tracing:
             answer = request.answer
             if answer is None or answer.data is not completion.data:  # not the one its attempt read
                 answer = _Answer.of(completion.data)
-            model = answer.model if answer.model is not None else record.upstream_model
-            if model:
-                parts.append(_RESPONSE_MODEL.str(model))
-            parts.append(answer.encoded)
+            if answer.model is None and record.upstream_model:
+                parts.append(_RESPONSE_MODEL.str(record.upstream_model))
+            parts += (answer.model_attribute, answer.encoded)
             if self.capture_content:
                 parts.append(_content(record.body, completion.data))
         elif self.capture_content and record.body is not None:
@@ -298,7 +299,6 @@ class Tracing:
             parts.append(_ERROR_TYPE.str(record.error_code or str(record.status)))
             if record.status >= 500 or record.status == 0:
                 parts.append(error_status(record.error_code or ""))
-        parts.append(flags_field(request.flags))
         self.exporter.add(b"".join(parts))
 
     def _request_common(self, operation: str, record: RequestRecord) -> bytes:
@@ -326,9 +326,10 @@ class Tracing:
     def attempt(self, target: Target, number: int) -> _Attempt:
         """A span around one upstream attempt (a context manager); the upstream request made
         inside carries its ``traceparent``. ``attempt_answered`` tells it the answer."""
-        return _Attempt(self, _request.get(), target, number)
+        request = _request.get()
+        return _Attempt(self, request, self._attempt_common(request.operation, target, number) if request is not None else b"")
 
-    def attempt_common(self, operation: str, target: Target, number: int) -> bytes:
+    def _attempt_common(self, operation: str, target: Target, number: int) -> bytes:
         """The name, kind and attributes of the attempts of one number at one target: encoded once."""
         kind = (operation, target.provider, target.model, number)
         common = self._common.get(kind)
@@ -350,27 +351,26 @@ class Tracing:
         span, read once for its request's span too."""
         request = span.request
         data = getattr(value, "data", None)
-        if request is not None and request.flags & 1 and isinstance(data, dict):
+        if request is not None and request.flags and isinstance(data, dict):
             span.answer = request.answer = _Answer.of(data)
 
 
 class _Attempt:
     """One upstream attempt's CLIENT span, written when the attempt ends (``Tracing.attempt``)."""
 
-    __slots__ = ("_tracer", "request", "_target", "_number", "_span_id", "_token", "_started", "answer")
+    __slots__ = ("_tracer", "request", "_common", "_span_id", "_token", "_started", "answer")
 
-    def __init__(self, tracer: Tracing, request: _Request | None, target: Target, number: int) -> None:
+    def __init__(self, tracer: Tracing, request: _Request | None, common: bytes) -> None:
         self._tracer = tracer
         self.request = request  # None outside a traced request: nothing to continue, nothing to write
-        self._target = target
-        self._number = number
+        self._common = common
         self.answer: _Answer | None = None
 
     def __enter__(self) -> _Attempt:
         request = self.request
         if request is not None:
-            self._span_id = span_id = getrandbits(64) or 1
-            trace_headers = {"traceparent": f"00-{request.trace_id:032x}-{span_id:016x}-{request.flags:02x}"}
+            self._span_id = span_id = (getrandbits(64) or 1).to_bytes(8, "big")
+            trace_headers = {"traceparent": f"00-{request.trace_hex}-{span_id.hex()}-0{request.flags}"}
             if request.trace_state:
                 trace_headers["tracestate"] = request.trace_state
             self._token = _upstream.set(trace_headers)
@@ -382,20 +382,13 @@ class _Attempt:
         if request is None:
             return
         _upstream.reset(self._token)
-        if not request.flags & 1:
+        if not request.flags:
             return
-        parts = [
-            request.trace, span_ids(self._span_id, request.span_id), times(self._started, time.time_ns()),
-            self._tracer.attempt_common(request.operation, self._target, self._number),
-        ]
+        parts = [request.trace, ids_and_times(self._span_id, request.span_id, self._started, time.time_ns()), self._common]
         if error is not None:
             parts += (_failure(error), error_status(getattr(error, "message", None) or type(error).__name__))
         elif self.answer is not None:
-            answer = self.answer
-            if answer.model:
-                parts.append(_RESPONSE_MODEL.str(answer.model))
-            parts += (answer.encoded, answer.usage)
-        parts.append(flags_field(request.flags))
+            parts += (self.answer.model_attribute, self.answer.encoded, self.answer.usage)
         self._tracer.exporter.add(b"".join(parts))
 
 
@@ -421,13 +414,16 @@ class _Answer:
     and the request's share it."""
 
     data: dict[str, Any]
-    model: str | None  # the answer's own; the request's span falls back to the upstream model
+    model: str | None  # the answer's own; without one, the request's span names the upstream model
+    model_attribute: bytes  # the model, encoded (b"" for an empty one)
     encoded: bytes  # id, finish reasons and usage details
     usage: bytes  # the usage's input and output tokens (the attempt's span; the request's has the record's)
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> _Answer:
         model = data.get("model")
+        if not isinstance(model, str):
+            model = None
         answer_id = data.get("id")
         encoded = _RESPONSE_ID.str(answer_id) if isinstance(answer_id, str) else b""
         reasons = _finish_reasons(data)
@@ -438,7 +434,7 @@ class _Answer:
         if isinstance(usage, dict):
             encoded += _usage_details(usage)
             totals = _usage_totals(usage)
-        return cls(data, model if isinstance(model, str) else None, encoded, totals)
+        return cls(data, model, _RESPONSE_MODEL.str(model) if model else b"", encoded, totals)
 
 
 def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:
