@@ -457,7 +457,12 @@ def _failure(exc: BaseException) -> bytes:
 def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
     choices = data.get("choices")
     if isinstance(choices, list):
-        return tuple(c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))
+        reasons = []
+        for choice in choices:
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if isinstance(reason, str):
+                reasons.append(reason)
+        return tuple(reasons)
     for key in ("stop_reason", "status"):  # Messages, Responses
         if isinstance(data.get(key), str):
             return (data[key],)
@@ -487,7 +492,7 @@ def _usage_totals(usage: dict[str, Any]) -> bytes:
 
 def _get(data: Any, key: str) -> int:
     value = data.get(key) if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if type(value) is int else 0  # JSON's integers; not a bool
 
 
 def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> bytes:
