@@ -1,5 +1,6 @@
-"""Micro-benchmarks of two per-request costs: one successful attempt through retries and
-breaker, and one hit-lane lookup. Run: ``python -m bench.micro`` (one core, a quiet machine).
+"""Micro-benchmarks of per-request costs: one successful attempt through retries and
+breaker, one hit-lane lookup, and the spans of one traced request. Run: ``python -m bench.micro``
+(one core, a quiet machine).
 
 Each figure is the best of ``ROUNDS`` rounds, in µs per call: what the code costs, not
 what the machine's neighbours did meanwhile.
@@ -11,14 +12,18 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import orjson
+import structlog.testing
+
 from proxy.cache.base import CachedAnswer
 from proxy.cache.memory import MemoryCache
 from proxy.completions import Completion
-from proxy.config import BreakerConfig, RetryConfig, Target
+from proxy.config import BreakerConfig, Config, ProviderConfig, RetryConfig, Target
 from proxy.hit_lane import HitLane
 from proxy.resilience import Attempts, Breakers, Resilience
 from proxy.telemetry import Telemetry
 from proxy.telemetry.record import RequestRecord
+from proxy.tracing import Tracing
 
 ROUNDS = 7
 CALLS = 20_000
@@ -51,7 +56,7 @@ def lane_round() -> float:
     cache = MemoryCache(1000, 10**8)
     answer = CachedAnswer(Completion(b"{}", {}), "openai")
     asyncio.run(cache.set("k", answer, 60))
-    lane = HitLane(cache, Telemetry())
+    lane = HitLane(cache, Telemetry(), frozenset({b"/v1/chat/completions"}))
     path, body = b"/v1/chat/completions", b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
     headers = [(b"host", b"localhost"), (b"authorization", b"Bearer sk-x"), (b"content-type", b"application/json")]
     record = RequestRecord("learned", "POST", "/v1/chat/completions", 0.0)
@@ -65,9 +70,42 @@ def lane_round() -> float:
     return time.perf_counter() - started
 
 
+ANSWER = (
+    b'{"id":"chatcmpl-bench0001","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18",'
+    b'"choices":[{"index":0,"message":{"role":"assistant","content":"Sure!"},"finish_reason":"stop"}],'
+    b'"usage":{"prompt_tokens":52,"completion_tokens":18,"total_tokens":70,'
+    b'"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":{"reasoning_tokens":0}}}'
+)
+
+
+def tracing_round() -> float:
+    """The spans of one proxied request per call, as middleware and resilience make them: the
+    request's started, one attempt answered, the request's finished (queued for export, not sent)."""
+    provider = ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1")
+    unsent = {"OTEL_BSP_SCHEDULE_DELAY": "3600000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": str(CALLS * 2)}
+    tracer = Tracing(Config(providers=(provider,)), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", **unsent})
+    target = Target("openai", "gpt-4o-mini")
+    scope = {"path": "/v1/chat/completions", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+    completions = [Completion(ANSWER, orjson.loads(ANSWER)) for _ in range(CALLS)]  # each request its own answer
+    records = [RequestRecord("req", "POST", "/v1/chat/completions", 0.0) for _ in range(CALLS)]
+    started = time.perf_counter()
+    for record, completion in zip(records, completions):
+        token = tracer.start_request(scope, record)
+        with tracer.attempt(target, 1) as span:
+            tracer.attempt_answered(span, completion)
+        record.model, record.provider, record.upstream_model = "gpt-4o-mini", "openai", "gpt-4o-mini"
+        record.attempts, record.status, record.completion = 1, 200, completion
+        tracer.finish_request(record, token)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - started
+    with structlog.testing.capture_logs():  # nothing listens at its endpoint: the spans are dropped
+        tracer.exporter.shutdown()
+    return elapsed
+
+
 def main() -> None:
     print(f"resilience, one successful attempt: {best(resilience_round):.2f} µs per call")
     print(f"hit lane lookup, a hit:             {best(lane_round):.2f} µs per call")
+    print(f"tracing, one traced request:        {best(tracing_round):.2f} µs per call")
 
 
 if __name__ == "__main__":

@@ -37,13 +37,23 @@ _log = structlog.get_logger("sluice")
 
 
 # -- encoding ------------------------------------------------------------------
+# A span is written as a few byte strings joined once: those a request's spans
+# share (``trace_fields``), those a kind of span shares (``name_and_kind`` and
+# its attributes from ``span_attributes``, cached by proxy/tracing.py), and the
+# few that change from span to span, each written under a name encoded once
+# (``Attribute``): no dict or protobuf object is built per span.
 
 _SMALL = [bytes([n]) for n in range(128)]
+_MASK64 = 0xFFFFFFFFFFFFFFFF
+_IDS_AND_TIMES = struct.Struct("<2s8s2s8sBQBQ")  # span id, parent span id (tag and size, 8 bytes each), two fixed64
+_ID_AND_TIMES = struct.Struct("<2s8sBQBQ")
 
 
 def _varint(n: int) -> bytes:
     if n < 128:
         return _SMALL[n]
+    if n < 16384:  # lengths of spans and batches' parts: one step, no loop
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -63,50 +73,90 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, bool):
         return b"\x10\x01" if value else b"\x10\x00"
     if isinstance(value, int):
-        return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
+        return b"\x18" + _varint(value & _MASK64)
     if isinstance(value, float):
         return b"\x21" + struct.pack("<d", value)
     values = b"".join(_delimited(b"\x0a", _any_value(item)) for item in value)
     return _delimited(b"\x2a", values)
 
 
-_keys: dict[str, bytes] = {}
-
-
-def _key_value(key: str, value: Any) -> bytes:
-    """A ``KeyValue``; the key's bytes are made once per name (there are a few dozen)."""
-    encoded = _keys.get(key)
-    if encoded is None:
-        encoded = _keys[key] = _delimited(b"\x0a", key.encode())
-    return encoded + _delimited(b"\x12", _any_value(value))
-
-
-_attributes: dict[tuple[bytes, str, type, Any], bytes] = {}
-_UNCACHED = frozenset({"gen_ai.response.id", "gen_ai.input.messages", "gen_ai.output.messages"})
-"""Values that are new on every span: not worth keeping."""
-MAX_CACHED = 8192
-
-
 def encode_attributes(tag: bytes, attributes: Mapping[str, Any]) -> bytes:
-    """Each attribute as a ``tag`` field; most recur (operation, provider, model, status…) and are encoded once."""
-    parts = []
-    for key, value in attributes.items():
-        if key in _UNCACHED or isinstance(value, list):
-            parts.append(_delimited(tag, _key_value(key, value)))
-            continue
-        cache_key = (tag, key, type(value), value)
-        part = _attributes.get(cache_key)
-        if part is None:
-            part = _delimited(tag, _key_value(key, value))
-            if len(_attributes) < MAX_CACHED:
-                _attributes[cache_key] = part
-        parts.append(part)
-    return b"".join(parts)
+    """Each attribute as a ``KeyValue`` in a ``tag`` field."""
+    return b"".join(_delimited(tag, _delimited(b"\x0a", key.encode()) + _delimited(b"\x12", _any_value(value))) for key, value in attributes.items())
 
 
 def span_attributes(attributes: Mapping[str, Any]) -> bytes:
-    """Attributes as a ``Span``'s (field 9), for ``encode_span``'s ``encoded_attributes``."""
+    """Attributes as a ``Span``'s (field 9)."""
     return encode_attributes(b"\x4a", attributes)
+
+
+class Attribute:
+    """A ``Span`` attribute's name, encoded once, and its value written straight after it: for the
+    values that change from span to span (token counts, the response id…)."""
+
+    __slots__ = ("_key", "_ints", "_strings", "_arrays")
+
+    def __init__(self, name: str) -> None:
+        self._key = _delimited(b"\x0a", name.encode())  # KeyValue.key
+        # everything before the value's own bytes, by their length: an int's varint, a short string's
+        self._ints = [self._head(b"\x18", n) for n in range(11)]
+        self._strings = [self._head(b"\x0a" + _varint(n), n) for n in range(128)]
+        self._arrays: dict[tuple[str, ...], bytes] = {}
+
+    def _head(self, value_tag: bytes, size: int) -> bytes:
+        """The attribute's bytes up to its value's last ``size`` bytes (AnyValue after ``value_tag``)."""
+        any_size = len(value_tag) + size
+        key_value_size = len(self._key) + 1 + len(_varint(any_size)) + any_size
+        return b"\x4a" + _varint(key_value_size) + self._key + b"\x12" + _varint(any_size) + value_tag
+
+    def int(self, value: int) -> bytes:
+        encoded = _varint(value & _MASK64)
+        return self._ints[len(encoded)] + encoded
+
+    def str(self, value: str) -> bytes:
+        encoded = value.encode()
+        size = len(encoded)
+        return (self._strings[size] if size < 128 else self._head(b"\x0a" + _varint(size), size)) + encoded
+
+    def float(self, value: float) -> bytes:
+        return self._head(b"\x21", 8) + struct.pack("<d", value)
+
+    def strings(self, values: tuple[str, ...]) -> bytes:
+        """An array of strings (finish reasons): a few recur, so each is encoded once."""
+        encoded = self._arrays.get(values)
+        if encoded is None:
+            encoded = _delimited(b"\x4a", self._key + _delimited(b"\x12", _any_value(values)))
+            if len(self._arrays) < MAX_ARRAYS:
+                self._arrays[values] = encoded
+        return encoded
+
+
+MAX_ARRAYS = 256
+"""Arrays kept encoded, per attribute."""
+
+
+def trace_fields(trace_id: bytes, trace_state: str, flags: int) -> bytes:
+    """Fields 1 ``trace_id``, 3 ``trace_state`` and 16 ``flags`` (the W3C trace flags): the same in
+    each span of a request."""
+    fields = b"\x0a\x10" + trace_id + b"\x85\x01" + struct.pack("<I", flags & 0xFF)
+    return fields + _delimited(b"\x1a", trace_state.encode()) if trace_state else fields
+
+
+def ids_and_times(span_id: bytes, parent_span_id: bytes, start_ns: int, end_ns: int) -> bytes:
+    """Fields 2 ``span_id``, 4 ``parent_span_id`` (b"" for a root span: none), 7 and 8 the start and end times."""
+    if parent_span_id:
+        return _IDS_AND_TIMES.pack(b"\x12\x08", span_id, b"\x22\x08", parent_span_id, 0x39, start_ns, 0x41, end_ns)
+    return _ID_AND_TIMES.pack(b"\x12\x08", span_id, 0x39, start_ns, 0x41, end_ns)
+
+
+def name_and_kind(name: str, kind: int) -> bytes:
+    """Fields 5 ``name`` and 6 ``kind``."""
+    return _delimited(b"\x2a", name.encode()) + b"\x30" + _varint(kind)
+
+
+def error_status(message: str) -> bytes:
+    """Field 15 ``status``: its message (2) and code (3) ERROR."""
+    return _delimited(b"\x7a", _delimited(b"\x12", message.encode()) + b"\x18" + _varint(_ERROR))
 
 
 def encode_span(
@@ -122,36 +172,29 @@ def encode_span(
     end_ns: int,
     attributes: Mapping[str, Any],
     error: str | None,
-    encoded_attributes: bytes = b"",
 ) -> bytes:
-    """One ``Span`` message (trace.proto field numbers in the comments).
-
-    ``encoded_attributes`` are more attributes, already encoded with ``span_attributes``.
-    """
-    parts = [
-        b"\x0a\x10" + trace_id.to_bytes(16, "big"),  # 1 trace_id
-        b"\x12\x08" + span_id.to_bytes(8, "big"),  # 2 span_id
-    ]
-    if trace_state:
-        parts.append(_delimited(b"\x1a", trace_state.encode()))  # 3 trace_state
-    if parent_span_id:
-        parts.append(b"\x22\x08" + parent_span_id.to_bytes(8, "big"))  # 4 parent_span_id
-    parts.append(_delimited(b"\x2a", name.encode()))  # 5 name
-    parts.append(b"\x30" + _varint(kind))  # 6 kind
-    parts.append(b"\x39" + struct.pack("<Q", start_ns))  # 7 start_time_unix_nano
-    parts.append(b"\x41" + struct.pack("<Q", end_ns))  # 8 end_time_unix_nano
-    parts.append(encoded_attributes + span_attributes(attributes))  # 9 attributes
-    if error is not None:  # 15 status: message 2, code 3
-        parts.append(_delimited(b"\x7a", _delimited(b"\x12", error.encode()) + b"\x18" + _varint(_ERROR)))
-    parts.append(b"\x85\x01" + struct.pack("<I", flags & 0xFF))  # 16 flags (fixed32): the W3C trace flags
-    return b"".join(parts)
+    """One ``Span`` message from its fields (proxy/tracing.py joins the same parts, most of them pre-encoded)."""
+    parent = parent_span_id.to_bytes(8, "big") if parent_span_id else b""
+    return b"".join((
+        trace_fields(trace_id.to_bytes(16, "big"), trace_state, flags),
+        ids_and_times(span_id.to_bytes(8, "big"), parent, start_ns, end_ns),
+        name_and_kind(name, kind),
+        span_attributes(attributes),
+        error_status(error) if error is not None else b"",
+    ))
 
 
 def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
-    """``ExportTraceServiceRequest`` of one resource and one scope; ``resource`` and ``scope`` already encoded."""
-    scope_spans = _delimited(b"\x0a", scope) + b"".join(_delimited(b"\x12", span) for span in spans)
-    resource_spans = _delimited(b"\x0a", resource) + _delimited(b"\x12", scope_spans)
-    return _delimited(b"\x0a", resource_spans)
+    """``ExportTraceServiceRequest`` of one resource and one scope; ``resource`` and ``scope`` already encoded.
+
+    Joined once: a batch is ~300 kB, and copying it at each level of nesting cost more than encoding it.
+    """
+    scope_spans = [b"\x0a", _varint(len(scope)), scope]  # ScopeSpans: scope 1, spans 2
+    for span in spans:
+        scope_spans += (b"\x12", _varint(len(span)), span)
+    size = sum(map(len, scope_spans))
+    head = _delimited(b"\x0a", resource) + b"\x12" + _varint(size)  # ResourceSpans: resource 1, scope_spans 2
+    return b"".join((b"\x0a", _varint(len(head) + size), head, *scope_spans))  # the request's resource_spans 1
 
 
 # -- sending -------------------------------------------------------------------

@@ -280,9 +280,9 @@ class Resilience:
         tracer = tracing.TRACING
         if tracer is None:
             return await self._judged(target, breaker, attempt)
-        with tracer.attempt(target, attempts.count) as span_attributes:
+        with tracer.attempt(target, attempts.count) as span:
             value = await self._judged(target, breaker, attempt)
-            tracer.attempt_answered(span_attributes, value)
+            tracer.attempt_answered(span, value)
             return value
 
     async def _judged(self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]]) -> T:

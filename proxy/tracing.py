@@ -26,8 +26,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from random import getrandbits
@@ -39,7 +38,17 @@ from starlette.types import Scope
 
 from proxy.config import Config, Target, TracingConfig
 from proxy.errors import SluiceError, UpstreamHTTPError
-from proxy.otlp import CLIENT, SERVER, SpanExporter, encode_span, span_attributes
+from proxy.otlp import (
+    CLIENT,
+    SERVER,
+    Attribute,
+    SpanExporter,
+    error_status,
+    ids_and_times,
+    name_and_kind,
+    span_attributes,
+    trace_fields,
+)
 from proxy.telemetry.record import RequestRecord
 
 CAPTURE_CONTENT = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
@@ -66,12 +75,15 @@ class _Request:
     """The request's span while it is served: what its attempt spans and the upstream headers need."""
 
     trace_id: int
-    span_id: int
-    parent_span_id: int
-    flags: int
+    trace_hex: str  # for the attempts' ``traceparent``
+    span_id: bytes
+    parent_span_id: bytes  # b"" for a new trace
+    flags: int  # 0 or 1: sampled (``Tracing._sampled``)
     trace_state: str
     operation: str
     start_ns: int
+    trace: bytes  # the fields each of its spans has (``otlp.trace_fields``)
+    answer: _Answer | None = None  # what its attempt's answer said, for its own span to reuse
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
@@ -226,13 +238,17 @@ class Tracing:
             return None
         client = client_trace(scope["headers"])
         if client is None:
-            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
+            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, b"", ""
             flags = self._sampled(operation, trace_id, None)
         else:
             _, parent, trace_state = client
-            trace_id, parent_span_id, flags = parent
+            trace_id, parent_span_id = parent[0], parent[1].to_bytes(8, "big")
             flags = self._sampled(operation, trace_id, parent)
-        record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())
+        trace = trace_id.to_bytes(16, "big")
+        record.span = _Request(
+            trace_id, trace.hex(), (getrandbits(64) or 1).to_bytes(8, "big"), parent_span_id, flags, trace_state,
+            operation, time.time_ns(), trace_fields(trace, trace_state, flags),
+        )
         return _request.set(record.span)
 
     def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
@@ -252,42 +268,41 @@ class Tracing:
         """The request is over: its span, from what its record learnt."""
         _request.reset(token)
         request: _Request = record.span
-        if not request.flags & 1:
+        if not request.flags:
             return
         kind = (request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model, record.provider)
         common = self._common.get(kind)
         if common is None:
-            common = span_attributes(self._common_attributes(request.operation, record))
+            common = self._request_common(request.operation, record)
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
-        attributes: dict[str, Any] = {"sluice.tokens_saved": record.tokens_saved}
+        parts = [
+            request.trace, ids_and_times(request.span_id, request.parent_span_id, request.start_ns, time.time_ns()),
+            common, _TOKENS_SAVED.int(record.tokens_saved),
+        ]
         if record.ttft_seconds is not None:
-            attributes["gen_ai.response.time_to_first_chunk"] = record.ttft_seconds
-        if record.completion is not None:
-            attributes["gen_ai.usage.input_tokens"] = record.prompt_tokens
-            attributes["gen_ai.usage.output_tokens"] = record.completion_tokens
-            attributes.update(_answer_attributes(record.completion.data, record.upstream_model))
+            parts.append(_TIME_TO_FIRST_CHUNK.float(record.ttft_seconds))
+        completion = record.completion
+        if completion is not None:
+            parts += (_INPUT_TOKENS.int(record.prompt_tokens), _OUTPUT_TOKENS.int(record.completion_tokens))
+            answer = request.answer
+            if answer is None or answer.data is not completion.data:  # not the one its attempt read
+                answer = _Answer.of(completion.data)
+            if answer.model is None and record.upstream_model:
+                parts.append(_RESPONSE_MODEL.str(record.upstream_model))
+            parts += (answer.model_attribute, answer.encoded)
             if self.capture_content:
-                attributes.update(_content(record.body, record.completion.data))
+                parts.append(_content(record.body, completion.data))
         elif self.capture_content and record.body is not None:
-            attributes.update(_content(record.body, None))
-        error = None
+            parts.append(_content(record.body, None))
         if record.status >= 400 or record.error_code:
-            attributes["error.type"] = record.error_code or str(record.status)
+            parts.append(_ERROR_TYPE.str(record.error_code or str(record.status)))
             if record.status >= 500 or record.status == 0:
-                error = record.error_code or ""
-        name = f"{request.operation} {record.model}" if record.model else request.operation
-        self.exporter.add(
-            encode_span(
-                trace_id=request.trace_id, span_id=request.span_id, parent_span_id=request.parent_span_id,
-                flags=request.flags, trace_state=request.trace_state, name=name, kind=SERVER,
-                start_ns=request.start_ns, end_ns=time.time_ns(), attributes=attributes, error=error,
-                encoded_attributes=common,
-            )
-        )
+                parts.append(error_status(record.error_code or ""))
+        self.exporter.add(b"".join(parts))
 
-    def _common_attributes(self, operation: str, record: RequestRecord) -> dict[str, Any]:
-        """The attributes many requests share: encoded once per kind of request (``finish_request``)."""
+    def _request_common(self, operation: str, record: RequestRecord) -> bytes:
+        """The name, kind and attributes many requests share: encoded once per kind of request (``finish_request``)."""
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "http.request.method": record.method,
@@ -303,30 +318,24 @@ class Tracing:
         if record.provider:
             attributes.update(self._providers.get(record.provider, {}))
             attributes["sluice.provider"] = record.provider
-        return attributes
+        name = f"{operation} {record.model}" if record.model else operation
+        return name_and_kind(name, SERVER) + span_attributes(attributes)
 
     # -- the attempt (CLIENT) spans --
 
-    @contextmanager
-    def attempt(self, target: Target, number: int) -> Iterator[dict[str, Any]]:
-        """A span around one upstream attempt; the upstream request made inside carries its ``traceparent``.
-
-        Yields the span's attributes, for ``attempt_answered`` to add to.
-        """
+    def attempt(self, target: Target, number: int) -> _Attempt:
+        """A span around one upstream attempt (a context manager); the upstream request made
+        inside carries its ``traceparent``. ``attempt_answered`` tells it the answer."""
         request = _request.get()
-        if request is None:  # not inside a traced request: nothing to continue
-            yield {}
-            return
-        span_id = getrandbits(64) or 1
-        trace_headers = {"traceparent": f"00-{request.trace_id:032x}-{span_id:016x}-{request.flags:02x}"}
-        if request.trace_state:
-            trace_headers["tracestate"] = request.trace_state
-        token = _upstream.set(trace_headers)
-        kind = (request.operation, target, number)
+        return _Attempt(self, request, self._attempt_common(request.operation, target, number) if request is not None else b"")
+
+    def _attempt_common(self, operation: str, target: Target, number: int) -> bytes:
+        """The name, kind and attributes of the attempts of one number at one target: encoded once."""
+        kind = (operation, target.provider, target.model, number)
         common = self._common.get(kind)
         if common is None:
-            common = span_attributes({
-                "gen_ai.operation.name": request.operation,
+            common = name_and_kind(f"{operation} {target.model}", CLIENT) + span_attributes({
+                "gen_ai.operation.name": operation,
                 "gen_ai.request.model": target.model,
                 "sluice.provider": target.provider,
                 "sluice.attempt": number,
@@ -334,35 +343,98 @@ class Tracing:
             })
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
-        attributes: dict[str, Any] = {}
-        started, error = time.time_ns(), None
-        try:
-            yield attributes
-        except BaseException as exc:
-            attributes.update(_failure(exc))
-            error = getattr(exc, "message", None) or type(exc).__name__
-            raise
-        finally:
-            _upstream.reset(token)
-            if request.flags & 1:
-                self.exporter.add(
-                    encode_span(
-                        trace_id=request.trace_id, span_id=span_id, parent_span_id=request.span_id,
-                        flags=request.flags, trace_state=request.trace_state, name=f"{request.operation} {target.model}",
-                        kind=CLIENT, start_ns=started, end_ns=time.time_ns(), attributes=attributes, error=error,
-                        encoded_attributes=common,
-                    )
-                )
+        return common
 
     @staticmethod
-    def attempt_answered(attributes: dict[str, Any], value: object) -> None:
-        """A whole (non-streamed) answer came back: its model, finish reasons and usage on the attempt span."""
+    def attempt_answered(span: _Attempt, value: object) -> None:
+        """A whole (non-streamed) answer came back: its model, finish reasons and usage on the attempt
+        span, read once for its request's span too."""
+        request = span.request
         data = getattr(value, "data", None)
-        if isinstance(data, dict):
-            attributes.update(_answer_attributes(data, None))
-            usage = data.get("usage")
-            if isinstance(usage, dict):
-                attributes.update(_usage_totals(usage))
+        if request is not None and request.flags and isinstance(data, dict):
+            span.answer = request.answer = _Answer.of(data)
+
+
+class _Attempt:
+    """One upstream attempt's CLIENT span, written when the attempt ends (``Tracing.attempt``)."""
+
+    __slots__ = ("_tracer", "request", "_common", "_span_id", "_token", "_started", "answer")
+
+    def __init__(self, tracer: Tracing, request: _Request | None, common: bytes) -> None:
+        self._tracer = tracer
+        self.request = request  # None outside a traced request: nothing to continue, nothing to write
+        self._common = common
+        self.answer: _Answer | None = None
+
+    def __enter__(self) -> _Attempt:
+        request = self.request
+        if request is not None:
+            self._span_id = span_id = (getrandbits(64) or 1).to_bytes(8, "big")
+            trace_headers = {"traceparent": f"00-{request.trace_hex}-{span_id.hex()}-0{request.flags}"}
+            if request.trace_state:
+                trace_headers["tracestate"] = request.trace_state
+            self._token = _upstream.set(trace_headers)
+            self._started = time.time_ns()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
+        request = self.request
+        if request is None:
+            return
+        _upstream.reset(self._token)
+        if not request.flags:
+            return
+        parts = [request.trace, ids_and_times(self._span_id, request.span_id, self._started, time.time_ns()), self._common]
+        if error is not None:
+            parts += (_failure(error), error_status(getattr(error, "message", None) or type(error).__name__))
+        elif self.answer is not None:
+            parts += (self.answer.model_attribute, self.answer.encoded, self.answer.usage)
+        self._tracer.exporter.add(b"".join(parts))
+
+
+_TOKENS_SAVED = Attribute("sluice.tokens_saved")
+_TIME_TO_FIRST_CHUNK = Attribute("gen_ai.response.time_to_first_chunk")
+_INPUT_TOKENS = Attribute("gen_ai.usage.input_tokens")
+_OUTPUT_TOKENS = Attribute("gen_ai.usage.output_tokens")
+_CACHE_READ_TOKENS = Attribute("gen_ai.usage.cache_read.input_tokens")
+_CACHE_CREATION_TOKENS = Attribute("gen_ai.usage.cache_creation.input_tokens")
+_REASONING_TOKENS = Attribute("gen_ai.usage.reasoning.output_tokens")
+_RESPONSE_MODEL = Attribute("gen_ai.response.model")
+_RESPONSE_ID = Attribute("gen_ai.response.id")
+_FINISH_REASONS = Attribute("gen_ai.response.finish_reasons")
+_ERROR_TYPE = Attribute("error.type")
+_STATUS_CODE = Attribute("http.response.status_code")
+_INPUT_MESSAGES = Attribute("gen_ai.input.messages")
+_OUTPUT_MESSAGES = Attribute("gen_ai.output.messages")
+
+
+@dataclass(slots=True)
+class _Answer:
+    """What an answer (in any client API's shape) tells its spans, read once: the attempt's span
+    and the request's share it."""
+
+    data: dict[str, Any]
+    model: str | None  # the answer's own; without one, the request's span names the upstream model
+    model_attribute: bytes  # the model, encoded (b"" for an empty one)
+    encoded: bytes  # id, finish reasons and usage details
+    usage: bytes  # the usage's input and output tokens (the attempt's span; the request's has the record's)
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> _Answer:
+        model = data.get("model")
+        if not isinstance(model, str):
+            model = None
+        answer_id = data.get("id")
+        encoded = _RESPONSE_ID.str(answer_id) if isinstance(answer_id, str) else b""
+        reasons = _finish_reasons(data)
+        if reasons:
+            encoded += _FINISH_REASONS.strings(reasons)
+        usage = data.get("usage")
+        totals = b""
+        if isinstance(usage, dict):
+            encoded += _usage_details(usage)
+            totals = _usage_totals(usage)
+        return cls(data, model, _RESPONSE_MODEL.str(model) if model else b"", encoded, totals)
 
 
 def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:
@@ -374,78 +446,69 @@ def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:
     return attributes
 
 
-def _failure(exc: BaseException) -> dict[str, Any]:
+def _failure(exc: BaseException) -> bytes:
     if isinstance(exc, UpstreamHTTPError):
-        return {"error.type": str(exc.status), "http.response.status_code": exc.status}
+        return _ERROR_TYPE.str(str(exc.status)) + _STATUS_CODE.int(exc.status)
     if isinstance(exc, SluiceError):
-        return {"error.type": exc.code if exc.code != "internal_error" else type(exc).__name__}
-    return {"error.type": type(exc).__qualname__}
-
-
-def _answer_attributes(data: dict[str, Any], upstream_model: str | None) -> dict[str, Any]:
-    """Response model, id, finish reasons and the usage details of an answer in any client API's shape."""
-    attributes: dict[str, Any] = {}
-    model = data.get("model") if isinstance(data.get("model"), str) else upstream_model
-    if model:
-        attributes["gen_ai.response.model"] = model
-    if isinstance(data.get("id"), str):
-        attributes["gen_ai.response.id"] = data["id"]
-    reasons = _finish_reasons(data)
-    if reasons:
-        attributes["gen_ai.response.finish_reasons"] = reasons
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        attributes.update(_usage_details(usage))
-    return attributes
+        return _ERROR_TYPE.str(exc.code if exc.code != "internal_error" else type(exc).__name__)
+    return _ERROR_TYPE.str(type(exc).__qualname__)
 
 
 def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
     choices = data.get("choices")
     if isinstance(choices, list):
-        return tuple(c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))
+        reasons = []
+        for choice in choices:
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if isinstance(reason, str):
+                reasons.append(reason)
+        return tuple(reasons)
     for key in ("stop_reason", "status"):  # Messages, Responses
         if isinstance(data.get(key), str):
             return (data[key],)
     return ()
 
 
-def _usage_details(usage: dict[str, Any]) -> dict[str, Any]:
-    """Cache reads and writes, reasoning: Chat Completions, Responses and Messages spell them differently."""
+def _usage_details(usage: dict[str, Any]) -> bytes:
+    """Cache reads and writes, reasoning (when not 0): Chat Completions, Responses and Messages spell them differently."""
     inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-    details = {
-        "gen_ai.usage.cache_read.input_tokens": _get(inputs, "cached_tokens") or _get(usage, "cache_read_input_tokens"),
-        "gen_ai.usage.cache_creation.input_tokens": _get(usage, "cache_creation_input_tokens"),
-        "gen_ai.usage.reasoning.output_tokens": _get(outputs, "reasoning_tokens"),
-    }
-    return {name: value for name, value in details.items() if value}
+    cache_read = _get(inputs, "cached_tokens") or _get(usage, "cache_read_input_tokens")
+    cache_creation = _get(usage, "cache_creation_input_tokens")
+    reasoning = _get(outputs, "reasoning_tokens")
+    details = _CACHE_READ_TOKENS.int(cache_read) if cache_read else b""
+    if cache_creation:
+        details += _CACHE_CREATION_TOKENS.int(cache_creation)
+    if reasoning:
+        details += _REASONING_TOKENS.int(reasoning)
+    return details
 
 
-def _usage_totals(usage: dict[str, Any]) -> dict[str, Any]:
+def _usage_totals(usage: dict[str, Any]) -> bytes:
     inputs = _get(usage, "prompt_tokens") if "prompt_tokens" in usage else _get(usage, "input_tokens")
     outputs = _get(usage, "completion_tokens") if "completion_tokens" in usage else _get(usage, "output_tokens")
-    return {"gen_ai.usage.input_tokens": inputs, "gen_ai.usage.output_tokens": outputs}
+    return _INPUT_TOKENS.int(inputs) + _OUTPUT_TOKENS.int(outputs)
 
 
 def _get(data: Any, key: str) -> int:
     value = data.get(key) if isinstance(data, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if type(value) is int else 0  # JSON's integers; not a bool
 
 
-def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> dict[str, str]:
+def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> bytes:
     """``gen_ai.input.messages`` / ``gen_ai.output.messages`` (JSON), only when content capture is on."""
-    attributes = {}
+    encoded = b""
     if body is not None:
         messages = body.get("messages") if "messages" in body else body.get("input")
         if messages is not None:
             if isinstance(body.get("system"), (str, list)):  # Messages keeps its system prompt apart
                 messages = [{"role": "system", "content": body["system"]}, *messages]
-            attributes["gen_ai.input.messages"] = orjson.dumps(_messages(messages)).decode()
+            encoded += _INPUT_MESSAGES.str(orjson.dumps(_messages(messages)).decode())
     if answer is not None:
         outputs = _outputs(answer)
         if outputs:
-            attributes["gen_ai.output.messages"] = orjson.dumps(outputs).decode()
-    return attributes
+            encoded += _OUTPUT_MESSAGES.str(orjson.dumps(outputs).decode())
+    return encoded
 
 
 def _messages(messages: Any) -> list[dict[str, Any]]:
