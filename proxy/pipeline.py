@@ -480,8 +480,7 @@ class Pipeline:
     ) -> Answer:
         outcome = await _outcome(request, flight, run)
         if outcome is None:
-            record.error_code = "client_disconnected"
-            return Response(status_code=499)
+            return _disconnected(record)
         self._account(outcome, record, principal)
         if outcome.error is not None:
             record.error_code = outcome.error.code
@@ -496,7 +495,7 @@ class Pipeline:
         if not flight.streaming:  # joined a JSON flight: its answer, replayed
             outcome = await _outcome(request, flight, None)
             if outcome is None:
-                return Response(status_code=499)
+                return _disconnected(record)
             self._account(outcome, record, principal)
             if outcome.error is not None:
                 record.error_code = outcome.error.code
@@ -506,7 +505,7 @@ class Pipeline:
             return EventStream(_once(payload), self._headers(record))
         started = await _wait_started(request, flight, self.config.server.stream_keepalive_seconds or None)
         if started is None:
-            return Response(status_code=499)
+            return _disconnected(record)
         if started and not flight.chunks and flight.outcome is not None and flight.outcome.error is not None:
             flight.leave()
             self._account(flight.outcome, record, principal)
@@ -619,6 +618,12 @@ def _max_output_tokens(body: dict[str, Any]) -> int | None:
 async def _once(payload: bytes) -> AsyncGenerator[bytes, None]:
     """A whole stream already at hand: one write."""
     yield payload
+
+
+def _disconnected(record: RequestRecord) -> Response:
+    """The answer for a client that left before it came (499, as nginx logs it)."""
+    record.error_code = "client_disconnected"
+    return Response(status_code=499)
 
 
 async def _outcome(request: Request, flight: Flight, run: Runner | None) -> Outcome | None:

@@ -9,6 +9,7 @@ import sys
 import threading
 
 import httpx
+import pytest
 import yaml
 
 from tests.conftest import openai_config
@@ -128,3 +129,15 @@ def test_client_disconnect_while_waiting_cancels_the_upstream_call(start_proxy, 
     except httpx.ReadTimeout:
         pass
     assert fake_openai.disconnected.wait(5), "the upstream call kept running after the client left"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_before_the_answer_is_logged_as_disconnected(start_proxy, fake_openai, stream) -> None:
+    fake_openai.script(Reply(hang=True))
+    proxy = start_proxy(openai_config(fake_openai, cache={"enabled": False}))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{proxy.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
+    assert fake_openai.disconnected.wait(5), "the upstream call kept running after the client left"
+    lines = proxy.wait_for_log(lambda line: line.get("path") == "/v1/chat/completions")
+    assert [(line["status"], line["error"]) for line in lines] == [(499, "client_disconnected")]
