@@ -5,7 +5,7 @@ pybreaker: every request passes through them, and the libraries cost more
 than the whole wrapper does when nothing fails (``bench/micro.py``, one
 core: tenacity's ``AsyncRetrying`` 25-46 µs per call, pybreaker's locked
 ``call`` ~1.3 µs per success; this module's whole path for one successful
-attempt ~1.7 µs). Neither library fits the async call either: pybreaker
+attempt ~1.2 µs). Neither library fits the async call either: pybreaker
 guards synchronous calls, and tenacity would own the loop that must stop
 at an open breaker.
 """
