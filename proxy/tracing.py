@@ -9,9 +9,11 @@ and each upstream attempt (``Resilience._once``) a CLIENT span under it, so
 retries and fallbacks show as siblings; the upstream receives the attempt
 span's ``traceparent``. Without a span of Sluice's own (tracing off, or a
 route that has none) the client's valid ``traceparent`` and ``tracestate`` go
-upstream as they came (``continue_client``). A span is written once, when it
-ends, from what the request's ``RequestRecord`` (or the attempt) learnt;
-``proxy.otlp`` encodes it and a thread of its own exports the batches.
+upstream as they came (``continue_client``). When a span ends, the request
+queues what it is written from (its ``RequestRecord``, or the ``_Attempt``),
+having read what it needs of the answer so that the answer is not kept; the
+export thread of ``proxy.otlp`` writes the spans (``Tracing.encode``) and
+posts them in batches.
 
 Prompt and completion text go into spans only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
@@ -72,18 +74,25 @@ TRACING: Tracing | None = None
 
 @dataclass(slots=True)
 class _Request:
-    """The request's span while it is served: what its attempt spans and the upstream headers need."""
+    """The request's span while it is served: what its attempt spans and the upstream headers need,
+    and, once it is over, what the export thread writes its span from (``Tracing.encode``)."""
 
     trace_id: int
-    trace_hex: str  # for the attempts' ``traceparent``
-    span_id: bytes
-    parent_span_id: bytes  # b"" for a new trace
+    span_id: int
+    parent_span_id: int  # 0 for a new trace
     flags: int  # 0 or 1: sampled (``Tracing._sampled``)
     trace_state: str
     operation: str
     start_ns: int
-    trace: bytes  # the fields each of its spans has (``otlp.trace_fields``)
-    answer: _Answer | None = None  # what its attempt's answer said, for its own span to reuse
+    end_ns: int = 0
+    answer: _Answer | None = None  # what its answer said (shared with the attempt that read it)
+    content: bytes = b""  # prompt and completion, only when content capture is on
+    trace: bytes = b""  # the fields each of its spans has (``otlp.trace_fields``): written by the export thread
+
+    def trace_fields(self) -> bytes:
+        if not self.trace:
+            self.trace = trace_fields(self.trace_id.to_bytes(16, "big"), self.trace_state, self.flags)
+        return self.trace
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
@@ -223,7 +232,7 @@ class Tracing:
         else:
             self._sampler = TracerProvider().sampler
         self._default_sampling = self._sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
-        self.exporter = SpanExporter(environ, dict(resource.attributes), "sluice")
+        self.exporter: SpanExporter[RequestRecord | _Attempt] = SpanExporter(environ, dict(resource.attributes), "sluice", self.encode)
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
         self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
         self._common: dict[tuple[Any, ...], bytes] = {}
@@ -238,17 +247,13 @@ class Tracing:
             return None
         client = client_trace(scope["headers"])
         if client is None:
-            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, b"", ""
+            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
             flags = self._sampled(operation, trace_id, None)
         else:
             _, parent, trace_state = client
-            trace_id, parent_span_id = parent[0], parent[1].to_bytes(8, "big")
+            trace_id, parent_span_id = parent[0], parent[1]
             flags = self._sampled(operation, trace_id, parent)
-        trace = trace_id.to_bytes(16, "big")
-        record.span = _Request(
-            trace_id, trace.hex(), (getrandbits(64) or 1).to_bytes(8, "big"), parent_span_id, flags, trace_state,
-            operation, time.time_ns(), trace_fields(trace, trace_state, flags),
-        )
+        record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())
         return _request.set(record.span)
 
     def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
@@ -265,11 +270,32 @@ class Tracing:
         return 1 if result.decision.is_sampled() else 0
 
     def finish_request(self, record: RequestRecord, token: Token[_Request | None]) -> None:
-        """The request is over: its span, from what its record learnt."""
+        """The request is over: its span is queued, for the export thread to write from its record (``encode``)."""
         _request.reset(token)
         request: _Request = record.span
         if not request.flags:
             return
+        request.end_ns = time.time_ns()
+        completion = record.completion
+        if completion is None or not isinstance(completion.data, dict):
+            request.answer = None  # an attempt's answer the client did not get
+        else:
+            answer = request.answer
+            if answer is None or answer.data is not completion.data:  # not the one its attempt read
+                answer = request.answer = _Answer(completion.data)
+            answer.data = None  # read: the span does not keep the answer alive
+        if self.capture_content:
+            request.content = _content(record.body, completion.data if request.answer is not None else None)  # type: ignore[union-attr]
+        record.body = record.completion = None
+        self.exporter.add(record)
+
+    def encode(self, item: RequestRecord | _Attempt) -> bytes:
+        """A queued span's protobuf bytes (``otlp.SpanExporter`` calls this in its thread)."""
+        return item.encode(self) if type(item) is _Attempt else self._request_span(item)  # type: ignore[union-attr,arg-type]
+
+    def _request_span(self, record: RequestRecord) -> bytes:
+        """A request's (SERVER) span, from what its record learnt."""
+        request: _Request = record.span
         kind = (request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model, record.provider)
         common = self._common.get(kind)
         if common is None:
@@ -277,32 +303,25 @@ class Tracing:
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
         parts = [
-            request.trace, ids_and_times(request.span_id, request.parent_span_id, request.start_ns, time.time_ns()),
-            common, _TOKENS_SAVED.int(record.tokens_saved),
+            request.trace_fields(), ids_and_times(request.span_id, request.parent_span_id, request.start_ns, request.end_ns),
+            common, _TOKENS_SAVED.int(record.tokens_saved), request.content,
         ]
         if record.ttft_seconds is not None:
             parts.append(_TIME_TO_FIRST_CHUNK.float(record.ttft_seconds))
-        completion = record.completion
-        if completion is not None:
+        answer = request.answer
+        if answer is not None:
             parts += (_INPUT_TOKENS.int(record.prompt_tokens), _OUTPUT_TOKENS.int(record.completion_tokens))
-            answer = request.answer
-            if answer is None or answer.data is not completion.data:  # not the one its attempt read
-                answer = _Answer.of(completion.data)
             if answer.model is None and record.upstream_model:
                 parts.append(_RESPONSE_MODEL.str(record.upstream_model))
-            parts += (answer.model_attribute, answer.encoded)
-            if self.capture_content:
-                parts.append(_content(record.body, completion.data))
-        elif self.capture_content and record.body is not None:
-            parts.append(_content(record.body, None))
+            parts += answer.encoded()[:2]
         if record.status >= 400 or record.error_code:
             parts.append(_ERROR_TYPE.str(record.error_code or str(record.status)))
             if record.status >= 500 or record.status == 0:
                 parts.append(error_status(record.error_code or ""))
-        self.exporter.add(b"".join(parts))
+        return b"".join(parts)
 
     def _request_common(self, operation: str, record: RequestRecord) -> bytes:
-        """The name, kind and attributes many requests share: encoded once per kind of request (``finish_request``)."""
+        """The name, kind and attributes many requests share: encoded once per kind of request (``_request_span``)."""
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "http.request.method": record.method,
@@ -326,8 +345,7 @@ class Tracing:
     def attempt(self, target: Target, number: int) -> _Attempt:
         """A span around one upstream attempt (a context manager); the upstream request made
         inside carries its ``traceparent``. ``attempt_answered`` tells it the answer."""
-        request = _request.get()
-        return _Attempt(self, request, self._attempt_common(request.operation, target, number) if request is not None else b"")
+        return _Attempt(self, _request.get(), target, number)
 
     def _attempt_common(self, operation: str, target: Target, number: int) -> bytes:
         """The name, kind and attributes of the attempts of one number at one target: encoded once."""
@@ -352,28 +370,30 @@ class Tracing:
         request = span.request
         data = getattr(value, "data", None)
         if request is not None and request.flags and isinstance(data, dict):
-            span.answer = request.answer = _Answer.of(data)
+            span.answer = request.answer = _Answer(data)
 
 
 class _Attempt:
-    """One upstream attempt's CLIENT span, written when the attempt ends (``Tracing.attempt``)."""
+    """One upstream attempt's CLIENT span: timed in the request, written by the export thread (``encode``)."""
 
-    __slots__ = ("_tracer", "request", "_common", "_span_id", "_token", "_started", "answer")
+    __slots__ = ("_tracer", "request", "_target", "_number", "_span_id", "_token", "_started", "_ended", "_failure", "answer")
 
-    def __init__(self, tracer: Tracing, request: _Request | None, common: bytes) -> None:
+    def __init__(self, tracer: Tracing, request: _Request | None, target: Target, number: int) -> None:
         self._tracer = tracer
         self.request = request  # None outside a traced request: nothing to continue, nothing to write
-        self._common = common
+        self._target = target
+        self._number = number
+        self._failure = b""
         self.answer: _Answer | None = None
 
     def __enter__(self) -> _Attempt:
         request = self.request
         if request is not None:
-            self._span_id = span_id = (getrandbits(64) or 1).to_bytes(8, "big")
-            trace_headers = {"traceparent": f"00-{request.trace_hex}-{span_id.hex()}-0{request.flags}"}
-            if request.trace_state:
-                trace_headers["tracestate"] = request.trace_state
-            self._token = _upstream.set(trace_headers)
+            self._span_id = span_id = getrandbits(64) or 1
+            traceparent = f"00-{request.trace_id:032x}-{span_id:016x}-0{request.flags}"
+            self._token = _upstream.set(
+                {"traceparent": traceparent, "tracestate": request.trace_state} if request.trace_state else {"traceparent": traceparent}
+            )
             self._started = time.time_ns()
         return self
 
@@ -384,12 +404,21 @@ class _Attempt:
         _upstream.reset(self._token)
         if not request.flags:
             return
-        parts = [request.trace, ids_and_times(self._span_id, request.span_id, self._started, time.time_ns()), self._common]
-        if error is not None:
-            parts += (_failure(error), error_status(getattr(error, "message", None) or type(error).__name__))
-        elif self.answer is not None:
-            parts += (self.answer.model_attribute, self.answer.encoded, self.answer.usage)
-        self._tracer.exporter.add(b"".join(parts))
+        self._ended = time.time_ns()
+        if error is not None:  # written now: the span does not keep the error (and its frames) alive
+            self._failure = _failure(error) + error_status(getattr(error, "message", None) or type(error).__name__)
+        self._tracer.exporter.add(self)
+
+    def encode(self, tracer: Tracing) -> bytes:
+        request = self.request
+        assert request is not None
+        parts = [
+            request.trace_fields(), ids_and_times(self._span_id, request.span_id, self._started, self._ended),
+            tracer._attempt_common(request.operation, self._target, self._number), self._failure,
+        ]
+        if self.answer is not None and not self._failure:
+            parts += self.answer.encoded()
+        return b"".join(parts)
 
 
 _TOKENS_SAVED = Attribute("sluice.tokens_saved")
@@ -408,33 +437,34 @@ _INPUT_MESSAGES = Attribute("gen_ai.input.messages")
 _OUTPUT_MESSAGES = Attribute("gen_ai.output.messages")
 
 
-@dataclass(slots=True)
 class _Answer:
-    """What an answer (in any client API's shape) tells its spans, read once: the attempt's span
-    and the request's share it."""
+    """What an answer (in any client API's shape) tells its spans, read in the request (the answer
+    is not kept) and encoded once by the export thread: the attempt's span and the request's share it."""
 
-    data: dict[str, Any]
-    model: str | None  # the answer's own; without one, the request's span names the upstream model
-    model_attribute: bytes  # the model, encoded (b"" for an empty one)
-    encoded: bytes  # id, finish reasons and usage details
-    usage: bytes  # the usage's input and output tokens (the attempt's span; the request's has the record's)
+    __slots__ = ("data", "model", "id", "reasons", "usage", "_encoded")
 
-    @classmethod
-    def of(cls, data: dict[str, Any]) -> _Answer:
-        model = data.get("model")
-        if not isinstance(model, str):
-            model = None
-        answer_id = data.get("id")
-        encoded = _RESPONSE_ID.str(answer_id) if isinstance(answer_id, str) else b""
-        reasons = _finish_reasons(data)
-        if reasons:
-            encoded += _FINISH_REASONS.strings(reasons)
-        usage = data.get("usage")
-        totals = b""
-        if isinstance(usage, dict):
-            encoded += _usage_details(usage)
-            totals = _usage_totals(usage)
-        return cls(data, model, _RESPONSE_MODEL.str(model) if model else b"", encoded, totals)
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data: dict[str, Any] | None = data  # until the request's span has compared it with its own answer
+        model, answer_id, usage = data.get("model"), data.get("id"), data.get("usage")
+        self.model = model if isinstance(model, str) and model else None  # without one, the request's span names the upstream model
+        self.id = answer_id if isinstance(answer_id, str) else None
+        self.reasons = _finish_reasons(data)
+        self.usage = usage if isinstance(usage, dict) else None  # never changed in place once answered
+        self._encoded: tuple[bytes, bytes, bytes] | None = None
+
+    def encoded(self) -> tuple[bytes, bytes, bytes]:
+        """The model; the id, finish reasons and usage details; the usage's input and output tokens
+        (the attempt's span: the request's has the record's)."""
+        if self._encoded is None:
+            details = _RESPONSE_ID.str(self.id) if self.id is not None else b""
+            if self.reasons:
+                details += _FINISH_REASONS.strings(self.reasons)
+            totals = b""
+            if self.usage is not None:
+                details += _usage_details(self.usage)
+                totals = _usage_totals(self.usage)
+            self._encoded = (_RESPONSE_MODEL.str(self.model) if self.model else b"", details, totals)
+        return self._encoded
 
 
 def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -34,6 +35,11 @@ def span(**overrides) -> bytes:  # type: ignore[no-untyped-def]
     )
     fields.update(overrides)
     return encode_span(**fields)
+
+
+def as_written(span: bytes) -> bytes:
+    """The exporter's ``encode`` for spans queued already written."""
+    return span
 
 
 def decoded(*spans: bytes) -> ExportTraceServiceRequest:
@@ -99,7 +105,7 @@ def test_the_exporter_sends_batches_with_the_configured_headers(receiver: OTLPRe
         "OTEL_BSP_SCHEDULE_DELAY": "60000",  # only a full batch or the shutdown sends
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "3",
     }
-    exporter = SpanExporter(environ, {"service.name": "sluice"}, "sluice")
+    exporter = SpanExporter(environ, {"service.name": "sluice"}, "sluice", as_written)
     for n in range(4):
         exporter.add(span(span_id=n + 1))
     receiver.wait_for(lambda spans: len(spans) == 3)  # the full batch, at once
@@ -116,9 +122,45 @@ def test_a_refusing_collector_costs_a_warning_not_a_failure(receiver: OTLPReceiv
     receiver.status = 503
     environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url + "/v1/traces", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
     with structlog.testing.capture_logs() as logs:
-        exporter = SpanExporter(environ, {}, "sluice")
+        exporter = SpanExporter(environ, {}, "sluice", as_written)
         exporter.add(span())
         exporter.shutdown()
     (warning,) = [line for line in logs if line["event"] == "trace_export_failed"]
     assert (warning["error"], warning["dropped_spans"]) == ("HTTP 503", 1)
     assert receiver.spans == []
+
+
+def test_a_collector_that_never_answers_costs_the_timeout_not_the_export_thread() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody reads or answers
+        environ = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "100",
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",
+        }
+        with structlog.testing.capture_logs() as logs:
+            exporter = SpanExporter(environ, {}, "sluice", as_written)
+            exporter.add(span())
+            exporter.shutdown()  # waits at most the timeout and a second for the thread
+    (warning,) = [line for line in logs if line["event"] == "trace_export_failed"]
+    assert (warning["error"], warning["dropped_spans"]) == ("TimeoutError: timed out", 1)
+
+
+def test_a_collector_that_takes_no_data_costs_the_timeout_not_the_export_thread() -> None:
+    with socket.socket() as stalled:  # accepted by the kernel, never read: its buffers fill
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # its connections' too
+        stalled.bind(("127.0.0.1", 0))
+        stalled.listen()
+        environ = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stalled.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "100",
+            "OTEL_BSP_SCHEDULE_DELAY": "60000",
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "40000",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "40000",
+        }
+        with structlog.testing.capture_logs() as logs:
+            exporter = SpanExporter(environ, {}, "sluice", as_written)
+            for _ in range(40000):  # ~12 MB: more than the socket buffers between them hold
+                exporter.add(span())
+            exporter.shutdown()
+    (warning,) = [line for line in logs if line["event"] == "trace_export_failed"]
+    assert warning["error"] == "TimeoutError: the collector took no data for 0.1 s"
