@@ -137,10 +137,10 @@ MAX_ARRAYS = 256
 """Arrays kept encoded, per attribute."""
 
 
-def trace_fields(trace_id: bytes, trace_state: str, flags: int) -> bytes:
+def trace_fields(trace_id: int, trace_state: str, flags: int) -> bytes:
     """Fields 1 ``trace_id``, 3 ``trace_state`` and 16 ``flags`` (the W3C trace flags): the same in
     each span of a request."""
-    fields = b"\x0a\x10" + trace_id + b"\x85\x01" + struct.pack("<I", flags & 0xFF)
+    fields = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x85\x01" + struct.pack("<I", flags & 0xFF)
     return fields + _delimited(b"\x1a", trace_state.encode()) if trace_state else fields
 
 
@@ -178,7 +178,7 @@ def encode_span(
 ) -> bytes:
     """One ``Span`` message from its fields (proxy/tracing.py joins the same parts, most of them pre-encoded)."""
     return b"".join((
-        trace_fields(trace_id.to_bytes(16, "big"), trace_state, flags),
+        trace_fields(trace_id, trace_state, flags),
         ids_and_times(span_id, parent_span_id, start_ns, end_ns),
         name_and_kind(name, kind),
         span_attributes(attributes),
@@ -236,7 +236,7 @@ class SpanExporter(Generic[T]):
     def add(self, span: T) -> None:
         """Queue a span (the oldest is dropped once ``OTEL_BSP_MAX_QUEUE_SIZE`` wait)."""
         self._queue.append(span)
-        if len(self._queue) >= self._batch:
+        if len(self._queue) == self._batch:  # once: the thread sends every full batch before it waits again
             self._wake.set()
 
     def shutdown(self) -> None:
@@ -247,12 +247,16 @@ class SpanExporter(Generic[T]):
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(self._delay)
+            woken = self._wake.wait(self._delay)
             self._wake.clear()
-            while self._queue:
+            # Full batches only, until the delay passes (or shutdown): each export costs the
+            # proxy's core a post and a few thread switches, so under load they are all full.
+            stopping = self._stopping  # read once: set meanwhile, it wakes the next wait at once
+            flush = not woken or stopping
+            while len(self._queue) >= self._batch or (flush and self._queue):
                 batch = self._written(min(self._batch, len(self._queue)))
                 self._post(export_request(self._resource, self._scope, batch), len(batch))
-            if self._stopping:
+            if stopping:
                 self._close()
                 return
 

@@ -10,10 +10,9 @@ retries and fallbacks show as siblings; the upstream receives the attempt
 span's ``traceparent``. Without a span of Sluice's own (tracing off, or a
 route that has none) the client's valid ``traceparent`` and ``tracestate`` go
 upstream as they came (``continue_client``). When a span ends, the request
-queues what it is written from (its ``RequestRecord``, or the ``_Attempt``),
-having read what it needs of the answer so that the answer is not kept; the
-export thread of ``proxy.otlp`` writes the spans (``Tracing.encode``) and
-posts them in batches.
+queues the plain values it is written from, having read what it needs of the
+answer so that the answer is not kept; the export thread of ``proxy.otlp``
+writes the spans (``Tracing.encode``) and posts them in batches.
 
 Prompt and completion text go into spans only with
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``.
@@ -74,8 +73,7 @@ TRACING: Tracing | None = None
 
 @dataclass(slots=True)
 class _Request:
-    """The request's span while it is served: what its attempt spans and the upstream headers need,
-    and, once it is over, what the export thread writes its span from (``Tracing.encode``)."""
+    """The request's span while it is served: what its attempt spans and the upstream headers need."""
 
     trace_id: int
     span_id: int
@@ -84,15 +82,19 @@ class _Request:
     trace_state: str
     operation: str
     start_ns: int
-    end_ns: int = 0
-    answer: _Answer | None = None  # what its answer said (shared with the attempt that read it)
-    content: bytes = b""  # prompt and completion, only when content capture is on
-    trace: bytes = b""  # the fields each of its spans has (``otlp.trace_fields``): written by the export thread
+    answer: Answer | None = None  # what its attempt's answer said (``_answer``), for its own span to reuse
+    answered: object = None  # the answer that was read, until the request is over
 
-    def trace_fields(self) -> bytes:
-        if not self.trace:
-            self.trace = trace_fields(self.trace_id.to_bytes(16, "big"), self.trace_state, self.flags)
-        return self.trace
+
+Answer = tuple[str | None, str | None, tuple[str, ...], tuple[int, int, int, int, int] | None]
+"""What an answer tells its spans (``_answer``): model, id, finish reasons, and usage (cache reads,
+cache writes, reasoning, input and output tokens) when it has one."""
+
+# A queued span is a tuple of plain values (``Tracing.encode`` writes it): the
+# garbage collector stops tracking such a tuple the first time it sees it, so
+# the thousand spans a batch waits for cost its collections nothing (objects
+# queued instead, a quarter of tracing's CPU went to collections).
+_SERVER_SPAN, _CLIENT_SPAN = 0, 1
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
@@ -232,7 +234,7 @@ class Tracing:
         else:
             self._sampler = TracerProvider().sampler
         self._default_sampling = self._sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
-        self.exporter: SpanExporter[RequestRecord | _Attempt] = SpanExporter(environ, dict(resource.attributes), "sluice", self.encode)
+        self.exporter: SpanExporter[tuple[Any, ...]] = SpanExporter(environ, dict(resource.attributes), "sluice", self.encode)
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
         self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
         self._common: dict[tuple[Any, ...], bytes] = {}
@@ -270,74 +272,81 @@ class Tracing:
         return 1 if result.decision.is_sampled() else 0
 
     def finish_request(self, record: RequestRecord, token: Token[_Request | None]) -> None:
-        """The request is over: its span is queued, for the export thread to write from its record (``encode``)."""
+        """The request is over: its span is queued, for the export thread to write (``encode``)."""
         _request.reset(token)
         request: _Request = record.span
         if not request.flags:
             return
-        request.end_ns = time.time_ns()
         completion = record.completion
-        if completion is None or not isinstance(completion.data, dict):
-            request.answer = None  # an attempt's answer the client did not get
-        else:
-            answer = request.answer
-            if answer is None or answer.data is not completion.data:  # not the one its attempt read
-                answer = request.answer = _Answer(completion.data)
-            answer.data = None  # read: the span does not keep the answer alive
+        answer = None  # none unless the client got one
+        if completion is not None and isinstance(completion.data, dict):
+            answer = request.answer if request.answered is completion.data else _answer(completion.data)
+        content = b""
         if self.capture_content:
-            request.content = _content(record.body, completion.data if request.answer is not None else None)  # type: ignore[union-attr]
-        record.body = record.completion = None
-        self.exporter.add(record)
+            content = _content(record.body, completion.data if answer is not None else None)  # type: ignore[union-attr]
+        self.exporter.add((
+            _SERVER_SPAN, request.trace_id, request.trace_state, request.flags, request.span_id, request.parent_span_id,
+            request.start_ns, time.time_ns(),
+            # the kind of request (``_request_common``): index 8 to 16
+            request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts,
+            record.model, record.provider,
+            record.tokens_saved, record.ttft_seconds, record.prompt_tokens, record.completion_tokens,
+            record.upstream_model, record.error_code, content, answer,
+        ))
 
-    def encode(self, item: RequestRecord | _Attempt) -> bytes:
+    def encode(self, span: tuple[Any, ...]) -> bytes:
         """A queued span's protobuf bytes (``otlp.SpanExporter`` calls this in its thread)."""
-        return item.encode(self) if type(item) is _Attempt else self._request_span(item)  # type: ignore[union-attr,arg-type]
+        return self._request_span(span) if span[0] == _SERVER_SPAN else self._attempt_span(span)
 
-    def _request_span(self, record: RequestRecord) -> bytes:
-        """A request's (SERVER) span, from what its record learnt."""
-        request: _Request = record.span
-        kind = (request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model, record.provider)
+    def _request_span(self, span: tuple[Any, ...]) -> bytes:
+        """A request's (SERVER) span."""
+        (_, trace_id, trace_state, flags, span_id, parent_span_id, start_ns, end_ns,
+         operation, path, status, stream, cache, dedup, attempts, model, provider,
+         tokens_saved, ttft, prompt_tokens, completion_tokens, upstream_model, error_code, content, answer) = span
+        kind = span[8:17]
         common = self._common.get(kind)
         if common is None:
-            common = self._request_common(request.operation, record)
+            common = self._request_common(*kind)
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
         parts = [
-            request.trace_fields(), ids_and_times(request.span_id, request.parent_span_id, request.start_ns, request.end_ns),
-            common, _TOKENS_SAVED.int(record.tokens_saved), request.content,
+            trace_fields(trace_id, trace_state, flags), ids_and_times(span_id, parent_span_id, start_ns, end_ns),
+            common, _TOKENS_SAVED.int(tokens_saved), content,
         ]
-        if record.ttft_seconds is not None:
-            parts.append(_TIME_TO_FIRST_CHUNK.float(record.ttft_seconds))
-        answer = request.answer
+        if ttft is not None:
+            parts.append(_TIME_TO_FIRST_CHUNK.float(ttft))
         if answer is not None:
-            parts += (_INPUT_TOKENS.int(record.prompt_tokens), _OUTPUT_TOKENS.int(record.completion_tokens))
-            if answer.model is None and record.upstream_model:
-                parts.append(_RESPONSE_MODEL.str(record.upstream_model))
-            parts += answer.encoded()[:2]
-        if record.status >= 400 or record.error_code:
-            parts.append(_ERROR_TYPE.str(record.error_code or str(record.status)))
-            if record.status >= 500 or record.status == 0:
-                parts.append(error_status(record.error_code or ""))
+            parts += (_INPUT_TOKENS.int(prompt_tokens), _OUTPUT_TOKENS.int(completion_tokens))
+            if answer[0] is None and upstream_model:
+                parts.append(_RESPONSE_MODEL.str(upstream_model))
+            parts += _answer_attributes(answer)[:2]
+        if status >= 400 or error_code:
+            parts.append(_ERROR_TYPE.str(error_code or str(status)))
+            if status >= 500 or status == 0:
+                parts.append(error_status(error_code or ""))
         return b"".join(parts)
 
-    def _request_common(self, operation: str, record: RequestRecord) -> bytes:
+    def _request_common(
+        self, operation: str, path: str, status: int, stream: bool, cache: str | None, dedup: bool, attempts: int,
+        model: str | None, provider: str | None,
+    ) -> bytes:
         """The name, kind and attributes many requests share: encoded once per kind of request (``_request_span``)."""
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
-            "http.request.method": record.method,
-            "url.path": record.path,
-            "http.response.status_code": record.status,
-            "gen_ai.request.stream": record.stream,
-            "sluice.cache": record.cache or "off",
-            "sluice.dedup": record.dedup,
-            "sluice.attempts": record.attempts,
+            "http.request.method": "POST",  # the traced routes' (``OPERATIONS``)
+            "url.path": path,
+            "http.response.status_code": status,
+            "gen_ai.request.stream": stream,
+            "sluice.cache": cache or "off",
+            "sluice.dedup": dedup,
+            "sluice.attempts": attempts,
         }
-        if record.model:
-            attributes["gen_ai.request.model"] = record.model
-        if record.provider:
-            attributes.update(self._providers.get(record.provider, {}))
-            attributes["sluice.provider"] = record.provider
-        name = f"{operation} {record.model}" if record.model else operation
+        if model:
+            attributes["gen_ai.request.model"] = model
+        if provider:
+            attributes.update(self._providers.get(provider, {}))
+            attributes["sluice.provider"] = provider
+        name = f"{operation} {model}" if model else operation
         return name_and_kind(name, SERVER) + span_attributes(attributes)
 
     # -- the attempt (CLIENT) spans --
@@ -347,21 +356,26 @@ class Tracing:
         inside carries its ``traceparent``. ``attempt_answered`` tells it the answer."""
         return _Attempt(self, _request.get(), target, number)
 
-    def _attempt_common(self, operation: str, target: Target, number: int) -> bytes:
-        """The name, kind and attributes of the attempts of one number at one target: encoded once."""
-        kind = (operation, target.provider, target.model, number)
+    def _attempt_span(self, span: tuple[Any, ...]) -> bytes:
+        """An upstream attempt's (CLIENT) span."""
+        (_, trace_id, trace_state, flags, span_id, parent_span_id, start_ns, end_ns,
+         operation, provider, model, number, failure, answer) = span
+        kind = span[8:12]
         common = self._common.get(kind)
         if common is None:
-            common = name_and_kind(f"{operation} {target.model}", CLIENT) + span_attributes({
+            common = name_and_kind(f"{operation} {model}", CLIENT) + span_attributes({
                 "gen_ai.operation.name": operation,
-                "gen_ai.request.model": target.model,
-                "sluice.provider": target.provider,
+                "gen_ai.request.model": model,
+                "sluice.provider": provider,
                 "sluice.attempt": number,
-                **self._providers.get(target.provider, {}),
+                **self._providers.get(provider, {}),
             })
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
-        return common
+        parts = [trace_fields(trace_id, trace_state, flags), ids_and_times(span_id, parent_span_id, start_ns, end_ns), common, failure]
+        if answer is not None and not failure:
+            parts += _answer_attributes(answer)
+        return b"".join(parts)
 
     @staticmethod
     def attempt_answered(span: _Attempt, value: object) -> None:
@@ -370,21 +384,21 @@ class Tracing:
         request = span.request
         data = getattr(value, "data", None)
         if request is not None and request.flags and isinstance(data, dict):
-            span.answer = request.answer = _Answer(data)
+            span.answer = request.answer = _answer(data)
+            request.answered = data
 
 
 class _Attempt:
-    """One upstream attempt's CLIENT span: timed in the request, written by the export thread (``encode``)."""
+    """One upstream attempt's CLIENT span: timed here, queued when it ends, written by the export thread."""
 
-    __slots__ = ("_tracer", "request", "_target", "_number", "_span_id", "_token", "_started", "_ended", "_failure", "answer")
+    __slots__ = ("_tracer", "request", "_target", "_number", "_span_id", "_token", "_started", "answer")
 
     def __init__(self, tracer: Tracing, request: _Request | None, target: Target, number: int) -> None:
         self._tracer = tracer
         self.request = request  # None outside a traced request: nothing to continue, nothing to write
         self._target = target
         self._number = number
-        self._failure = b""
-        self.answer: _Answer | None = None
+        self.answer: Answer | None = None
 
     def __enter__(self) -> _Attempt:
         request = self.request
@@ -404,21 +418,16 @@ class _Attempt:
         _upstream.reset(self._token)
         if not request.flags:
             return
-        self._ended = time.time_ns()
-        if error is not None:  # written now: the span does not keep the error (and its frames) alive
-            self._failure = _failure(error) + error_status(getattr(error, "message", None) or type(error).__name__)
-        self._tracer.exporter.add(self)
-
-    def encode(self, tracer: Tracing) -> bytes:
-        request = self.request
-        assert request is not None
-        parts = [
-            request.trace_fields(), ids_and_times(self._span_id, request.span_id, self._started, self._ended),
-            tracer._attempt_common(request.operation, self._target, self._number), self._failure,
-        ]
-        if self.answer is not None and not self._failure:
-            parts += self.answer.encoded()
-        return b"".join(parts)
+        failure = b""
+        if error is not None:
+            failure = _failure(error) + error_status(getattr(error, "message", None) or type(error).__name__)
+        target = self._target
+        self._tracer.exporter.add((
+            _CLIENT_SPAN, request.trace_id, request.trace_state, request.flags, self._span_id, request.span_id,
+            self._started, time.time_ns(),
+            request.operation, target.provider, target.model, self._number,  # the kind of attempt: index 8 to 11
+            failure, self.answer,
+        ))
 
 
 _TOKENS_SAVED = Attribute("sluice.tokens_saved")
@@ -437,34 +446,47 @@ _INPUT_MESSAGES = Attribute("gen_ai.input.messages")
 _OUTPUT_MESSAGES = Attribute("gen_ai.output.messages")
 
 
-class _Answer:
-    """What an answer (in any client API's shape) tells its spans, read in the request (the answer
-    is not kept) and encoded once by the export thread: the attempt's span and the request's share it."""
+def _answer(data: dict[str, Any]) -> Answer:
+    """What an answer, in any client API's shape, tells its spans: read in the request, so that the
+    span does not keep the answer alive."""
+    model, answer_id, usage = data.get("model"), data.get("id"), data.get("usage")
+    counts = None
+    if isinstance(usage, dict):  # Chat Completions, Responses and Messages spell them differently
+        inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+        outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+        counts = (
+            _get(inputs, "cached_tokens") or _get(usage, "cache_read_input_tokens"),
+            _get(usage, "cache_creation_input_tokens"),
+            _get(outputs, "reasoning_tokens"),
+            _get(usage, "prompt_tokens") if "prompt_tokens" in usage else _get(usage, "input_tokens"),
+            _get(usage, "completion_tokens") if "completion_tokens" in usage else _get(usage, "output_tokens"),
+        )
+    return (
+        model if isinstance(model, str) and model else None,  # without one, the request's span names the upstream model
+        answer_id if isinstance(answer_id, str) else None,
+        _finish_reasons(data),
+        counts,
+    )
 
-    __slots__ = ("data", "model", "id", "reasons", "usage", "_encoded")
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data: dict[str, Any] | None = data  # until the request's span has compared it with its own answer
-        model, answer_id, usage = data.get("model"), data.get("id"), data.get("usage")
-        self.model = model if isinstance(model, str) and model else None  # without one, the request's span names the upstream model
-        self.id = answer_id if isinstance(answer_id, str) else None
-        self.reasons = _finish_reasons(data)
-        self.usage = usage if isinstance(usage, dict) else None  # never changed in place once answered
-        self._encoded: tuple[bytes, bytes, bytes] | None = None
-
-    def encoded(self) -> tuple[bytes, bytes, bytes]:
-        """The model; the id, finish reasons and usage details; the usage's input and output tokens
-        (the attempt's span: the request's has the record's)."""
-        if self._encoded is None:
-            details = _RESPONSE_ID.str(self.id) if self.id is not None else b""
-            if self.reasons:
-                details += _FINISH_REASONS.strings(self.reasons)
-            totals = b""
-            if self.usage is not None:
-                details += _usage_details(self.usage)
-                totals = _usage_totals(self.usage)
-            self._encoded = (_RESPONSE_MODEL.str(self.model) if self.model else b"", details, totals)
-        return self._encoded
+def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes]:
+    """An answer's model; its id, finish reasons, cache and reasoning tokens (when not 0); its input
+    and output tokens (the attempt's span: the request's has the record's)."""
+    model, answer_id, reasons, counts = answer
+    details = _RESPONSE_ID.str(answer_id) if answer_id is not None else b""
+    if reasons:
+        details += _FINISH_REASONS.strings(reasons)
+    totals = b""
+    if counts is not None:
+        cache_read, cache_creation, reasoning, inputs, outputs = counts
+        if cache_read:
+            details += _CACHE_READ_TOKENS.int(cache_read)
+        if cache_creation:
+            details += _CACHE_CREATION_TOKENS.int(cache_creation)
+        if reasoning:
+            details += _REASONING_TOKENS.int(reasoning)
+        totals = _INPUT_TOKENS.int(inputs) + _OUTPUT_TOKENS.int(outputs)
+    return (_RESPONSE_MODEL.str(model) if model else b""), details, totals
 
 
 def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:
@@ -497,27 +519,6 @@ def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
         if isinstance(data.get(key), str):
             return (data[key],)
     return ()
-
-
-def _usage_details(usage: dict[str, Any]) -> bytes:
-    """Cache reads and writes, reasoning (when not 0): Chat Completions, Responses and Messages spell them differently."""
-    inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-    outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-    cache_read = _get(inputs, "cached_tokens") or _get(usage, "cache_read_input_tokens")
-    cache_creation = _get(usage, "cache_creation_input_tokens")
-    reasoning = _get(outputs, "reasoning_tokens")
-    details = _CACHE_READ_TOKENS.int(cache_read) if cache_read else b""
-    if cache_creation:
-        details += _CACHE_CREATION_TOKENS.int(cache_creation)
-    if reasoning:
-        details += _REASONING_TOKENS.int(reasoning)
-    return details
-
-
-def _usage_totals(usage: dict[str, Any]) -> bytes:
-    inputs = _get(usage, "prompt_tokens") if "prompt_tokens" in usage else _get(usage, "input_tokens")
-    outputs = _get(usage, "completion_tokens") if "completion_tokens" in usage else _get(usage, "output_tokens")
-    return _INPUT_TOKENS.int(inputs) + _OUTPUT_TOKENS.int(outputs)
 
 
 def _get(data: Any, key: str) -> int:
