@@ -96,12 +96,13 @@ class Attribute:
     """A ``Span`` attribute's name, encoded once, and its value written straight after it: for the
     values that change from span to span (token counts, the response id…)."""
 
-    __slots__ = ("_key", "_ints", "_strings", "_arrays")
+    __slots__ = ("_key", "_ints", "_small", "_strings", "_arrays")
 
     def __init__(self, name: str) -> None:
         self._key = _delimited(b"\x0a", name.encode())  # KeyValue.key
         # everything before the value's own bytes, by their length: an int's varint, a short string's
         self._ints = [self._head(b"\x18", n) for n in range(11)]
+        self._small = [self._ints[1] + _SMALL[n] for n in range(128)]  # the whole attribute, for 0 to 127
         self._strings = [self._head(b"\x0a" + _varint(n), n) for n in range(128)]
         self._arrays: dict[tuple[str, ...], bytes] = {}
 
@@ -112,6 +113,10 @@ class Attribute:
         return b"\x4a" + _varint(key_value_size) + self._key + b"\x12" + _varint(any_size) + value_tag
 
     def int(self, value: int) -> bytes:
+        if 0 <= value < 128:
+            return self._small[value]
+        if 0 < value < 16384:  # most token counts: the varint's two bytes without a call
+            return self._ints[2] + bytes(((value & 0x7F) | 0x80, value >> 7))
         encoded = _varint(value & _MASK64)
         return self._ints[len(encoded)] + encoded
 
@@ -186,24 +191,28 @@ def encode_span(
     ))
 
 
+def in_scope_spans(span: bytes) -> bytes:
+    """A ``Span`` as a field (2, ``spans``) of ``ScopeSpans``: how ``export_request`` takes it."""
+    return b"\x12" + _varint(len(span)) + span
+
+
 def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
-    """``ExportTraceServiceRequest`` of one resource and one scope; ``resource`` and ``scope`` already encoded.
+    """``ExportTraceServiceRequest`` of one resource and one scope; ``resource`` and ``scope`` already
+    encoded, each span already a field of ``ScopeSpans`` (``in_scope_spans``).
 
     Joined once: a batch is ~300 kB, and copying it at each level of nesting cost more than encoding it.
     """
-    scope_spans = [b"\x0a", _varint(len(scope)), scope]  # ScopeSpans: scope 1, spans 2
-    for span in spans:
-        scope_spans += (b"\x12", _varint(len(span)), span)
-    size = sum(map(len, scope_spans))
-    head = _delimited(b"\x0a", resource) + b"\x12" + _varint(size)  # ResourceSpans: resource 1, scope_spans 2
-    return b"".join((b"\x0a", _varint(len(head) + size), head, *scope_spans))  # the request's resource_spans 1
+    head = b"\x0a" + _varint(len(scope)) + scope  # ScopeSpans: scope 1, spans 2 (the spans)
+    size = len(head) + sum(map(len, spans))
+    resource_head = _delimited(b"\x0a", resource) + b"\x12" + _varint(size)  # ResourceSpans: resource 1, scope_spans 2
+    return b"".join((b"\x0a", _varint(len(resource_head) + size), resource_head, head, *spans))  # resource_spans 1
 
 
 # -- sending -------------------------------------------------------------------
 
 
 class SpanExporter(Generic[T]):
-    """Queues spans; a thread writes them (``encode``) and posts them in batches every
+    """Queues spans; a thread writes them (``encode``, to ``in_scope_spans`` bytes) and posts them in batches every
     ``OTEL_BSP_SCHEDULE_DELAY`` ms, or sooner when a batch fills.
 
     A request queues what its spans are written from, not their bytes: written

@@ -46,6 +46,7 @@ from proxy.otlp import (
     SpanExporter,
     error_status,
     ids_and_times,
+    in_scope_spans,
     name_and_kind,
     span_attributes,
     trace_fields,
@@ -95,6 +96,7 @@ cache writes, reasoning, input and output tokens) when it has one."""
 # the thousand spans a batch waits for cost its collections nothing (objects
 # queued instead, a quarter of tracing's CPU went to collections).
 _SERVER_SPAN, _CLIENT_SPAN = 0, 1
+_NOTHING_SHARED = (b"", None, None)
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
@@ -238,6 +240,8 @@ class Tracing:
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
         self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
         self._common: dict[tuple[Any, ...], bytes] = {}
+        # by request span id: what its attempts' spans wrote that its own span reuses (the export thread's)
+        self._shared: dict[int, tuple[bytes, Answer | None, tuple[bytes, bytes, bytes] | None]] = {}
 
     # -- the request (SERVER) span --
 
@@ -309,8 +313,9 @@ class Tracing:
             common = self._request_common(*kind)
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
+        trace, attempts_answer, answer_attributes = self._shared.pop(span_id, _NOTHING_SHARED)
         parts = [
-            trace_fields(trace_id, trace_state, flags), ids_and_times(span_id, parent_span_id, start_ns, end_ns),
+            trace or trace_fields(trace_id, trace_state, flags), ids_and_times(span_id, parent_span_id, start_ns, end_ns),
             common, _TOKENS_SAVED.int(tokens_saved), content,
         ]
         if ttft is not None:
@@ -319,12 +324,12 @@ class Tracing:
             parts += (_INPUT_TOKENS.int(prompt_tokens), _OUTPUT_TOKENS.int(completion_tokens))
             if answer[0] is None and upstream_model:
                 parts.append(_RESPONSE_MODEL.str(upstream_model))
-            parts += _answer_attributes(answer)[:2]
+            parts += (answer_attributes if answer is attempts_answer else _answer_attributes(answer))[:2]  # type: ignore[index]
         if status >= 400 or error_code:
             parts.append(_ERROR_TYPE.str(error_code or str(status)))
             if status >= 500 or status == 0:
                 parts.append(error_status(error_code or ""))
-        return b"".join(parts)
+        return in_scope_spans(b"".join(parts))
 
     def _request_common(
         self, operation: str, path: str, status: int, stream: bool, cache: str | None, dedup: bool, attempts: int,
@@ -372,10 +377,19 @@ class Tracing:
             })
             if len(self._common) < MAX_KINDS:
                 self._common[kind] = common
-        parts = [trace_fields(trace_id, trace_state, flags), ids_and_times(span_id, parent_span_id, start_ns, end_ns), common, failure]
+        # what its request's span, written later, has in common with it: written once (``_shared``)
+        shared = self._shared.get(parent_span_id)
+        if shared is None:
+            if len(self._shared) >= MAX_KINDS:  # requests whose spans were not sampled or not queued
+                self._shared.clear()
+            shared = (trace_fields(trace_id, trace_state, flags), None, None)
         if answer is not None and not failure:
-            parts += _answer_attributes(answer)
-        return b"".join(parts)
+            shared = (shared[0], answer, _answer_attributes(answer))
+        self._shared[parent_span_id] = shared
+        parts = [shared[0], ids_and_times(span_id, parent_span_id, start_ns, end_ns), common, failure]
+        if answer is not None and not failure:
+            parts += shared[2]  # type: ignore[arg-type]
+        return in_scope_spans(b"".join(parts))
 
     @staticmethod
     def attempt_answered(span: _Attempt, value: object) -> None:
@@ -404,7 +418,8 @@ class _Attempt:
         request = self.request
         if request is not None:
             self._span_id = span_id = getrandbits(64) or 1
-            traceparent = f"00-{request.trace_id:032x}-{span_id:016x}-0{request.flags}"
+            trace_id = request.trace_id.to_bytes(16, "big").hex()
+            traceparent = f"00-{trace_id}-{span_id.to_bytes(8, 'big').hex()}-0{request.flags}"
             self._token = _upstream.set(
                 {"traceparent": traceparent, "tracestate": request.trace_state} if request.trace_state else {"traceparent": traceparent}
             )
@@ -451,22 +466,31 @@ def _answer(data: dict[str, Any]) -> Answer:
     span does not keep the answer alive."""
     model, answer_id, usage = data.get("model"), data.get("id"), data.get("usage")
     counts = None
-    if isinstance(usage, dict):  # Chat Completions, Responses and Messages spell them differently
-        inputs = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
-        outputs = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    if type(usage) is dict:  # Chat Completions, Responses and Messages spell them differently
+        get = usage.get
+        inputs, outputs = get("prompt_tokens"), get("completion_tokens")
+        if inputs is None:
+            inputs, outputs = get("input_tokens"), get("output_tokens")
+        input_details = get("prompt_tokens_details") or get("input_tokens_details")
+        output_details = get("completion_tokens_details") or get("output_tokens_details")
+        cache_read = input_details.get("cached_tokens") if type(input_details) is dict else None
         counts = (
-            _get(inputs, "cached_tokens") or _get(usage, "cache_read_input_tokens"),
-            _get(usage, "cache_creation_input_tokens"),
-            _get(outputs, "reasoning_tokens"),
-            _get(usage, "prompt_tokens") if "prompt_tokens" in usage else _get(usage, "input_tokens"),
-            _get(usage, "completion_tokens") if "completion_tokens" in usage else _get(usage, "output_tokens"),
+            _int(cache_read) or _int(get("cache_read_input_tokens")),
+            _int(get("cache_creation_input_tokens")),
+            _int(output_details.get("reasoning_tokens")) if type(output_details) is dict else 0,
+            _int(inputs),
+            _int(outputs),
         )
     return (
-        model if isinstance(model, str) and model else None,  # without one, the request's span names the upstream model
-        answer_id if isinstance(answer_id, str) else None,
+        model if type(model) is str and model else None,  # without one, the request's span names the upstream model
+        answer_id if type(answer_id) is str else None,
         _finish_reasons(data),
         counts,
     )
+
+
+def _int(value: object) -> int:
+    return value if type(value) is int else 0  # JSON's integers; not a bool
 
 
 def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes]:
@@ -519,11 +543,6 @@ def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
         if isinstance(data.get(key), str):
             return (data[key],)
     return ()
-
-
-def _get(data: Any, key: str) -> int:
-    value = data.get(key) if isinstance(data, dict) else None
-    return value if type(value) is int else 0  # JSON's integers; not a bool
 
 
 def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> bytes:

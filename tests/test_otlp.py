@@ -9,7 +9,7 @@ import pytest
 import structlog.testing
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from proxy.otlp import CLIENT, SpanExporter, encode_attributes, encode_span, export_request
+from proxy.otlp import CLIENT, SpanExporter, encode_attributes, encode_span, export_request, in_scope_spans
 from proxy.tracing import parse_traceparent
 from tests.fakes.otlp import OTLPReceiver, _value
 
@@ -37,14 +37,9 @@ def span(**overrides) -> bytes:  # type: ignore[no-untyped-def]
     return encode_span(**fields)
 
 
-def as_written(span: bytes) -> bytes:
-    """The exporter's ``encode`` for spans queued already written."""
-    return span
-
-
 def decoded(*spans: bytes) -> ExportTraceServiceRequest:
     resource = encode_attributes(b"\x0a", {"service.name": "sluice"})
-    return ExportTraceServiceRequest.FromString(export_request(resource, b"\x0a\x06sluice", list(spans)))
+    return ExportTraceServiceRequest.FromString(export_request(resource, b"\x0a\x06sluice", [in_scope_spans(span) for span in spans]))
 
 
 def test_a_span_decodes_field_for_field() -> None:
@@ -105,7 +100,7 @@ def test_the_exporter_sends_batches_with_the_configured_headers(receiver: OTLPRe
         "OTEL_BSP_SCHEDULE_DELAY": "60000",  # only a full batch or the shutdown sends
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "3",
     }
-    exporter = SpanExporter(environ, {"service.name": "sluice"}, "sluice", as_written)
+    exporter = SpanExporter(environ, {"service.name": "sluice"}, "sluice", in_scope_spans)
     for n in range(4):
         exporter.add(span(span_id=n + 1))
     receiver.wait_for(lambda spans: len(spans) == 3)  # the full batch, at once
@@ -122,7 +117,7 @@ def test_a_refusing_collector_costs_a_warning_not_a_failure(receiver: OTLPReceiv
     receiver.status = 503
     environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url + "/v1/traces", "OTEL_BSP_SCHEDULE_DELAY": "60000"}
     with structlog.testing.capture_logs() as logs:
-        exporter = SpanExporter(environ, {}, "sluice", as_written)
+        exporter = SpanExporter(environ, {}, "sluice", in_scope_spans)
         exporter.add(span())
         exporter.shutdown()
     (warning,) = [line for line in logs if line["event"] == "trace_export_failed"]
@@ -138,7 +133,7 @@ def test_a_collector_that_never_answers_costs_the_timeout_not_the_export_thread(
             "OTEL_BSP_SCHEDULE_DELAY": "60000",
         }
         with structlog.testing.capture_logs() as logs:
-            exporter = SpanExporter(environ, {}, "sluice", as_written)
+            exporter = SpanExporter(environ, {}, "sluice", in_scope_spans)
             exporter.add(span())
             exporter.shutdown()  # waits at most the timeout and a second for the thread
     (warning,) = [line for line in logs if line["event"] == "trace_export_failed"]
@@ -158,7 +153,7 @@ def test_a_collector_that_takes_no_data_costs_the_timeout_not_the_export_thread(
             "OTEL_BSP_MAX_QUEUE_SIZE": "40000",
         }
         with structlog.testing.capture_logs() as logs:
-            exporter = SpanExporter(environ, {}, "sluice", as_written)
+            exporter = SpanExporter(environ, {}, "sluice", in_scope_spans)
             for _ in range(40000):  # ~12 MB: more than the socket buffers between them hold
                 exporter.add(span())
             exporter.shutdown()
