@@ -87,9 +87,9 @@ class _Request:
     answered: object = None  # the answer that was read, until the request is over
 
 
-Answer = tuple[str | None, str | None, tuple[str, ...], tuple[int, int, int, int, int] | None]
-"""What an answer tells its spans (``_answer``): model, id, finish reasons, and usage (cache reads,
-cache writes, reasoning, input and output tokens) when it has one."""
+Answer = tuple[str | None, str | None, tuple[str, ...], int, int, int, int, int, bool]
+"""What an answer tells its spans (``_answer``): model, id, finish reasons, and its usage: cache
+reads, cache writes, reasoning, input and output tokens, and whether it had any."""
 
 # A queued span is a tuple of plain values (``Tracing.encode`` writes it): the
 # garbage collector stops tracking such a tuple the first time it sees it, so
@@ -465,28 +465,31 @@ def _answer(data: dict[str, Any]) -> Answer:
     """What an answer, in any client API's shape, tells its spans: read in the request, so that the
     span does not keep the answer alive."""
     model, answer_id, usage = data.get("model"), data.get("id"), data.get("usage")
-    counts = None
-    if type(usage) is dict:  # Chat Completions, Responses and Messages spell them differently
-        get = usage.get
-        inputs, outputs = get("prompt_tokens"), get("completion_tokens")
-        if inputs is None:
-            inputs, outputs = get("input_tokens"), get("output_tokens")
-        input_details = get("prompt_tokens_details") or get("input_tokens_details")
-        output_details = get("completion_tokens_details") or get("output_tokens_details")
-        cache_read = input_details.get("cached_tokens") if type(input_details) is dict else None
-        counts = (
-            _int(cache_read) or _int(get("cache_read_input_tokens")),
-            _int(get("cache_creation_input_tokens")),
-            _int(output_details.get("reasoning_tokens")) if type(output_details) is dict else 0,
-            _int(inputs),
-            _int(outputs),
-        )
+    if type(usage) is not dict:
+        return (_model(model), answer_id if type(answer_id) is str else None, _finish_reasons(data), 0, 0, 0, 0, 0, False)
+    get = usage.get  # Chat Completions, Responses and Messages spell them differently
+    inputs, outputs = get("prompt_tokens"), get("completion_tokens")
+    if inputs is None:
+        inputs, outputs = get("input_tokens"), get("output_tokens")
+    input_details = get("prompt_tokens_details") or get("input_tokens_details")
+    output_details = get("completion_tokens_details") or get("output_tokens_details")
+    cache_read = input_details.get("cached_tokens") if type(input_details) is dict else None
     return (
-        model if type(model) is str and model else None,  # without one, the request's span names the upstream model
+        _model(model),
         answer_id if type(answer_id) is str else None,
         _finish_reasons(data),
-        counts,
+        _int(cache_read) or _int(get("cache_read_input_tokens")),
+        _int(get("cache_creation_input_tokens")),
+        _int(output_details.get("reasoning_tokens")) if type(output_details) is dict else 0,
+        _int(inputs),
+        _int(outputs),
+        True,
     )
+
+
+def _model(model: object) -> str | None:
+    """The answer's model; without one, the request's span names the upstream model."""
+    return model if type(model) is str and model else None
 
 
 def _int(value: object) -> int:
@@ -496,13 +499,12 @@ def _int(value: object) -> int:
 def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes]:
     """An answer's model; its id, finish reasons, cache and reasoning tokens (when not 0); its input
     and output tokens (the attempt's span: the request's has the record's)."""
-    model, answer_id, reasons, counts = answer
+    model, answer_id, reasons, cache_read, cache_creation, reasoning, inputs, outputs, has_usage = answer
     details = _RESPONSE_ID.str(answer_id) if answer_id is not None else b""
     if reasons:
         details += _FINISH_REASONS.strings(reasons)
     totals = b""
-    if counts is not None:
-        cache_read, cache_creation, reasoning, inputs, outputs = counts
+    if has_usage:
         if cache_read:
             details += _CACHE_READ_TOKENS.int(cache_read)
         if cache_creation:
@@ -532,17 +534,33 @@ def _failure(exc: BaseException) -> bytes:
 
 def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
     choices = data.get("choices")
-    if isinstance(choices, list):
+    if type(choices) is list:
         reasons = []
         for choice in choices:
-            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
-            if isinstance(reason, str):
+            reason = choice.get("finish_reason") if type(choice) is dict else None
+            if type(reason) is str:
                 reasons.append(reason)
-        return tuple(reasons)
+        return _one_reason(reasons[0]) if len(reasons) == 1 else tuple(reasons)
     for key in ("stop_reason", "status"):  # Messages, Responses
-        if isinstance(data.get(key), str):
-            return (data[key],)
+        if type(data.get(key)) is str:
+            return _one_reason(data[key])
     return ()
+
+
+def _one_reason(reason: str) -> tuple[str]:
+    """``(reason,)``, the same tuple each time for the few an upstream sends: queued spans hold no
+    tuple of their own for it (see ``_SERVER_SPAN``)."""
+    reasons = _REASONS.get(reason)
+    if reasons is None:
+        reasons = (reason,)
+        if len(_REASONS) < MAX_REASONS:
+            _REASONS[reason] = reasons
+    return reasons
+
+
+_REASONS: dict[str, tuple[str]] = {}
+MAX_REASONS = 64
+"""Finish reasons kept as tuples; the APIs have about ten, a misbehaving upstream could send more."""
 
 
 def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> bytes:
