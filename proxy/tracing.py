@@ -254,18 +254,17 @@ class Tracing:
         client = client_trace(scope["headers"])
         if client is None:
             trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
-            flags = self._sampled(operation, trace_id, None)
+            flags = 1 if self._default_sampling else self._sampled(operation, trace_id, None)  # roots are sampled
         else:
             _, parent, trace_state = client
             trace_id, parent_span_id = parent[0], parent[1]
-            flags = self._sampled(operation, trace_id, parent)
+            flags = parent[2] & 1 if self._default_sampling else self._sampled(operation, trace_id, parent)
         record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())
         return _request.set(record.span)
 
     def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
-        """The trace flags for this request: the parent's decision, or the configured sampler's."""
-        if self._default_sampling:  # parentbased_always_on: follow the parent, sample roots
-            return parent[2] & 1 if parent is not None else 1
+        """The trace flags for this request, by a sampler other than the default (``parentbased_always_on``:
+        follow the parent, sample roots, which ``start_request`` does itself)."""
         from opentelemetry import trace
 
         context = None
@@ -359,7 +358,7 @@ class Tracing:
     def attempt(self, target: Target, number: int) -> _Attempt:
         """A span around one upstream attempt (a context manager); the upstream request made
         inside carries its ``traceparent``. ``attempt_answered`` tells it the answer."""
-        return _Attempt(self, _request.get(), target, number)
+        return _Attempt(self, target, number)
 
     def _attempt_span(self, span: tuple[Any, ...]) -> bytes:
         """An upstream attempt's (CLIENT) span."""
@@ -407,9 +406,9 @@ class _Attempt:
 
     __slots__ = ("_tracer", "request", "_target", "_number", "_span_id", "_token", "_started", "answer")
 
-    def __init__(self, tracer: Tracing, request: _Request | None, target: Target, number: int) -> None:
+    def __init__(self, tracer: Tracing, target: Target, number: int) -> None:
         self._tracer = tracer
-        self.request = request  # None outside a traced request: nothing to continue, nothing to write
+        self.request = _request.get()  # None outside a traced request: nothing to continue, nothing to write
         self._target = target
         self._number = number
         self.answer: Answer | None = None
@@ -465,35 +464,57 @@ def _answer(data: dict[str, Any]) -> Answer:
     """What an answer, in any client API's shape, tells its spans: read in the request, so that the
     span does not keep the answer alive."""
     model, answer_id, usage = data.get("model"), data.get("id"), data.get("usage")
+    if type(model) is not str or not model:
+        model = None  # without one, the request's span names the upstream model
+    if type(answer_id) is not str:
+        answer_id = None
+    reasons: tuple[str, ...] = ()
+    choices = data.get("choices")
+    if type(choices) is list:
+        found = [c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str]
+        reasons = _REASONS.get(found[0]) or _one_reason(found[0]) if len(found) == 1 else tuple(found)
+    else:
+        for key in ("stop_reason", "status"):  # Messages, Responses
+            reason = data.get(key)
+            if type(reason) is str:
+                reasons = _REASONS.get(reason) or _one_reason(reason)
+                break
     if type(usage) is not dict:
-        return (_model(model), answer_id if type(answer_id) is str else None, _finish_reasons(data), 0, 0, 0, 0, 0, False)
+        return (model, answer_id, reasons, 0, 0, 0, 0, 0, False)
     get = usage.get  # Chat Completions, Responses and Messages spell them differently
     inputs, outputs = get("prompt_tokens"), get("completion_tokens")
     if inputs is None:
         inputs, outputs = get("input_tokens"), get("output_tokens")
-    input_details = get("prompt_tokens_details") or get("input_tokens_details")
-    output_details = get("completion_tokens_details") or get("output_tokens_details")
-    cache_read = input_details.get("cached_tokens") if type(input_details) is dict else None
+    details = get("prompt_tokens_details") or get("input_tokens_details")
+    cache_read = details.get("cached_tokens") if type(details) is dict else None
+    if type(cache_read) is not int or not cache_read:
+        cache_read = get("cache_read_input_tokens")
+    cache_creation = get("cache_creation_input_tokens")
+    details = get("completion_tokens_details") or get("output_tokens_details")
+    reasoning = details.get("reasoning_tokens") if type(details) is dict else None
     return (
-        _model(model),
-        answer_id if type(answer_id) is str else None,
-        _finish_reasons(data),
-        _int(cache_read) or _int(get("cache_read_input_tokens")),
-        _int(get("cache_creation_input_tokens")),
-        _int(output_details.get("reasoning_tokens")) if type(output_details) is dict else 0,
-        _int(inputs),
-        _int(outputs),
+        model, answer_id, reasons,
+        cache_read if type(cache_read) is int else 0,  # JSON's integers; not a bool
+        cache_creation if type(cache_creation) is int else 0,
+        reasoning if type(reasoning) is int else 0,
+        inputs if type(inputs) is int else 0,
+        outputs if type(outputs) is int else 0,
         True,
     )
 
 
-def _model(model: object) -> str | None:
-    """The answer's model; without one, the request's span names the upstream model."""
-    return model if type(model) is str and model else None
+def _one_reason(reason: str) -> tuple[str]:
+    """``(reason,)``, the same tuple each time for the few an upstream sends: queued spans hold no
+    tuple of their own for it (see ``_SERVER_SPAN``)."""
+    reasons = (reason,)
+    if len(_REASONS) < MAX_REASONS:
+        _REASONS[reason] = reasons
+    return reasons
 
 
-def _int(value: object) -> int:
-    return value if type(value) is int else 0  # JSON's integers; not a bool
+_REASONS: dict[str, tuple[str]] = {}
+MAX_REASONS = 64
+"""Finish reasons kept as tuples; the APIs have about ten, a misbehaving upstream could send more."""
 
 
 def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes]:
@@ -530,37 +551,6 @@ def _failure(exc: BaseException) -> bytes:
     if isinstance(exc, SluiceError):
         return _ERROR_TYPE.str(exc.code if exc.code != "internal_error" else type(exc).__name__)
     return _ERROR_TYPE.str(type(exc).__qualname__)
-
-
-def _finish_reasons(data: dict[str, Any]) -> tuple[str, ...]:
-    choices = data.get("choices")
-    if type(choices) is list:
-        reasons = []
-        for choice in choices:
-            reason = choice.get("finish_reason") if type(choice) is dict else None
-            if type(reason) is str:
-                reasons.append(reason)
-        return _one_reason(reasons[0]) if len(reasons) == 1 else tuple(reasons)
-    for key in ("stop_reason", "status"):  # Messages, Responses
-        if type(data.get(key)) is str:
-            return _one_reason(data[key])
-    return ()
-
-
-def _one_reason(reason: str) -> tuple[str]:
-    """``(reason,)``, the same tuple each time for the few an upstream sends: queued spans hold no
-    tuple of their own for it (see ``_SERVER_SPAN``)."""
-    reasons = _REASONS.get(reason)
-    if reasons is None:
-        reasons = (reason,)
-        if len(_REASONS) < MAX_REASONS:
-            _REASONS[reason] = reasons
-    return reasons
-
-
-_REASONS: dict[str, tuple[str]] = {}
-MAX_REASONS = 64
-"""Finish reasons kept as tuples; the APIs have about ten, a misbehaving upstream could send more."""
 
 
 def _content(body: dict[str, Any] | None, answer: dict[str, Any] | None) -> bytes:
