@@ -80,54 +80,47 @@ ANSWER = (
 )
 
 
-def tracing_rounds() -> tuple[Callable[[], float], Callable[[], float]]:
-    """The spans of one proxied request per call, in two parts: in the request, as middleware
-    and resilience make them (the request's started, one attempt answered, the request's
-    finished: both queued); and written by the export thread (both spans to bytes)."""
+def tracing_round() -> tuple[float, float]:
+    """The spans of one proxied request per call, in two parts (seconds for all calls): in the
+    request, as middleware and resilience make them (the request's started, one attempt
+    answered, the request's finished: both queued); and written, a batch at a time, as the
+    export thread writes them (both spans to bytes)."""
     provider = ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1")
     target = Target("openai", "gpt-4o-mini")
     scope = {"path": "/v1/chat/completions", "method": "POST", "headers": [(b"content-type", b"application/json")]}
-    written: list[float] = []
-
-    def in_request() -> float:
-        tracer = Tracing(Config(providers=(provider,)), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
-        queued: list[object] = []
-        tracer.exporter.add = queued.append  # type: ignore[method-assign]  # kept for ``write``, not sent
-        completions = [Completion(ANSWER, orjson.loads(ANSWER)) for _ in range(CALLS)]  # each request its own answer
-        records = [RequestRecord("req", "POST", "/v1/chat/completions", 0.0) for _ in range(CALLS)]
-        encode, writing = tracer.encode, 0.0
-        started = time.perf_counter()
-        for record, completion in zip(records, completions):
-            token = tracer.start_request(scope, record)
-            with tracer.attempt(target, 1) as span:
-                tracer.attempt_answered(span, completion)
-            record.model, record.provider, record.upstream_model = "gpt-4o-mini", "openai", "gpt-4o-mini"
-            record.attempts, record.status, record.completion = 1, 200, completion
-            tracer.finish_request(record, token)  # type: ignore[arg-type]
-            if len(queued) == BATCH:  # written a batch at a time, as the export thread does
-                batch_started = time.perf_counter()
-                for item in queued:
-                    encode(item)  # type: ignore[arg-type]
-                queued.clear()
-                writing += time.perf_counter() - batch_started
-        written.append(writing)
-        elapsed = time.perf_counter() - started - writing
-        with structlog.testing.capture_logs():  # nothing was queued: nothing is sent
-            tracer.exporter.shutdown()
-        return elapsed
-
-    def write() -> float:
-        return written.pop()
-
-    return in_request, write
+    tracer = Tracing(Config(providers=(provider,)), {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    queued: list[object] = []
+    tracer.exporter.add = queued.append  # type: ignore[method-assign]  # written here, not sent
+    completions = [Completion(ANSWER, orjson.loads(ANSWER)) for _ in range(CALLS)]  # each request its own answer
+    records = [RequestRecord("req", "POST", "/v1/chat/completions", 0.0) for _ in range(CALLS)]
+    encode, writing = tracer.encode, 0.0
+    started = time.perf_counter()
+    for record, completion in zip(records, completions):
+        token = tracer.start_request(scope, record)
+        with tracer.attempt(target, 1) as span:
+            tracer.attempt_answered(span, completion)
+        record.model, record.provider, record.upstream_model = "gpt-4o-mini", "openai", "gpt-4o-mini"
+        record.attempts, record.status, record.completion = 1, 200, completion
+        tracer.finish_request(record, token)  # type: ignore[arg-type]
+        if len(queued) == BATCH:
+            batch_started = time.perf_counter()
+            for item in queued:
+                encode(item)  # type: ignore[arg-type]
+            queued.clear()
+            writing += time.perf_counter() - batch_started
+    elapsed = time.perf_counter() - started - writing
+    with structlog.testing.capture_logs():  # nothing was queued: nothing is sent
+        tracer.exporter.shutdown()
+    return elapsed, writing
 
 
 def main() -> None:
     print(f"resilience, one successful attempt: {best(resilience_round):.2f} µs per call")
     print(f"hit lane lookup, a hit:             {best(lane_round):.2f} µs per call")
-    in_request, write = tracing_rounds()
-    print(f"tracing, one traced request:        {best(in_request):.2f} µs per call in the request")
-    print(f"                                    {min(write() for _ in range(ROUNDS)) / CALLS * 1e6:.2f} µs per call written (export thread)")
+    rounds = [tracing_round() for _ in range(ROUNDS)]
+    in_request, written = (min(parts) / CALLS * 1e6 for parts in zip(*rounds))
+    print(f"tracing, one traced request:        {in_request:.2f} µs per call in the request")
+    print(f"                                    {written:.2f} µs per call written (export thread)")
 
 
 if __name__ == "__main__":

@@ -115,8 +115,6 @@ class Attribute:
     def int(self, value: int) -> bytes:
         if 0 <= value < 128:
             return self._small[value]
-        if 0 < value < 16384:  # most token counts: the varint's two bytes without a call
-            return self._ints[2] + bytes(((value & 0x7F) | 0x80, value >> 7))
         encoded = _varint(value & _MASK64)
         return self._ints[len(encoded)] + encoded
 
@@ -193,7 +191,7 @@ def encode_span(
 
 def in_scope_spans(span: bytes) -> bytes:
     """A ``Span`` as a field (2, ``spans``) of ``ScopeSpans``: how ``export_request`` takes it."""
-    return b"\x12" + _varint(len(span)) + span
+    return _delimited(b"\x12", span)
 
 
 def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
@@ -202,7 +200,7 @@ def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
 
     Joined once: a batch is ~300 kB, and copying it at each level of nesting cost more than encoding it.
     """
-    head = b"\x0a" + _varint(len(scope)) + scope  # ScopeSpans: scope 1, spans 2 (the spans)
+    head = _delimited(b"\x0a", scope)  # ScopeSpans: scope 1, spans 2 (the spans)
     size = len(head) + sum(map(len, spans))
     resource_head = _delimited(b"\x0a", resource) + b"\x12" + _varint(size)  # ResourceSpans: resource 1, scope_spans 2
     return b"".join((b"\x0a", _varint(len(resource_head) + size), resource_head, head, *spans))  # resource_spans 1
@@ -297,13 +295,10 @@ class SpanExporter(Generic[T]):
                 connection.sock.settimeout(self._timeout)  # the answer: small, read under Python's timeout
                 response = connection.getresponse()
                 response.read()
-            except BlockingIOError:  # the send timed out (``_send_timeout``): a slow collector, not a stale connection
-                error = f"TimeoutError: the collector took no data for {self._timeout:g} s"
-                self._close()  # half a request went out: the next batch starts anew
-                break
-            except TimeoutError as exc:
-                error = f"TimeoutError: {exc}"
-                self._close()
+            except (BlockingIOError, TimeoutError) as exc:  # a slow collector, not a stale connection: no retry
+                sending = isinstance(exc, BlockingIOError)  # the send's own timeout (``_send_timeout``)
+                error = f"TimeoutError: {f'the collector took no data for {self._timeout:g} s' if sending else exc}"
+                self._close()  # half a request may have gone out: the next batch starts anew
                 break
             except (OSError, http.client.HTTPException) as exc:
                 error = f"{type(exc).__name__}: {exc}"

@@ -67,6 +67,8 @@ OPERATIONS = {
 
 MAX_KINDS = 4096
 """Kinds of request (and of attempt) whose shared attributes are kept encoded."""
+MAX_SHARED = 4096
+"""Requests whose attempts' spans are written and their own not yet (``Tracing._shared``)."""
 
 TRACING: Tracing | None = None
 """The one tracer of this process, or None when tracing is off (set by ``configure``)."""
@@ -379,7 +381,7 @@ class Tracing:
         # what its request's span, written later, has in common with it: written once (``_shared``)
         shared = self._shared.get(parent_span_id)
         if shared is None:
-            if len(self._shared) >= MAX_KINDS:  # requests whose spans were not sampled or not queued
+            if len(self._shared) >= MAX_SHARED:  # requests whose own spans never came (a flight that outlived its client)
                 self._shared.clear()
             shared = (trace_fields(trace_id, trace_state, flags), None, None)
         if answer is not None and not failure:
@@ -472,12 +474,12 @@ def _answer(data: dict[str, Any]) -> Answer:
     choices = data.get("choices")
     if type(choices) is list:
         found = [c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str]
-        reasons = _REASONS.get(found[0]) or _one_reason(found[0]) if len(found) == 1 else tuple(found)
+        reasons = _one_reason(found[0]) if len(found) == 1 else tuple(found)
     else:
         for key in ("stop_reason", "status"):  # Messages, Responses
             reason = data.get(key)
             if type(reason) is str:
-                reasons = _REASONS.get(reason) or _one_reason(reason)
+                reasons = _one_reason(reason)
                 break
     if type(usage) is not dict:
         return (model, answer_id, reasons, 0, 0, 0, 0, 0, False)
@@ -506,9 +508,11 @@ def _answer(data: dict[str, Any]) -> Answer:
 def _one_reason(reason: str) -> tuple[str]:
     """``(reason,)``, the same tuple each time for the few an upstream sends: queued spans hold no
     tuple of their own for it (see ``_SERVER_SPAN``)."""
-    reasons = (reason,)
-    if len(_REASONS) < MAX_REASONS:
-        _REASONS[reason] = reasons
+    reasons = _REASONS.get(reason)
+    if reasons is None:
+        reasons = (reason,)
+        if len(_REASONS) < MAX_REASONS:
+            _REASONS[reason] = reasons
     return reasons
 
 
