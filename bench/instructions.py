@@ -59,8 +59,11 @@ def send(port: int, count: int, body: bytes) -> None:
         thread.join()
 
 
-def counted(label: str, upstream_port: int, env: dict[str, str], requests: int, body: bytes) -> list[int]:
-    """Instructions of each thread that ran while `requests` were served, main thread first."""
+def counted(
+    label: str, upstream_port: int, env: dict[str, str], requests: int, body: bytes, keep: Path | None = None
+) -> list[int]:
+    """Instructions of each thread that ran while `requests` were served, main thread first; with
+    `keep`, callgrind's files are copied there (for callgrind_annotate)."""
     port = free_port()
     config = OUT / f"instructions-{label}.yaml"
     config.write_text(yaml.safe_dump(services.sluice_config(upstream_port), sort_keys=False))
@@ -86,6 +89,8 @@ def counted(label: str, upstream_port: int, env: dict[str, str], requests: int, 
             process.wait(120)
         totals = []
         for dump in sorted(Path(folder).glob("callgrind.out.1-*")):
+            if keep is not None:
+                shutil.copy(dump, keep / f"{label}.{dump.name}")
             match = re.search(r"^totals: (\d+)", dump.read_text(), re.M)
             if match and int(match.group(1)) >= 100 * requests:  # threads that ran, not one that merely woke
                 totals.append(int(match.group(1)))
@@ -111,7 +116,10 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=3200)
+    parser.add_argument("--keep", type=Path, help="a folder to keep callgrind's files in, per thread")
     args = parser.parse_args()
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: apt-get install valgrind", file=sys.stderr)
         return 1
@@ -123,7 +131,7 @@ def main() -> int:
         stack.enter_context(services.otlp_sink("instructions", sink_port))
         traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": services.base_url(sink_port), "OTEL_SERVICE_NAME": "sluice-bench"}
         for label, extra in (("tracing off", {}), ("tracing on", traced)):
-            results[label] = counted(label.replace(" ", "-"), upstream_port, {**os.environ, **extra}, args.requests, body)
+            results[label] = counted(label.replace(" ", "-"), upstream_port, {**os.environ, **extra}, args.requests, body, args.keep)
     off = sum(results["tracing off"]) / args.requests
     for label, totals in results.items():
         per_thread = " + ".join(f"{total / args.requests:,.0f}" for total in totals)

@@ -303,6 +303,15 @@ class HotRoutes:
         await answer(scope, receive, send)
 
 
+YOUNG_COLLECTION_THRESHOLD = 10_000
+"""Container objects allocated, net, between two collections of the young generation (Python's
+default: 700). What lives across requests without being garbage (in-flight requests' state, spans
+waiting for export: up to ``OTEL_BSP_MAX_QUEUE_SIZE``) counts towards it; at 700, queued spans alone
+set off a collection every few hundred requests, ~9k instructions a traced request (bench/RESULTS.md,
+"Tracing cost"). Collections still run, and reference cycles are still freed, a few times a second
+under load."""
+
+
 def create_app(config: Config, log_format: str = "json") -> Starlette:
     configure_logging(log_format)
     gateway = Gateway(config, log_format)
@@ -321,6 +330,7 @@ def create_app(config: Config, log_format: str = "json") -> Starlette:
         # the collector's way, so collections scan only per-request garbage.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, *gc.get_threshold()[1:])
         try:
             lane = gateway.pipeline.lane if gateway.pipeline is not None else None
             yield {LANE_STATE: lane} if lane is not None else {}

@@ -672,7 +672,6 @@ class Http1Client:
         self, method: str, url: str, headers: Mapping[str, str], body: bytes | None = None
     ) -> Http1Response:
         """Send a request and return once the status line and headers arrived."""
-        headers = tracing.upstream_headers(headers)
         data = self._encode(method, url, headers, body)
         if self._closed:
             raise UpstreamConnectionError("upstream connection failed: client closed")
@@ -827,6 +826,7 @@ class Http1Client:
         block = "".join(lines)
         if block.count("\n") != len(lines) or block.count("\r") != len(lines):
             raise ValueError("request header names and values must not contain CR or LF")
+        block += tracing.upstream_header_lines()
         if body is None:
             return f"{head}{block}\r\n".encode()
         return f"{head}{block}Content-Length: {len(body)}\r\n\r\n".encode() + body

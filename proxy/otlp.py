@@ -143,16 +143,23 @@ MAX_ARRAYS = 256
 def trace_fields(trace_id: int, trace_state: str, flags: int) -> bytes:
     """Fields 1 ``trace_id``, 3 ``trace_state`` and 16 ``flags`` (the W3C trace flags): the same in
     each span of a request."""
-    fields = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x85\x01" + struct.pack("<I", flags & 0xFF)
+    fields = b"\x0a\x10" + trace_id.to_bytes(16, "big") + (_FLAGS[flags] if flags < 2 else b"\x85\x01" + struct.pack("<I", flags & 0xFF))
     return fields + _delimited(b"\x1a", trace_state.encode()) if trace_state else fields
 
 
-def ids_and_times(span_id: int, parent_span_id: int, start_ns: int, end_ns: int) -> bytes:
-    """Fields 2 ``span_id``, 4 ``parent_span_id`` (0 for a root span: none), 7 and 8 the start and end times."""
+_FLAGS = (b"\x85\x01\x00\x00\x00\x00", b"\x85\x01\x01\x00\x00\x00")  # fixed32 flags 0 and 1
+
+
+def span_parts(span_id: bytes, parent_span_id: bytes, start_ns: int, end_ns: int, fields: bytes) -> tuple[bytes, bytes]:
+    """A span as ``in_scope_spans`` parts, from fields 2 ``span_id`` and 4 ``parent_span_id`` (8 bytes
+    each, big-endian; b"" for a root span: none), 7 and 8 the start and end times, and ``fields``,
+    the rest of it encoded."""
     if parent_span_id:
-        parent = parent_span_id.to_bytes(8, "big")
-        return _IDS_AND_TIMES.pack(b"\x12\x08", span_id.to_bytes(8, "big"), b"\x22\x08", parent, 0x39, start_ns, 0x41, end_ns)
-    return _ID_AND_TIMES.pack(b"\x12\x08", span_id.to_bytes(8, "big"), 0x39, start_ns, 0x41, end_ns)
+        span = _IDS_AND_TIMES.pack(b"\x12\x08", span_id, b"\x22\x08", parent_span_id, 0x39, start_ns, 0x41, end_ns) + fields
+    else:
+        span = _ID_AND_TIMES.pack(b"\x12\x08", span_id, 0x39, start_ns, 0x41, end_ns) + fields
+    size = len(span)
+    return (_FRAMES[size] if size < len(_FRAMES) else b"\x12" + _varint(size)), span
 
 
 def name_and_kind(name: str, kind: int) -> bytes:
@@ -180,23 +187,30 @@ def encode_span(
     error: str | None,
 ) -> bytes:
     """One ``Span`` message from its fields (proxy/tracing.py joins the same parts, most of them pre-encoded)."""
-    return b"".join((
+    fields = b"".join((
         trace_fields(trace_id, trace_state, flags),
-        ids_and_times(span_id, parent_span_id, start_ns, end_ns),
         name_and_kind(name, kind),
         span_attributes(attributes),
         error_status(error) if error is not None else b"",
     ))
+    parent = parent_span_id.to_bytes(8, "big") if parent_span_id else b""
+    return span_parts(span_id.to_bytes(8, "big"), parent, start_ns, end_ns, fields)[1]
 
 
-def in_scope_spans(span: bytes) -> bytes:
-    """A ``Span`` as a field (2, ``spans``) of ``ScopeSpans``: how ``export_request`` takes it."""
-    return _delimited(b"\x12", span)
+def in_scope_spans(span: bytes) -> tuple[bytes, bytes]:
+    """A ``Span`` as a field (2, ``spans``) of ``ScopeSpans``, in two parts: the field's tag and
+    length, then the span itself (not copied: ``export_request`` joins the parts once)."""
+    size = len(span)
+    return (_FRAMES[size] if size < len(_FRAMES) else b"\x12" + _varint(size)), span
+
+
+_FRAMES = [b"\x12" + _varint(size) for size in range(2048)]
+"""The ``spans`` field's tag and length for spans under 2 kB (most: ~0.6 kB), written once."""
 
 
 def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
     """``ExportTraceServiceRequest`` of one resource and one scope; ``resource`` and ``scope`` already
-    encoded, each span already a field of ``ScopeSpans`` (``in_scope_spans``).
+    encoded, the spans as ``in_scope_spans`` parts.
 
     Joined once: a batch is ~300 kB, and copying it at each level of nesting cost more than encoding it.
     """
@@ -210,15 +224,23 @@ def export_request(resource: bytes, scope: bytes, spans: list[bytes]) -> bytes:
 
 
 class SpanExporter(Generic[T]):
-    """Queues spans; a thread writes them (``encode``, to ``in_scope_spans`` bytes) and posts them in batches every
-    ``OTEL_BSP_SCHEDULE_DELAY`` ms, or sooner when a batch fills.
+    """Queues spans; a thread writes them (``encode``, to ``in_scope_spans`` parts) and posts them in batches
+    every ``OTEL_BSP_SCHEDULE_DELAY`` ms, or sooner when a batch fills.
 
     A request queues what its spans are written from, not their bytes: the
     request path does only what must happen while it is served, and the spans
-    are written here, a batch in a row (bench/RESULTS.md, "Tracing cost")."""
+    are written here, a batch in a row (bench/RESULTS.md, "Tracing cost"). A
+    queued item may hold up to ``spans_per_item`` spans (a request's and its
+    attempt's): the queue and a batch hold as many items as keep them within
+    ``OTEL_BSP_MAX_QUEUE_SIZE`` and ``OTEL_BSP_MAX_EXPORT_BATCH_SIZE`` spans."""
 
     def __init__(
-        self, environ: Mapping[str, str], resource: Mapping[str, Any], scope_name: str, encode: Callable[[T], bytes]
+        self,
+        environ: Mapping[str, str],
+        resource: Mapping[str, Any],
+        scope_name: str,
+        encode: Callable[[T], tuple[bytes, ...]],
+        spans_per_item: int = 1,
     ) -> None:
         self._encode = encode
         self._resource = encode_attributes(b"\x0a", resource)  # Resource.attributes is field 1
@@ -232,8 +254,9 @@ class SpanExporter(Generic[T]):
         self._tls = _tls(environ) if self._url.scheme == "https" else None
         self._delay = _positive(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000) / 1000
         queue_size = int(_positive(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048))
-        self._batch = min(int(_positive(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)), queue_size)  # as the SDK does
-        self._queue: deque[T] = deque(maxlen=queue_size)
+        batch = min(int(_positive(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)), queue_size)  # as the SDK does
+        self._batch = max(batch // spans_per_item, 1)  # in items
+        self._queue: deque[T] = deque(maxlen=max(queue_size // spans_per_item, 1))
         self._wake = threading.Event()
         self._stopping = False
         self._connection: http.client.HTTPConnection | None = None
@@ -262,22 +285,22 @@ class SpanExporter(Generic[T]):
             stopping = self._stopping  # read once: set meanwhile, it wakes the next wait at once
             flush = not woken or stopping
             while len(self._queue) >= self._batch or (flush and self._queue):
-                batch = self._written(min(self._batch, len(self._queue)))
-                self._post(export_request(self._resource, self._scope, batch), len(batch))
+                parts = self._written(min(self._batch, len(self._queue)))
+                self._post(export_request(self._resource, self._scope, parts), len(parts) // 2)
             if stopping:
                 self._close()
                 return
 
     def _written(self, count: int) -> list[bytes]:
-        """The next ``count`` queued spans, written."""
-        spans: list[bytes] = []
+        """The next ``count`` queued items' spans, written (``in_scope_spans`` parts: two a span)."""
+        parts: list[bytes] = []
         take, encode = self._queue.popleft, self._encode
         for _ in range(count):
             try:
-                spans.append(encode(take()))
+                parts += encode(take())
             except Exception as exc:  # noqa: BLE001 - a span that cannot be written is dropped, not the thread
                 self._warn(f"{type(exc).__name__}: {exc}", 1)
-        return spans
+        return parts
 
     def _post(self, body: bytes, count: int) -> None:
         if self._gzip:

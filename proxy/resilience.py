@@ -278,12 +278,16 @@ class Resilience:
         attempts.count += 1
         attempts.target = target
         tracer = tracing.TRACING
-        if tracer is None:
+        span = tracer.start_attempt() if tracer is not None else None
+        if span is None:
             return await self._judged(target, breaker, attempt)
-        with tracer.attempt(target, attempts.count) as span:
+        try:
             value = await self._judged(target, breaker, attempt)
-            tracer.attempt_answered(span, value)
-            return value
+        except BaseException as exc:
+            tracer.end_attempt(span, target, attempts.count, None, exc)  # type: ignore[union-attr]
+            raise
+        tracer.end_attempt(span, target, attempts.count, value, None)  # type: ignore[union-attr]
+        return value
 
     async def _judged(self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]]) -> T:
         """One attempt, its outcome told to the target's breaker."""

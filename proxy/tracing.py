@@ -45,10 +45,10 @@ from proxy.otlp import (
     Attribute,
     SpanExporter,
     error_status,
-    ids_and_times,
     in_scope_spans,
     name_and_kind,
     span_attributes,
+    span_parts,
     trace_fields,
 )
 from proxy.telemetry.record import RequestRecord
@@ -67,8 +67,6 @@ OPERATIONS = {
 
 MAX_KINDS = 4096
 """Kinds of request (and of attempt) whose shared attributes are kept encoded."""
-MAX_SHARED = 4096
-"""Requests whose attempts' spans are written and their own not yet (``Tracing._shared``)."""
 
 TRACING: Tracing | None = None
 """The one tracer of this process, or None when tracing is off (set by ``configure``)."""
@@ -87,22 +85,30 @@ class _Request:
     start_ns: int
     answer: Answer | None = None  # what its attempt's answer said (``_answer``), for its own span to reuse
     answered: object = None  # the answer that was read, until the request is over
+    attempt: Attempt | None = None  # its last successful attempt's span, queued with its own
+    ended: bool = False  # its span is queued: an attempt that ends later (a flight that outlived it) is queued alone
 
 
 Answer = tuple[str | None, str | None, tuple[str, ...], int, int, int, int, int, bool]
 """What an answer tells its spans (``_answer``): model, id, finish reasons, and its usage: cache
 reads, cache writes, reasoning, input and output tokens, and whether it had any."""
+Attempt = tuple[int, int, int, "Answer | None", str, str, str, int, bytes]
+"""An ended attempt's span: its id, start and end, the answer it read; its kind (operation, provider,
+model, number: index 4 to 7); its failure's attributes (b"" when it succeeded)."""
 
-# A queued span is a tuple of plain values (``Tracing.encode`` writes it): the
+# A queued item is a tuple of plain values (``Tracing.encode`` writes it): the
 # garbage collector stops tracking such a tuple the first time it sees it, so
-# the thousand spans a batch waits for cost its collections nothing (objects
-# queued instead, a quarter of tracing's CPU went to collections).
+# the spans a batch waits for cost its collections nothing (objects queued
+# instead, a quarter of tracing's CPU went to collections). A request's span is
+# queued with its last successful attempt's (``_SERVER_SPAN``), which shares
+# its trace fields and answer; an attempt that failed, or ended after its
+# request, is queued alone (``_CLIENT_SPAN``).
 _SERVER_SPAN, _CLIENT_SPAN = 0, 1
-_NOTHING_SHARED = (b"", None, None)
+_NO_ANSWER = (b"", b"", b"", 0, 0)
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
-_upstream: ContextVar[dict[str, str] | None] = ContextVar("sluice_trace_upstream", default=None)
+_upstream: ContextVar[TraceHeaders | None] = ContextVar("sluice_trace_upstream", default=None)
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[!-~]*)?")
 _TRACESTATE_MEMBER = r"[a-z0-9][_0-9a-z*/@-]{0,255}=[ -+\--<>-~]{0,255}[!-+\--<>-~]"  # key=value, W3C's grammar
 _TRACESTATE = re.compile(rf"(?:{_TRACESTATE_MEMBER})?(?:[ \t]*,[ \t]*(?:{_TRACESTATE_MEMBER})?)*")
@@ -155,24 +161,41 @@ def shutdown() -> None:
         TRACING = None
 
 
+TraceHeaders = tuple[dict[str, str], str]
+"""The trace context an upstream request carries: as headers, and as HTTP/1.1 header lines."""
+
+
+def _trace_headers(traceparent: str, trace_state: str) -> TraceHeaders:
+    if trace_state:
+        return {"traceparent": traceparent, "tracestate": trace_state}, f"traceparent: {traceparent}\r\ntracestate: {trace_state}\r\n"
+    return {"traceparent": traceparent}, f"traceparent: {traceparent}\r\n"
+
+
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """``headers`` with the request's trace context for an upstream request: the current attempt
     span's ``traceparent`` (and ``tracestate``), or the client's own (``continue_client``)."""
-    trace_headers = _upstream.get()
-    return {**headers, **trace_headers} if trace_headers is not None else headers
+    trace = _upstream.get()
+    return {**headers, **trace[0]} if trace is not None else headers
 
 
-def continue_client(scope: Scope) -> Token[dict[str, str] | None] | None:
+def upstream_header_lines() -> str:
+    """``upstream_headers``' trace context as HTTP/1.1 header lines ("" without one), for proxy.http1
+    to add to a request's head: its values are already checked (``client_trace``) or Sluice's own."""
+    trace = _upstream.get()
+    return trace[1] if trace is not None else ""
+
+
+def continue_client(scope: Scope) -> Token[TraceHeaders | None] | None:
     """Send the client's trace context upstream unchanged (CONTRACT §5), for a request without
     a span of Sluice's own; None when the client sent none that is valid. ``end_continue`` undoes it."""
     client = client_trace(scope["headers"])
     if client is None:
         return None
     traceparent, _, trace_state = client
-    return _upstream.set({"traceparent": traceparent, "tracestate": trace_state} if trace_state else {"traceparent": traceparent})
+    return _upstream.set(_trace_headers(traceparent, trace_state))
 
 
-def end_continue(token: Token[dict[str, str] | None]) -> None:
+def end_continue(token: Token[TraceHeaders | None]) -> None:
     """The request is over: its trace context no longer goes upstream."""
     _upstream.reset(token)
 
@@ -238,12 +261,12 @@ class Tracing:
         else:
             self._sampler = TracerProvider().sampler
         self._default_sampling = self._sampler.get_description() == ParentBased(ALWAYS_ON).get_description()
-        self.exporter: SpanExporter[tuple[Any, ...]] = SpanExporter(environ, dict(resource.attributes), "sluice", self.encode)
+        self.exporter: SpanExporter[tuple[Any, ...]] = SpanExporter(
+            environ, dict(resource.attributes), "sluice", self.encode, spans_per_item=2
+        )
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
         self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
         self._common: dict[tuple[Any, ...], bytes] = {}
-        # by request span id: what its attempts' spans wrote that its own span reuses (the export thread's)
-        self._shared: dict[int, tuple[bytes, Answer | None, tuple[bytes, bytes, bytes] | None]] = {}
 
     # -- the request (SERVER) span --
 
@@ -277,9 +300,11 @@ class Tracing:
         return 1 if result.decision.is_sampled() else 0
 
     def finish_request(self, record: RequestRecord, token: Token[_Request | None]) -> None:
-        """The request is over: its span is queued, for the export thread to write (``encode``)."""
+        """The request is over: its span is queued, with its last successful attempt's, for the
+        export thread to write (``encode``)."""
         _request.reset(token)
         request: _Request = record.span
+        request.ended = True
         if not request.flags:
             return
         completion = record.completion
@@ -296,47 +321,63 @@ class Tracing:
             request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts,
             record.model, record.provider,
             record.tokens_saved, record.ttft_seconds, record.prompt_tokens, record.completion_tokens,
-            record.upstream_model, record.error_code, content, answer,
+            record.upstream_model, record.error_code, content, answer, request.attempt,
         ))
 
-    def encode(self, span: tuple[Any, ...]) -> bytes:
-        """A queued span's protobuf bytes (``otlp.SpanExporter`` calls this in its thread)."""
-        return self._request_span(span) if span[0] == _SERVER_SPAN else self._attempt_span(span)
+    def encode(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
+        """A queued item's spans, as ``in_scope_spans`` parts (``otlp.SpanExporter`` calls this in its thread)."""
+        if item[0] == _SERVER_SPAN:
+            return self._request_spans(item)
+        _, trace_id, trace_state, flags, parent_span_id, attempt = item
+        answer = attempt[3]
+        attributes = _answer_attributes(answer) if answer is not None else _NO_ANSWER
+        trace = trace_fields(trace_id, trace_state, flags)
+        return self._attempt_span(trace, parent_span_id.to_bytes(8, "big"), attempt, attributes)
 
-    def _request_span(self, span: tuple[Any, ...]) -> bytes:
-        """A request's (SERVER) span."""
+    def _request_spans(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
+        """A request's (SERVER) span, and its attempt's (CLIENT) when one came with it."""
         (_, trace_id, trace_state, flags, span_id, parent_span_id, start_ns, end_ns,
          operation, path, status, stream, cache, dedup, attempts, model, provider,
-         tokens_saved, ttft, prompt_tokens, completion_tokens, upstream_model, error_code, content, answer) = span
-        kind = span[8:17]
+         tokens_saved, ttft, prompt_tokens, completion_tokens, upstream_model, error_code, content, answer, attempt) = item
+        kind = item[8:17]
         common = self._common.get(kind)
         if common is None:
-            common = self._request_common(*kind)
-            if len(self._common) < MAX_KINDS:
-                self._common[kind] = common
-        trace, attempts_answer, answer_attributes = self._shared.pop(span_id, _NOTHING_SHARED)
-        parts = [
-            trace or trace_fields(trace_id, trace_state, flags), ids_and_times(span_id, parent_span_id, start_ns, end_ns),
-            common, _TOKENS_SAVED.int(tokens_saved), content,
-        ]
+            common = self._remember(kind, self._request_common(*kind))
+        trace = trace_fields(trace_id, trace_state, flags)
+        parts = [trace, common, _TOKENS_SAVED.int(tokens_saved), content]
         if ttft is not None:
             parts.append(_TIME_TO_FIRST_CHUNK.float(ttft))
+        attributes = _NO_ANSWER
         if answer is not None:
-            parts += (_INPUT_TOKENS.int(prompt_tokens), _OUTPUT_TOKENS.int(completion_tokens))
-            if answer[0] is None and upstream_model:
-                parts.append(_RESPONSE_MODEL.str(upstream_model))
-            parts += (answer_attributes if answer is attempts_answer else _answer_attributes(answer))[:2]  # type: ignore[index]
+            attributes = _answer_attributes(answer)
+            response, details, totals, inputs, outputs = attributes
+            if upstream_model and (type(answer[0]) is not str or not answer[0]):  # none of its own
+                response = _RESPONSE_MODEL.str(upstream_model) + response
+            if inputs != prompt_tokens or outputs != completion_tokens or not totals:  # the record's count
+                totals = _INPUT_TOKENS.int(prompt_tokens) + _OUTPUT_TOKENS.int(completion_tokens)
+            parts += (response, details, totals)
         if status >= 400 or error_code:
             parts.append(_ERROR_TYPE.str(error_code or str(status)))
             if status >= 500 or status == 0:
                 parts.append(error_status(error_code or ""))
-        return in_scope_spans(b"".join(parts))
+        own_id = span_id.to_bytes(8, "big")
+        request = span_parts(own_id, parent_span_id.to_bytes(8, "big") if parent_span_id else b"", start_ns, end_ns, b"".join(parts))
+        if attempt is None:
+            return request
+        if attempt[3] is not answer:
+            attributes = _answer_attributes(attempt[3]) if attempt[3] is not None else _NO_ANSWER
+        return request + self._attempt_span(trace, own_id, attempt, attributes)
+
+    def _remember(self, kind: tuple[Any, ...], common: bytes) -> bytes:
+        if len(self._common) < MAX_KINDS:
+            self._common[kind] = common
+        return common
 
     def _request_common(
         self, operation: str, path: str, status: int, stream: bool, cache: str | None, dedup: bool, attempts: int,
         model: str | None, provider: str | None,
     ) -> bytes:
-        """The name, kind and attributes many requests share: encoded once per kind of request (``_request_span``)."""
+        """The name, kind and attributes many requests share: encoded once per kind of request (``_request_spans``)."""
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "http.request.method": "POST",  # the traced routes' (``OPERATIONS``)
@@ -357,93 +398,69 @@ class Tracing:
 
     # -- the attempt (CLIENT) spans --
 
-    def attempt(self, target: Target, number: int) -> _Attempt:
-        """A span around one upstream attempt (a context manager); the upstream request made
-        inside carries its ``traceparent``. ``attempt_answered`` tells it the answer."""
-        return _Attempt(self, target, number)
+    def start_attempt(self) -> tuple[_Request, int, int, Token[TraceHeaders | None]] | None:
+        """Begin an upstream attempt's span, under the current request's (None outside a traced
+        request: nothing to continue, nothing to write); the upstream request made until
+        ``end_attempt`` carries its ``traceparent``."""
+        request = _request.get()
+        if request is None:
+            return None
+        span_id = getrandbits(64) or 1
+        traceparent = f"00-{request.trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-0{request.flags}"
+        return request, span_id, time.time_ns(), _upstream.set(_trace_headers(traceparent, request.trace_state))
 
-    def _attempt_span(self, span: tuple[Any, ...]) -> bytes:
-        """An upstream attempt's (CLIENT) span."""
-        (_, trace_id, trace_state, flags, span_id, parent_span_id, start_ns, end_ns,
-         operation, provider, model, number, failure, answer) = span
-        kind = span[8:12]
+    def end_attempt(
+        self,
+        span: tuple[_Request, int, int, Token[TraceHeaders | None]],
+        target: Target,
+        number: int,
+        value: object,
+        error: BaseException | None,
+    ) -> None:
+        """The attempt is over: ``value`` its result, or ``error`` what it raised. A whole (non-streamed)
+        answer's model, finish reasons and usage go on its span, read once for its request's span too."""
+        request, span_id, started, token = span
+        _upstream.reset(token)
+        if not request.flags:
+            return
+        answer, failure = None, b""
+        if error is None:
+            data = getattr(value, "data", None)
+            if isinstance(data, dict):
+                answer = request.answer = _answer(data)
+                request.answered = data
+        else:
+            failure = _failure(error) + error_status(getattr(error, "message", None) or type(error).__name__)
+        attempt = (span_id, started, time.time_ns(), answer, request.operation, target.provider, target.model, number, failure)
+        if error is None and not request.ended:
+            if request.attempt is not None:  # an earlier call of the same request (an embedding, then the answer)
+                self._queue_attempt(request, request.attempt)
+            request.attempt = attempt
+        else:
+            self._queue_attempt(request, attempt)
+
+    def _queue_attempt(self, request: _Request, attempt: Attempt) -> None:
+        self.exporter.add((_CLIENT_SPAN, request.trace_id, request.trace_state, request.flags, request.span_id, attempt))
+
+    def _attempt_span(self, trace: bytes, parent_id: bytes, attempt: Attempt, attributes: tuple[Any, ...]) -> tuple[bytes, bytes]:
+        """An upstream attempt's (CLIENT) span: ``trace`` and ``attributes`` (``_answer_attributes``) are
+        its request's when it came with it."""
+        span_id, start_ns, end_ns, answer, operation, provider, model, number, failure = attempt
+        kind = attempt[4:8]
         common = self._common.get(kind)
         if common is None:
-            common = name_and_kind(f"{operation} {model}", CLIENT) + span_attributes({
+            common = self._remember(kind, name_and_kind(f"{operation} {model}", CLIENT) + span_attributes({
                 "gen_ai.operation.name": operation,
                 "gen_ai.request.model": model,
                 "sluice.provider": provider,
                 "sluice.attempt": number,
                 **self._providers.get(provider, {}),
-            })
-            if len(self._common) < MAX_KINDS:
-                self._common[kind] = common
-        # what its request's span, written later, has in common with it: written once (``_shared``)
-        shared = self._shared.get(parent_span_id)
-        if shared is None:
-            if len(self._shared) >= MAX_SHARED:  # requests whose own spans never came (a flight that outlived its client)
-                self._shared.clear()
-            shared = (trace_fields(trace_id, trace_state, flags), None, None)
-        if answer is not None and not failure:
-            shared = (shared[0], answer, _answer_attributes(answer))
-        self._shared[parent_span_id] = shared
-        parts = [shared[0], ids_and_times(span_id, parent_span_id, start_ns, end_ns), common, failure]
-        if answer is not None and not failure:
-            parts += shared[2]  # type: ignore[arg-type]
-        return in_scope_spans(b"".join(parts))
-
-    @staticmethod
-    def attempt_answered(span: _Attempt, value: object) -> None:
-        """A whole (non-streamed) answer came back: its model, finish reasons and usage on the attempt
-        span, read once for its request's span too."""
-        request = span.request
-        data = getattr(value, "data", None)
-        if request is not None and request.flags and isinstance(data, dict):
-            span.answer = request.answer = _answer(data)
-            request.answered = data
-
-
-class _Attempt:
-    """One upstream attempt's CLIENT span: timed here, queued when it ends, written by the export thread."""
-
-    __slots__ = ("_tracer", "request", "_target", "_number", "_span_id", "_token", "_started", "answer")
-
-    def __init__(self, tracer: Tracing, target: Target, number: int) -> None:
-        self._tracer = tracer
-        self.request = _request.get()  # None outside a traced request: nothing to continue, nothing to write
-        self._target = target
-        self._number = number
-        self.answer: Answer | None = None
-
-    def __enter__(self) -> _Attempt:
-        request = self.request
-        if request is not None:
-            self._span_id = span_id = getrandbits(64) or 1
-            trace_id = request.trace_id.to_bytes(16, "big").hex()
-            traceparent = f"00-{trace_id}-{span_id.to_bytes(8, 'big').hex()}-0{request.flags}"
-            self._token = _upstream.set(
-                {"traceparent": traceparent, "tracestate": request.trace_state} if request.trace_state else {"traceparent": traceparent}
-            )
-            self._started = time.time_ns()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: object) -> None:
-        request = self.request
-        if request is None:
-            return
-        _upstream.reset(self._token)
-        if not request.flags:
-            return
-        failure = b""
-        if error is not None:
-            failure = _failure(error) + error_status(getattr(error, "message", None) or type(error).__name__)
-        target = self._target
-        self._tracer.exporter.add((
-            _CLIENT_SPAN, request.trace_id, request.trace_state, request.flags, self._span_id, request.span_id,
-            self._started, time.time_ns(),
-            request.operation, target.provider, target.model, self._number,  # the kind of attempt: index 8 to 11
-            failure, self.answer,
-        ))
+            }))
+        if failure or answer is None:
+            fields = b"".join((trace, common, failure))
+        else:
+            fields = b"".join((trace, common, attributes[0], attributes[1], attributes[2]))
+        return span_parts(span_id.to_bytes(8, "big"), parent_id, start_ns, end_ns, fields)
 
 
 _TOKENS_SAVED = Attribute("sluice.tokens_saved")
@@ -464,44 +481,40 @@ _OUTPUT_MESSAGES = Attribute("gen_ai.output.messages")
 
 def _answer(data: dict[str, Any]) -> Answer:
     """What an answer, in any client API's shape, tells its spans: read in the request, so that the
-    span does not keep the answer alive."""
-    model, answer_id, usage = data.get("model"), data.get("id"), data.get("usage")
-    if type(model) is not str or not model:
-        model = None  # without one, the request's span names the upstream model
-    if type(answer_id) is not str:
-        answer_id = None
+    span does not keep the answer alive. Values are taken as they are: the export thread checks
+    their types (``_answer_attributes``)."""
     reasons: tuple[str, ...] = ()
     choices = data.get("choices")
     if type(choices) is list:
-        found = [c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str]
-        reasons = _one_reason(found[0]) if len(found) == 1 else tuple(found)
+        if len(choices) == 1:  # most answers: no list of one to build
+            reason = choices[0].get("finish_reason") if type(choices[0]) is dict else None
+            reasons = _one_reason(reason) if type(reason) is str else ()
+        else:
+            reasons = tuple(c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str)
     else:
-        for key in ("stop_reason", "status"):  # Messages, Responses
-            reason = data.get(key)
-            if type(reason) is str:
-                reasons = _one_reason(reason)
-                break
+        reason = data.get("stop_reason")  # Messages, else Responses
+        if type(reason) is not str:
+            reason = data.get("status")
+        if type(reason) is str:
+            reasons = _one_reason(reason)
+    usage = data.get("usage")
     if type(usage) is not dict:
-        return (model, answer_id, reasons, 0, 0, 0, 0, 0, False)
+        return (data.get("model"), data.get("id"), reasons, 0, 0, 0, 0, 0, False)
     get = usage.get  # Chat Completions, Responses and Messages spell them differently
-    inputs, outputs = get("prompt_tokens"), get("completion_tokens")
+    inputs = get("prompt_tokens")
     if inputs is None:
-        inputs, outputs = get("input_tokens"), get("output_tokens")
-    details = get("prompt_tokens_details") or get("input_tokens_details")
-    cache_read = details.get("cached_tokens") if type(details) is dict else None
-    if type(cache_read) is not int or not cache_read:
-        cache_read = get("cache_read_input_tokens")
-    cache_creation = get("cache_creation_input_tokens")
-    details = get("completion_tokens_details") or get("output_tokens_details")
-    reasoning = details.get("reasoning_tokens") if type(details) is dict else None
+        inputs, outputs, details, more = get("input_tokens"), get("output_tokens"), get("input_tokens_details"), get("output_tokens_details")
+    else:
+        outputs, details, more = get("completion_tokens"), get("prompt_tokens_details"), get("completion_tokens_details")
+    cache_read = cache_write = reasoning = None
+    if type(details) is dict:
+        cache_read, cache_write = details.get("cached_tokens"), details.get("cache_write_tokens")
+    if type(more) is dict:
+        reasoning = more.get("reasoning_tokens")
     return (
-        model, answer_id, reasons,
-        cache_read if type(cache_read) is int else 0,  # JSON's integers; not a bool
-        cache_creation if type(cache_creation) is int else 0,
-        reasoning if type(reasoning) is int else 0,
-        inputs if type(inputs) is int else 0,
-        outputs if type(outputs) is int else 0,
-        True,
+        data.get("model"), data.get("id"), reasons,
+        cache_read or get("cache_read_input_tokens"), cache_write or get("cache_creation_input_tokens"), reasoning,
+        inputs, outputs, True,
     )
 
 
@@ -521,23 +534,48 @@ MAX_REASONS = 64
 """Finish reasons kept as tuples; the APIs have about ten, a misbehaving upstream could send more."""
 
 
-def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes]:
-    """An answer's model; its id, finish reasons, cache and reasoning tokens (when not 0); its input
-    and output tokens (the attempt's span: the request's has the record's)."""
+def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes, int, int]:
+    """An answer's model and finish reasons; its id, cache and reasoning tokens (when not 0); its input
+    and output tokens (b"" without usage), and those counts."""
     model, answer_id, reasons, cache_read, cache_creation, reasoning, inputs, outputs, has_usage = answer
-    details = _RESPONSE_ID.str(answer_id) if answer_id is not None else b""
-    if reasons:
-        details += _FINISH_REASONS.strings(reasons)
-    totals = b""
-    if has_usage:
-        if cache_read:
-            details += _CACHE_READ_TOKENS.int(cache_read)
-        if cache_creation:
-            details += _CACHE_CREATION_TOKENS.int(cache_creation)
-        if reasoning:
-            details += _REASONING_TOKENS.int(reasoning)
-        totals = _INPUT_TOKENS.int(inputs) + _OUTPUT_TOKENS.int(outputs)
-    return (_RESPONSE_MODEL.str(model) if model else b""), details, totals
+    try:
+        key = (model, reasons)
+        response = _RESPONSES.get(key)
+        if response is None:
+            response = (_RESPONSE_MODEL.str(model) if model else b"") + (_FINISH_REASONS.strings(reasons) if reasons else b"")
+            if len(_RESPONSES) < MAX_RESPONSES:
+                _RESPONSES[key] = response
+        details = _RESPONSE_ID.str(answer_id) if answer_id is not None else b""
+        totals = b""
+        if has_usage:
+            if cache_read:
+                details += _CACHE_READ_TOKENS.int(cache_read)
+            if cache_creation:
+                details += _CACHE_CREATION_TOKENS.int(cache_creation)
+            if reasoning:
+                details += _REASONING_TOKENS.int(reasoning)
+            totals = _INPUT_TOKENS.int(inputs) + _OUTPUT_TOKENS.int(outputs)
+    except (TypeError, AttributeError):  # a value of another type than its API's (``_answer`` took it as it was)
+        return _answer_attributes(_checked(answer))  # once: checked, each value is of its type
+    return response, details, totals, inputs, outputs
+
+
+def _checked(answer: Answer) -> Answer:
+    """``answer`` with each value not of its API's type left out: a string that is not empty for the
+    model, a string for the id, JSON's integers (not a bool) for the token counts."""
+    model, answer_id, reasons, *counts, has_usage = answer
+    return (
+        model if type(model) is str and model else None,
+        answer_id if type(answer_id) is str else None,
+        reasons,
+        *(count if type(count) is int else 0 for count in counts),
+        has_usage,
+    )  # type: ignore[return-value]
+
+
+_RESPONSES: dict[tuple[str | None, tuple[str, ...]], bytes] = {}
+MAX_RESPONSES = 256
+"""Pairs of response model and finish reasons kept encoded (the export thread's): a few recur."""
 
 
 def _provider_attributes(kind: str, base_url: str) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def span(**overrides) -> bytes:  # type: ignore[no-untyped-def]
 
 def decoded(*spans: bytes) -> ExportTraceServiceRequest:
     resource = encode_attributes(b"\x0a", {"service.name": "sluice"})
-    return ExportTraceServiceRequest.FromString(export_request(resource, b"\x0a\x06sluice", [in_scope_spans(span) for span in spans]))
+    return ExportTraceServiceRequest.FromString(export_request(resource, b"\x0a\x06sluice", [part for span in spans for part in in_scope_spans(span)]))
 
 
 def test_a_span_decodes_field_for_field() -> None:
