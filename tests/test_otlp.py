@@ -113,6 +113,23 @@ def test_the_exporter_sends_batches_with_the_configured_headers(receiver: OTLPRe
         assert headers["Content-Type"] == "application/x-protobuf" and headers["Content-Encoding"] == "gzip"
 
 
+def test_items_of_two_spans_keep_each_export_within_the_batch_size(receiver: OTLPReceiver) -> None:
+    environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "60000", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4"}
+
+    def pair(spans: tuple[bytes, bytes]) -> tuple[bytes, ...]:
+        return (*in_scope_spans(spans[0]), *in_scope_spans(spans[1]))
+
+    exporter = SpanExporter(environ, {}, "sluice", pair, spans_per_item=2)
+    for n in range(3):  # a request's span and its attempt's, three times
+        exporter.add((span(span_id=2 * n + 1), span(span_id=2 * n + 2)))
+    receiver.wait_for(lambda spans: len(spans) == 4)  # two items: a full batch of four spans
+    assert len(receiver.headers) == 1
+    exporter.shutdown()
+    spans = receiver.wait_for(lambda spans: len(spans) == 6)
+    assert len(receiver.headers) == 2
+    assert sorted(int(s.span_id, 16) for s in spans) == [1, 2, 3, 4, 5, 6]
+
+
 def test_a_refusing_collector_costs_a_warning_not_a_failure(receiver: OTLPReceiver) -> None:
     receiver.status = 503
     environ = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url + "/v1/traces", "OTEL_BSP_SCHEDULE_DELAY": "60000"}

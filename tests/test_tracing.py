@@ -14,7 +14,8 @@ import anthropic
 import openai
 import pytest
 
-from proxy.config import Config, ConfigError, ProviderConfig, TracingConfig, parse_config
+from proxy.completions import Completion
+from proxy.config import Config, ConfigError, ProviderConfig, Target, TracingConfig, parse_config
 from proxy.telemetry.record import RequestRecord
 from proxy.tracing import Tracing, client_trace, enabled_by, with_config
 from tests.conftest import openai_config
@@ -190,6 +191,107 @@ def test_streams_cache_hits_and_content_when_opted_in(start_proxy, fake_openai, 
     assert "gen_ai.response.time_to_first_chunk" in miss.attributes
     assert hit.attributes["gen_ai.usage.input_tokens"] == 0, "a hit consumed no tokens"
     assert not children(spans, hit)
+
+
+def chat_answer(usage: dict[str, object]) -> Reply:
+    return Reply(json={
+        "id": "chatcmpl-usage", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "length"}],
+        "usage": usage,
+    })
+
+
+def test_cached_cache_written_and_reasoning_tokens_are_on_both_spans(start_proxy, fake_openai, receiver) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_proxy(openai_config(fake_openai), env=traced(receiver))
+    fake_openai.script(chat_answer({
+        "prompt_tokens": 300, "completion_tokens": 200, "total_tokens": 500,
+        "prompt_tokens_details": {"cached_tokens": 256, "cache_write_tokens": 30},
+        "completion_tokens_details": {"reasoning_tokens": 150},
+    }))
+    client(proxy).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "think"}])
+
+    spans = receiver.wait_for(lambda spans: has("server")(spans) and has("client")(spans))
+    request = server_span(spans)
+    (attempt,) = children(spans, request)
+    for span in (request, attempt):
+        a = span.attributes
+        assert (a["gen_ai.usage.input_tokens"], a["gen_ai.usage.output_tokens"]) == (300, 200)
+        assert a["gen_ai.usage.cache_read.input_tokens"] == 256
+        assert a["gen_ai.usage.cache_creation.input_tokens"] == 30
+        assert a["gen_ai.usage.reasoning.output_tokens"] == 150
+        assert a["gen_ai.response.finish_reasons"] == ["length"]
+        assert (a["gen_ai.response.model"], a["gen_ai.response.id"]) == ("gpt-4o-mini-2024-07-18", "chatcmpl-usage")
+
+
+def test_an_answer_with_values_of_other_types_still_has_its_spans(start_proxy, fake_openai, receiver) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_proxy(openai_config(fake_openai), env=traced(receiver))
+    answer = chat_answer({"prompt_tokens": 12, "completion_tokens": 3, "completion_tokens_details": {"reasoning_tokens": "many"}})
+    answer.json["id"] = 7
+    fake_openai.script(answer)
+    client(proxy).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "odd"}])
+
+    spans = receiver.wait_for(lambda spans: has("server")(spans) and has("client")(spans))
+    request = server_span(spans)
+    (attempt,) = children(spans, request)
+    for span in (request, attempt):
+        assert "gen_ai.response.id" not in span.attributes and "gen_ai.usage.reasoning.output_tokens" not in span.attributes
+        assert span.attributes["gen_ai.usage.input_tokens"] == 12
+
+
+def direct_tracer(receiver: OTLPReceiver) -> Tracing:
+    """A tracer driven by hand, as the middleware and resilience drive it."""
+    config = Config(providers=(ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1"),))
+    return Tracing(config, {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "20"})
+
+
+CHAT_SCOPE = {"path": "/v1/chat/completions", "method": "POST", "headers": []}
+ANSWER = {"id": "chatcmpl-1", "model": "gpt-4o-mini", "choices": [{"finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
+
+
+def test_an_attempt_that_ends_after_its_request_is_written_alone_under_it(receiver: OTLPReceiver) -> None:
+    tracer = direct_tracer(receiver)
+    try:
+        record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
+        token = tracer.start_request(CHAT_SCOPE, record)
+        assert token is not None
+        attempt = tracer.start_attempt()
+        assert attempt is not None
+        record.status, record.error_code = 499, "client_disconnected"
+        tracer.finish_request(record, token)  # the client left; the flight goes on
+        tracer.end_attempt(attempt, Target("openai", "gpt-4o-mini"), 1, Completion(b"{}", ANSWER), None)
+        spans = receiver.wait_for(lambda spans: has("server")(spans) and has("client")(spans))
+    finally:
+        tracer.exporter.shutdown()
+    request = server_span(spans)
+    (late,) = children(spans, request)
+    assert late.trace_id == request.trace_id
+    assert late.attributes["gen_ai.response.id"] == "chatcmpl-1" and late.attributes["gen_ai.usage.input_tokens"] == 5
+    assert "gen_ai.response.id" not in request.attributes, "the client got no answer"
+
+
+def test_each_successful_call_of_a_request_has_its_span(receiver: OTLPReceiver) -> None:
+    tracer = direct_tracer(receiver)
+    try:
+        record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
+        token = tracer.start_request(CHAT_SCOPE, record)
+        assert token is not None
+        first = tracer.start_attempt()  # e.g. an embedding for the semantic cache, then the answer
+        assert first is not None
+        tracer.end_attempt(first, Target("openai", "text-embedding-3-small"), 1, None, None)
+        second = tracer.start_attempt()
+        assert second is not None
+        completion = Completion(b"{}", ANSWER)
+        tracer.end_attempt(second, Target("openai", "gpt-4o-mini"), 1, completion, None)
+        record.status, record.completion, record.prompt_tokens, record.completion_tokens = 200, completion, 5, 2
+        tracer.finish_request(record, token)
+        spans = receiver.wait_for(lambda spans: has("server")(spans) and has("client", 2)(spans))
+    finally:
+        tracer.exporter.shutdown()
+    request = server_span(spans)
+    attempts = {span.attributes["gen_ai.request.model"]: span for span in children(spans, request)}
+    assert set(attempts) == {"text-embedding-3-small", "gpt-4o-mini"}
+    assert "gen_ai.response.id" not in attempts["text-embedding-3-small"].attributes
+    assert attempts["gpt-4o-mini"].attributes["gen_ai.response.id"] == request.attributes["gen_ai.response.id"] == "chatcmpl-1"
 
 
 # -- tracing off: the client's trace context goes upstream as it came --
