@@ -308,8 +308,8 @@ YOUNG_COLLECTION_THRESHOLD = 10_000
 default: 700). What lives across requests without being garbage (in-flight requests' state, spans
 waiting for export: up to ``OTEL_BSP_MAX_QUEUE_SIZE``) counts towards it; at 700, queued spans alone
 set off a collection every few hundred requests, ~9k instructions a traced request (bench/RESULTS.md,
-"Tracing cost"). Collections still run, and reference cycles are still freed, a few times a second
-under load."""
+"Tracing cost"; an untraced request's count is unchanged). Reference cycles are freed as before, by
+the next collection."""
 
 
 def create_app(config: Config, log_format: str = "json") -> Starlette:
