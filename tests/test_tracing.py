@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import anthropic
 import openai
@@ -248,14 +249,19 @@ CHAT_SCOPE = {"path": "/v1/chat/completions", "method": "POST", "headers": []}
 ANSWER = {"id": "chatcmpl-1", "model": "gpt-4o-mini", "choices": [{"finish_reason": "stop"}], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}
 
 
+def started(tracer: Tracing) -> tuple[RequestRecord, Any, Any]:
+    """A traced chat request, and its first attempt started."""
+    record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
+    token = tracer.start_request(CHAT_SCOPE, record)
+    attempt = tracer.start_attempt()
+    assert token is not None and attempt is not None
+    return record, token, attempt
+
+
 def test_an_attempt_that_ends_after_its_request_is_written_alone_under_it(receiver: OTLPReceiver) -> None:
     tracer = direct_tracer(receiver)
     try:
-        record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
-        token = tracer.start_request(CHAT_SCOPE, record)
-        assert token is not None
-        attempt = tracer.start_attempt()
-        assert attempt is not None
+        record, token, attempt = started(tracer)
         record.status, record.error_code = 499, "client_disconnected"
         tracer.finish_request(record, token)  # the client left; the flight goes on
         tracer.end_attempt(attempt, Target("openai", "gpt-4o-mini"), 1, Completion(b"{}", ANSWER), None)
@@ -272,11 +278,7 @@ def test_an_attempt_that_ends_after_its_request_is_written_alone_under_it(receiv
 def test_each_successful_call_of_a_request_has_its_span(receiver: OTLPReceiver) -> None:
     tracer = direct_tracer(receiver)
     try:
-        record = RequestRecord("req", "POST", "/v1/chat/completions", 0.0)
-        token = tracer.start_request(CHAT_SCOPE, record)
-        assert token is not None
-        first = tracer.start_attempt()  # e.g. an embedding for the semantic cache, then the answer
-        assert first is not None
+        record, token, first = started(tracer)  # e.g. an embedding for the semantic cache, then the answer
         tracer.end_attempt(first, Target("openai", "text-embedding-3-small"), 1, None, None)
         second = tracer.start_attempt()
         assert second is not None
