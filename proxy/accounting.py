@@ -51,35 +51,43 @@ NO_COST = Cost()
 class Usage:
     """A usage record split by how providers bill it: every input token (``prompt``),
     of which ``cached`` were read from and ``cache_write`` written to the provider's
-    prompt cache, and every output token (``completion``, reasoning included)."""
+    prompt cache, and every output token (``completion``, ``reasoning`` included)."""
 
     prompt: int
     cached: int
     cache_write: int
     completion: int
+    reasoning: int = 0
 
     @classmethod
     def of(cls, usage: dict[str, Any]) -> Usage:
         """From Chat Completions' ``usage``, Responses' or Anthropic Messages'."""
         if "prompt_tokens" in usage:
-            details = usage.get("prompt_tokens_details") or {}
+            details = _details(usage, "prompt_tokens_details")
             return cls(
                 _int(usage.get("prompt_tokens")),
                 _int(details.get("cached_tokens")),
                 _int(details.get("cache_write_tokens")) or _int(details.get("cache_creation_input_tokens")),
                 _int(usage.get("completion_tokens")),
+                _int(_details(usage, "completion_tokens_details").get("reasoning_tokens")),
             )
         if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
             # Messages: input_tokens counts only what was neither read from nor written to the cache.
             cached, written = _int(usage.get("cache_read_input_tokens")), _int(usage.get("cache_creation_input_tokens"))
             return cls(_int(usage.get("input_tokens")) + cached + written, cached, written, _int(usage.get("output_tokens")))
-        details = usage.get("input_tokens_details") or {}
+        details = _details(usage, "input_tokens_details")
         return cls(
             _int(usage.get("input_tokens")),
             _int(details.get("cached_tokens")),
             _int(details.get("cache_write_tokens")),
             _int(usage.get("output_tokens")),
+            _int(_details(usage, "output_tokens_details").get("reasoning_tokens")),
         )
+
+
+def _details(usage: dict[str, Any], name: str) -> dict[str, Any]:
+    details = usage.get(name)
+    return details if isinstance(details, dict) else {}
 
 
 class Prices:
@@ -157,10 +165,11 @@ class Prices:
 
     def costs(self, provider: str, model: str, usage: dict[str, Any] | None) -> Cost:
         """What the answer cost, and what provider-side prompt caching saved against full price."""
-        if not usage:
-            return NO_COST
+        return self.costs_of(provider, model, Usage.of(usage)) if usage else NO_COST
+
+    def costs_of(self, provider: str, model: str, tokens: Usage) -> Cost:
+        """``costs`` of usage already read."""
         price = self.price(provider, model)
-        tokens = Usage.of(usage)
         cached_price = price.input if price.cached_input is None else price.cached_input
         write_price = price.input if price.cache_write is None else price.cache_write
         plain = max(0, tokens.prompt - tokens.cached - tokens.cache_write)

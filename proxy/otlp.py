@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import math
 import socket
 import ssl
 import struct
@@ -365,12 +366,13 @@ def _send_timeout(sock: socket.socket, timeout: float) -> None:
 
 
 def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
-    """A batch setting: its default when unset, not a number, or not above 0 (the SDK warns and does the same)."""
+    """A batch setting: its default when unset, not a number, not above 0 or infinite (the SDK warns and
+    does the same)."""
     try:
         value = float(environ.get(name) or default)
     except ValueError:
         value = 0
-    if value > 0:
+    if 0 < value < math.inf:
         return value
     _log.warning("trace_setting_ignored", setting=name, value=environ.get(name), default=default)
     return default

@@ -25,7 +25,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.accounting import Prices, Usage
+from proxy.accounting import NO_COST, Prices, Usage
 from proxy.cache.base import CacheBackend, CachedAnswer, CacheUnavailable
 from proxy.cache.keys import cache_key, identity_of
 from proxy.cache.semantic import SemanticCache, SemanticQuery
@@ -461,15 +461,16 @@ class Pipeline:
         record.completion = completion
         usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
-        costs = self.prices.costs(target.provider, target.model, usage)
+        tokens = Usage.of(usage) if usage else None  # read once, for the costs and the record
+        costs = self.prices.costs_of(target.provider, target.model, tokens) if tokens is not None else NO_COST
         cost = costs.spent
         if record.dedup:
             record.cost_saved_usd = cost
             return
-        if usage:
+        if usage and tokens is not None:
             record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             record.completion_tokens = int(usage.get("completion_tokens") or 0)
-            record.cached_tokens = Usage.of(usage).cached
+            record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens = tokens.cached, tokens.cache_write, tokens.reasoning
         record.cost_usd = cost
         record.cost_saved_provider_cache_usd = costs.saved_by_provider_cache
         record.cost_saved_usd = self.prices.input_cost(target.provider, target.model, record.tokens_saved)

@@ -278,15 +278,14 @@ class Resilience:
         attempts.count += 1
         attempts.target = target
         tracer = tracing.TRACING
-        span = tracer.start_attempt() if tracer is not None else None
-        if span is None:
+        if tracer is None or (span := tracer.start_attempt()) is None:  # not in a traced request
             return await self._judged(target, breaker, attempt)
         try:
             value = await self._judged(target, breaker, attempt)
         except BaseException as exc:
-            tracer.end_attempt(span, target, attempts.count, None, exc)  # type: ignore[union-attr]
+            tracer.end_attempt(span, target, attempts.count, None, exc)
             raise
-        tracer.end_attempt(span, target, attempts.count, value, None)  # type: ignore[union-attr]
+        tracer.end_attempt(span, target, attempts.count, value, None)
         return value
 
     async def _judged(self, target: Target, breaker: TargetBreaker, attempt: Callable[[Target], Awaitable[T]]) -> T:

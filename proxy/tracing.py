@@ -37,6 +37,7 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.types import Scope
 
+from proxy.accounting import Usage
 from proxy.config import Config, Target, TracingConfig
 from proxy.errors import SluiceError, UpstreamHTTPError
 from proxy.otlp import (
@@ -83,18 +84,18 @@ class _Request:
     trace_state: str
     operation: str
     start_ns: int
-    answer: Answer | None = None  # what its attempt's answer said (``_answer``), for its own span to reuse
-    answered: object = None  # the answer that was read, until the request is over
     attempt: Attempt | None = None  # its last successful attempt's span, queued with its own
+    answered: dict[str, Any] | None = None  # that attempt's answer (its data), until the request is over
     ended: bool = False  # its span is queued: an attempt that ends later (a flight that outlived it) is queued alone
 
 
-Answer = tuple[str | None, str | None, tuple[str, ...], int, int, int, int, int, bool]
-"""What an answer tells its spans (``_answer``): model, id, finish reasons, and its usage: cache
-reads, cache writes, reasoning, input and output tokens, and whether it had any."""
-Attempt = tuple[int, int, int, "Answer | None", str, str, str, int, bytes]
+Answer = tuple[Any, Any, tuple[str, ...]]
+"""What an answer tells its spans besides its usage (``_answer``): its model and id, as the answer
+has them, and its finish reasons. Its usage is the record's (the pipeline reads it, ``accounting.Usage``)."""
+Attempt = tuple[int, int, int, "Answer | None", str, str, str, int, bytes, "Usage | None"]
 """An ended attempt's span: its id, start and end, the answer it read; its kind (operation, provider,
-model, number: index 4 to 7); its failure's attributes (b"" when it succeeded)."""
+model, number: index 4 to 7); its failure's attributes (b"" when it succeeded); its answer's usage
+when it is written alone (with its request's span, the request's usage is the same answer's)."""
 
 # A queued item is a tuple of plain values (``Tracing.encode`` writes it): the
 # garbage collector stops tracking such a tuple the first time it sees it, so
@@ -104,7 +105,6 @@ model, number: index 4 to 7); its failure's attributes (b"" when it succeeded)."
 # its trace fields and answer; an attempt that failed, or ended after its
 # request, is queued alone (``_CLIENT_SPAN``).
 _SERVER_SPAN, _CLIENT_SPAN = 0, 1
-_NO_ANSWER = (b"", b"", b"", 0, 0)
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
@@ -310,7 +310,8 @@ class Tracing:
         completion = record.completion
         answer = None  # none unless the client got one
         if completion is not None and isinstance(completion.data, dict):
-            answer = request.answer if request.answered is completion.data else _answer(completion.data)
+            attempt = request.attempt
+            answer = attempt[3] if attempt is not None and request.answered is completion.data else _answer(completion.data)
         content = b""
         if self.capture_content:
             content = _content(record.body, completion.data if answer is not None else None)  # type: ignore[union-attr]
@@ -320,8 +321,9 @@ class Tracing:
             # the kind of request (``_request_common``): index 8 to 16
             request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts,
             record.model, record.provider,
-            record.tokens_saved, record.ttft_seconds, record.prompt_tokens, record.completion_tokens,
-            record.upstream_model, record.error_code, content, answer, request.attempt,
+            record.tokens_saved, record.ttft_seconds, record.upstream_model, record.error_code, content, answer,
+            record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.cache_write_tokens,
+            record.reasoning_tokens, request.attempt,
         ))
 
     def encode(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
@@ -329,16 +331,19 @@ class Tracing:
         if item[0] == _SERVER_SPAN:
             return self._request_spans(item)
         _, trace_id, trace_state, flags, parent_span_id, attempt = item
-        answer = attempt[3]
-        attributes = _answer_attributes(answer) if answer is not None else _NO_ANSWER
+        tokens = attempt[9]
+        usage = _usage_attributes(tokens.prompt, tokens.completion, tokens.cached, tokens.cache_write, tokens.reasoning) if tokens else b""
         trace = trace_fields(trace_id, trace_state, flags)
-        return self._attempt_span(trace, parent_span_id.to_bytes(8, "big"), attempt, attributes)
+        response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
+        return self._attempt_span(trace, parent_span_id.to_bytes(8, "big"), attempt, response + usage)
 
     def _request_spans(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
-        """A request's (SERVER) span, and its attempt's (CLIENT) when one came with it."""
+        """A request's (SERVER) span, and its attempt's (CLIENT) when one came with it: the answer the
+        pipeline accounted for is that attempt's, so the record's usage is both spans'."""
         (_, trace_id, trace_state, flags, span_id, parent_span_id, start_ns, end_ns,
          operation, path, status, stream, cache, dedup, attempts, model, provider,
-         tokens_saved, ttft, prompt_tokens, completion_tokens, upstream_model, error_code, content, answer, attempt) = item
+         tokens_saved, ttft, upstream_model, error_code, content, answer,
+         prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, attempt) = item
         kind = item[8:17]
         common = self._common.get(kind)
         if common is None:
@@ -347,15 +352,15 @@ class Tracing:
         parts = [trace, common, _TOKENS_SAVED.int(tokens_saved), content]
         if ttft is not None:
             parts.append(_TIME_TO_FIRST_CHUNK.float(ttft))
-        attributes = _NO_ANSWER
+        usage = response = b""
+        if answer is not None or attempt is not None:
+            usage = _usage_attributes(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens)
         if answer is not None:
-            attributes = _answer_attributes(answer)
-            response, details, totals, inputs, outputs = attributes
+            response = _answer_attributes(answer)
+            own_model = b""
             if upstream_model and (type(answer[0]) is not str or not answer[0]):  # none of its own
-                response = _RESPONSE_MODEL.str(upstream_model) + response
-            if inputs != prompt_tokens or outputs != completion_tokens or not totals:  # the record's count
-                totals = _INPUT_TOKENS.int(prompt_tokens) + _OUTPUT_TOKENS.int(completion_tokens)
-            parts += (response, details, totals)
+                own_model = _RESPONSE_MODEL.str(upstream_model)
+            parts += (own_model, response, usage)
         if status >= 400 or error_code:
             parts.append(_ERROR_TYPE.str(error_code or str(status)))
             if status >= 500 or status == 0:
@@ -365,8 +370,8 @@ class Tracing:
         if attempt is None:
             return request
         if attempt[3] is not answer:
-            attributes = _answer_attributes(attempt[3]) if attempt[3] is not None else _NO_ANSWER
-        return request + self._attempt_span(trace, own_id, attempt, attributes)
+            response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
+        return request + self._attempt_span(trace, own_id, attempt, response + usage)
 
     def _remember(self, kind: tuple[Any, ...], common: bytes) -> bytes:
         if len(self._common) < MAX_KINDS:
@@ -418,34 +423,40 @@ class Tracing:
         error: BaseException | None,
     ) -> None:
         """The attempt is over: ``value`` its result, or ``error`` what it raised. A whole (non-streamed)
-        answer's model, finish reasons and usage go on its span, read once for its request's span too."""
+        answer's model, id and finish reasons go on its span, read once for its request's span too."""
         request, span_id, started, token = span
         _upstream.reset(token)
         if not request.flags:
             return
-        answer, failure = None, b""
-        if error is None:
-            data = getattr(value, "data", None)
-            if isinstance(data, dict):
-                answer = request.answer = _answer(data)
-                request.answered = data
-        else:
+        ended = time.time_ns()
+        if error is not None:
             failure = _failure(error) + error_status(getattr(error, "message", None) or type(error).__name__)
-        attempt = (span_id, started, time.time_ns(), answer, request.operation, target.provider, target.model, number, failure)
-        if error is None and not request.ended:
-            if request.attempt is not None:  # an earlier call of the same request (an embedding, then the answer)
-                self._queue_attempt(request, request.attempt)
-            request.attempt = attempt
-        else:
-            self._queue_attempt(request, attempt)
+            attempt = (span_id, started, ended, None, request.operation, target.provider, target.model, number, failure, None)
+            self._queue_attempt(request, attempt, None)
+            return
+        data = getattr(value, "data", None)
+        if not isinstance(data, dict):
+            data = None
+        answer = _answer(data) if data is not None else None
+        attempt = (span_id, started, ended, answer, request.operation, target.provider, target.model, number, b"", None)
+        if request.ended:  # a flight that outlived its request
+            self._queue_attempt(request, attempt, data)
+            return
+        if request.attempt is not None:  # an earlier call of the same request (an embedding, then the answer)
+            self._queue_attempt(request, request.attempt, request.answered)
+        request.attempt, request.answered = attempt, data
 
-    def _queue_attempt(self, request: _Request, attempt: Attempt) -> None:
+    def _queue_attempt(self, request: _Request, attempt: Attempt, data: dict[str, Any] | None) -> None:
+        """An attempt's span, to be written alone: with its own answer's usage."""
+        usage = data.get("usage") if data is not None else None
+        if isinstance(usage, dict) and usage:
+            attempt = (*attempt[:9], Usage.of(usage))  # type: ignore[assignment]
         self.exporter.add((_CLIENT_SPAN, request.trace_id, request.trace_state, request.flags, request.span_id, attempt))
 
-    def _attempt_span(self, trace: bytes, parent_id: bytes, attempt: Attempt, attributes: tuple[Any, ...]) -> tuple[bytes, bytes]:
-        """An upstream attempt's (CLIENT) span: ``trace`` and ``attributes`` (``_answer_attributes``) are
-        its request's when it came with it."""
-        span_id, start_ns, end_ns, answer, operation, provider, model, number, failure = attempt
+    def _attempt_span(self, trace: bytes, parent_id: bytes, attempt: Attempt, answered: bytes) -> tuple[bytes, bytes]:
+        """An upstream attempt's (CLIENT) span: ``trace`` and ``answered`` (its answer's attributes and
+        usage) are its request's when it came with it."""
+        span_id, start_ns, end_ns, answer, operation, provider, model, number, failure, _ = attempt
         kind = attempt[4:8]
         common = self._common.get(kind)
         if common is None:
@@ -459,7 +470,7 @@ class Tracing:
         if failure or answer is None:
             fields = b"".join((trace, common, failure))
         else:
-            fields = b"".join((trace, common, attributes[0], attributes[1], attributes[2]))
+            fields = b"".join((trace, common, answered))
         return span_parts(span_id.to_bytes(8, "big"), parent_id, start_ns, end_ns, fields)
 
 
@@ -480,14 +491,14 @@ _OUTPUT_MESSAGES = Attribute("gen_ai.output.messages")
 
 
 def _answer(data: dict[str, Any]) -> Answer:
-    """What an answer, in any client API's shape, tells its spans: read in the request, so that the
-    span does not keep the answer alive. Values are taken as they are: the export thread checks
-    their types (``_answer_attributes``)."""
-    reasons: tuple[str, ...] = ()
+    """What an answer, in any client API's shape, tells its spans besides its usage: read in the
+    request, so that the span does not keep the answer alive. The model and id are taken as they
+    are: the export thread checks their types (``_answer_attributes``)."""
     choices = data.get("choices")
     if type(choices) is list:
         if len(choices) == 1:  # most answers: no list of one to build
-            reason = choices[0].get("finish_reason") if type(choices[0]) is dict else None
+            choice = choices[0]
+            reason = choice.get("finish_reason") if type(choice) is dict else None
             reasons = _one_reason(reason) if type(reason) is str else ()
         else:
             reasons = tuple(c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str)
@@ -495,27 +506,8 @@ def _answer(data: dict[str, Any]) -> Answer:
         reason = data.get("stop_reason")  # Messages, else Responses
         if type(reason) is not str:
             reason = data.get("status")
-        if type(reason) is str:
-            reasons = _one_reason(reason)
-    usage = data.get("usage")
-    if type(usage) is not dict:
-        return (data.get("model"), data.get("id"), reasons, 0, 0, 0, 0, 0, False)
-    get = usage.get  # Chat Completions, Responses and Messages spell them differently
-    inputs = get("prompt_tokens")
-    if inputs is None:
-        inputs, outputs, details, more = get("input_tokens"), get("output_tokens"), get("input_tokens_details"), get("output_tokens_details")
-    else:
-        outputs, details, more = get("completion_tokens"), get("prompt_tokens_details"), get("completion_tokens_details")
-    cache_read = cache_write = reasoning = None
-    if type(details) is dict:
-        cache_read, cache_write = details.get("cached_tokens"), details.get("cache_write_tokens")
-    if type(more) is dict:
-        reasoning = more.get("reasoning_tokens")
-    return (
-        data.get("model"), data.get("id"), reasons,
-        cache_read or get("cache_read_input_tokens"), cache_write or get("cache_creation_input_tokens"), reasoning,
-        inputs, outputs, True,
-    )
+        reasons = _one_reason(reason) if type(reason) is str else ()
+    return data.get("model"), data.get("id"), reasons
 
 
 def _one_reason(reason: str) -> tuple[str]:
@@ -534,10 +526,9 @@ MAX_REASONS = 64
 """Finish reasons kept as tuples; the APIs have about ten, a misbehaving upstream could send more."""
 
 
-def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes, int, int]:
-    """An answer's model and finish reasons; its id, cache and reasoning tokens (when not 0); its input
-    and output tokens (b"" without usage), and those counts."""
-    model, answer_id, reasons, cache_read, cache_creation, reasoning, inputs, outputs, has_usage = answer
+def _answer_attributes(answer: Answer) -> bytes:
+    """An answer's model, finish reasons and id (a model or id that is not a string left out)."""
+    model, answer_id, reasons = answer
     try:
         key = (model, reasons)
         response = _RESPONSES.get(key)
@@ -545,32 +536,21 @@ def _answer_attributes(answer: Answer) -> tuple[bytes, bytes, bytes, int, int]:
             response = (_RESPONSE_MODEL.str(model) if model else b"") + (_FINISH_REASONS.strings(reasons) if reasons else b"")
             if len(_RESPONSES) < MAX_RESPONSES:
                 _RESPONSES[key] = response
-        details = _RESPONSE_ID.str(answer_id) if answer_id is not None else b""
-        totals = b""
-        if has_usage:
-            if cache_read:
-                details += _CACHE_READ_TOKENS.int(cache_read)
-            if cache_creation:
-                details += _CACHE_CREATION_TOKENS.int(cache_creation)
-            if reasoning:
-                details += _REASONING_TOKENS.int(reasoning)
-            totals = _INPUT_TOKENS.int(inputs) + _OUTPUT_TOKENS.int(outputs)
-    except (TypeError, AttributeError):  # a value of another type than its API's (``_answer`` took it as it was)
-        return _answer_attributes(_checked(answer))  # once: checked, each value is of its type
-    return response, details, totals, inputs, outputs
+        return response + _RESPONSE_ID.str(answer_id) if answer_id is not None else response
+    except (TypeError, AttributeError):  # ``_answer`` took them as they were; checked, once
+        return _answer_attributes((model if type(model) is str else None, answer_id if type(answer_id) is str else None, reasons))
 
 
-def _checked(answer: Answer) -> Answer:
-    """``answer`` with each value not of its API's type left out: a string that is not empty for the
-    model, a string for the id, JSON's integers (not a bool) for the token counts."""
-    model, answer_id, reasons, *counts, has_usage = answer
-    return (
-        model if type(model) is str and model else None,
-        answer_id if type(answer_id) is str else None,
-        reasons,
-        *(count if type(count) is int else 0 for count in counts),
-        has_usage,
-    )  # type: ignore[return-value]
+def _usage_attributes(prompt: int, completion: int, cached: int, cache_write: int, reasoning: int) -> bytes:
+    """Input and output tokens, and the cache read, cache write and reasoning ones when not 0."""
+    usage = _INPUT_TOKENS.int(prompt) + _OUTPUT_TOKENS.int(completion)
+    if cached:
+        usage += _CACHE_READ_TOKENS.int(cached)
+    if cache_write:
+        usage += _CACHE_CREATION_TOKENS.int(cache_write)
+    if reasoning:
+        usage += _REASONING_TOKENS.int(reasoning)
+    return usage
 
 
 _RESPONSES: dict[tuple[str | None, tuple[str, ...]], bytes] = {}

@@ -178,7 +178,7 @@ def test_a_collector_that_takes_no_data_costs_the_timeout_not_the_export_thread(
     assert warning["error"] == "TimeoutError: the collector took no data for 0.1 s"
 
 
-@pytest.mark.parametrize("size", ["0", "-5", "many"])
+@pytest.mark.parametrize("size", ["0", "-5", "many", "inf"])
 def test_a_batch_size_that_is_not_a_positive_number_is_the_default(receiver: OTLPReceiver, size: str) -> None:
     environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": size, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
     with structlog.testing.capture_logs() as logs:

@@ -147,12 +147,11 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not usage:
         return None
     tokens = Usage.of(usage)
-    reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
     return {
         "input_tokens": tokens.prompt,
         "input_tokens_details": {"cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write},
         "output_tokens": tokens.completion,
-        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "output_tokens_details": {"reasoning_tokens": tokens.reasoning},
         "total_tokens": int(usage.get("total_tokens") or tokens.prompt + tokens.completion),
     }
 

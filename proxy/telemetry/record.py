@@ -36,6 +36,8 @@ class RequestRecord:
     cost_saved_provider_cache_usd: float = 0.0
     upstream_headers: dict[str, str] | None = None  # the upstream's x-request-id and x-ratelimit-*, for the client
     cached_tokens: int = 0  # prompt tokens the provider read from its own prompt cache
+    cache_write_tokens: int = 0  # prompt tokens the provider wrote to its prompt cache
+    reasoning_tokens: int = 0  # completion tokens spent reasoning
     similarity: float | None = None  # a semantic cache hit's
     upstream_seconds: float = 0.0
     ttft_seconds: float | None = None
