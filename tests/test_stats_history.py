@@ -7,6 +7,7 @@ import pytest
 
 from proxy.telemetry.history import COARSE, FINE, History
 from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.tally import Tally
 from tests.conftest import openai_config
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
@@ -25,9 +26,9 @@ def intervals(rendered: dict) -> dict[int, list[dict]]:
 
 def test_requests_land_in_their_interval_and_roll_up_into_five_minutes() -> None:
     history = History()
-    history.add(record(ttft=0.03), [0.004, 0.006], failed=False, now=T0 + 1)
-    history.add(record(status=502, cache="bypass"), [0.2], failed=True, now=T0 + 9)
-    history.add(record(cache="hit", prompt=0, completion=0, cost=0.0), [0.0008], failed=False, now=T0 + 12)
+    history.add(Tally.of(record(ttft=0.03), [0.004, 0.006]), now=T0 + 1)
+    history.add(Tally.of(record(status=502, cache="bypass"), [0.2]), now=T0 + 9)
+    history.add(Tally.of(record(cache="hit", prompt=0, completion=0, cost=0.0), [0.0008]), now=T0 + 12)
 
     rendered = intervals(history.render(now=T0 + 15))
     fine, coarse = rendered[FINE], rendered[COARSE]
@@ -48,7 +49,7 @@ def test_requests_land_in_their_interval_and_roll_up_into_five_minutes() -> None
 def test_the_rings_keep_an_hour_and_a_day() -> None:
     history = History()
     for n in range(2 * 86400 // FINE):  # two days of one request per 10 s
-        history.add(record(), [0.01], failed=False, now=T0 + n * FINE)
+        history.add(Tally.of(record(), [0.01]), now=T0 + n * FINE)
     assert len(history.fine) <= 3600 // FINE and len(history.coarse) <= 86400 // COARSE
     rendered = intervals(history.render(now=T0 + 2 * 86400 - 1))
     assert all(p["requests"] == 1 for p in rendered[FINE])
@@ -57,9 +58,9 @@ def test_the_rings_keep_an_hour_and_a_day() -> None:
 
 def test_other_processes_buckets_add_up() -> None:
     mine, theirs = History(), History()
-    mine.add(record(), [0.01], failed=False, now=T0 + 1)
-    theirs.add(record(), [0.01], failed=False, now=T0 - 20)
-    theirs.add(record(status=500), [0.5, 0.5], failed=True, now=T0 + 2)
+    mine.add(Tally.of(record(), [0.01]), now=T0 + 1)
+    theirs.add(Tally.of(record(), [0.01]), now=T0 - 20)
+    theirs.add(Tally.of(record(status=500), [0.5, 0.5]), now=T0 + 2)
     point = intervals(mine.render([theirs.buckets()], now=T0 + 5))[FINE][-1]
     assert (point["requests"], point["errors"]) == (3, 2)
     assert point["latency_ms"]["p99"] >= 250

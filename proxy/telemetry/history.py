@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from proxy.telemetry.metrics import LATENCY_BUCKETS
-from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.tally import Tally
 
 FIELDS = (
     "requests", "errors", "cache_hits", "cache_misses", "prompt_tokens", "completion_tokens",
@@ -44,27 +44,29 @@ class History:
         self._start = 0
         self._current: Bucket = [0.0] * WIDTH
 
-    def add(self, record: RequestRecord, latencies: Sequence[float], failed: bool, now: float | None = None) -> None:
+    def add(self, tally: Tally, now: float | None = None) -> None:
+        """Count ``tally``'s requests in the interval of ``now`` (by default, the time of the call)."""
         start = int(time.time() if now is None else now) // FINE * FINE
         if start > self._start:
             self._close(start)
-        n = len(latencies)
+        n = tally.requests
         bucket = self._current
         bucket[0] += n
-        bucket[1] += failed * n
-        if record.cache == "hit":
+        if tally.failed:
+            bucket[1] += n
+        if tally.cache == "hit":
             bucket[2] += n
-        elif record.cache == "miss":
+        elif tally.cache == "miss":
             bucket[3] += n
-        bucket[4] += record.prompt_tokens * n
-        bucket[5] += record.completion_tokens * n
-        bucket[6] += (record.tokens_saved + record.tokens_saved_cache) * n
-        bucket[7] += record.cost_usd * n
-        bucket[8] += record.cost_saved_usd * n
-        for latency in latencies:
+        bucket[4] += tally.prompt_tokens
+        bucket[5] += tally.completion_tokens
+        bucket[6] += tally.tokens_saved + tally.tokens_saved_cache
+        bucket[7] += tally.cost_usd
+        bucket[8] += tally.cost_saved_usd
+        for latency in tally.latencies:
             bucket[_LATENCY + bisect_left(LATENCY_BUCKETS, latency)] += 1
-        if record.ttft_seconds is not None:
-            bucket[_TTFT + bisect_left(LATENCY_BUCKETS, record.ttft_seconds)] += n
+        for ttft in tally.ttft_seconds:
+            bucket[_TTFT + bisect_left(LATENCY_BUCKETS, ttft)] += 1
 
     def _close(self, start: int) -> None:
         """The current bucket is over: keep it, roll it into its coarse bucket, start ``start``'s."""

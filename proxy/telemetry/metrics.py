@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess
 from prometheus_client.registry import Collector
 
-from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.tally import Tally
 
 MAX_MODEL_LABELS = 200
 OTHER_LABEL = "other"
@@ -96,47 +96,44 @@ class Metrics:
                 self._children[key] = children
         return children
 
-    def observe(self, record: RequestRecord, latencies: Sequence[float]) -> None:
-        """The metrics of ``len(latencies)`` requests like ``record``, one latency each."""
-        n = len(latencies)
-        provider = record.provider or "none"
-        model = self.model_label(record.model or "") if record.provider else ""  # only routed requests name a model
-        requests, duration, upstream = self.request_children(provider, model, record.status, record.cache or "none")
+    def observe(self, tally: Tally) -> None:
+        """The metrics of ``tally``'s requests."""
+        n = tally.requests
+        provider = tally.provider or "none"
+        model = self.model_label(tally.model or "") if tally.provider else ""  # only routed requests name a model
+        requests, duration, upstream = self.request_children(provider, model, tally.status, tally.cache or "none")
         requests.inc(n)
-        observe_all(duration, latencies)
-        if record.upstream_seconds:
-            for _ in range(n):
-                upstream.observe(record.upstream_seconds)
-        if record.ttft_seconds is not None:
-            ttft = self.ttft.labels(provider)
-            for _ in range(n):
-                ttft.observe(record.ttft_seconds)
-        cache_event = self.cache_event.get(record.cache or "")
+        observe_all(duration, tally.latencies)
+        if tally.upstream_seconds:
+            observe_all(upstream, tally.upstream_seconds)
+        if tally.ttft_seconds:
+            observe_all(self.ttft.labels(provider), tally.ttft_seconds)
+        cache_event = self.cache_event.get(tally.cache or "")
         if cache_event is not None:
             cache_event.inc(n)
         tokens = self.token_kinds
-        if record.prompt_tokens:
-            tokens["prompt"].inc(record.prompt_tokens * n)
-        if record.completion_tokens:
-            tokens["completion"].inc(record.completion_tokens * n)
-        if record.tokens_saved:
-            tokens["saved_compression"].inc(record.tokens_saved * n)
-        if record.tokens_saved_cache:
-            tokens["saved_cache"].inc(record.tokens_saved_cache * n)
-        if record.cached_tokens:
-            tokens["cached_by_provider"].inc(record.cached_tokens * n)
-        if record.cost_usd:
-            self.cost_spent.inc(record.cost_usd * n)
-        if record.cost_saved_usd:
-            self.cost_saved.inc(record.cost_saved_usd * n)
-        if record.cost_saved_provider_cache_usd:
-            self.cost_saved_provider_cache.inc(record.cost_saved_provider_cache_usd * n)
-        if record.dedup:
+        if tally.prompt_tokens:
+            tokens["prompt"].inc(tally.prompt_tokens)
+        if tally.completion_tokens:
+            tokens["completion"].inc(tally.completion_tokens)
+        if tally.tokens_saved:
+            tokens["saved_compression"].inc(tally.tokens_saved)
+        if tally.tokens_saved_cache:
+            tokens["saved_cache"].inc(tally.tokens_saved_cache)
+        if tally.cached_tokens:
+            tokens["cached_by_provider"].inc(tally.cached_tokens)
+        if tally.cost_usd:
+            self.cost_spent.inc(tally.cost_usd)
+        if tally.cost_saved_usd:
+            self.cost_saved.inc(tally.cost_saved_usd)
+        if tally.cost_saved_provider_cache_usd:
+            self.cost_saved_provider_cache.inc(tally.cost_saved_provider_cache_usd)
+        if tally.dedup:
             self.dedup_joined.inc(n)
-        if record.retries:
-            self.retries.labels(provider).inc(record.retries * n)
-        if record.fallbacks:
-            self.fallbacks.inc(record.fallbacks * n)
+        if tally.retries:
+            self.retries.labels(provider).inc(tally.retries)
+        if tally.fallbacks:
+            self.fallbacks.inc(tally.fallbacks)
 
     def breaker_states(self, states: dict[str, str]) -> None:
         for label, state in states.items():
@@ -165,12 +162,14 @@ def observe_all(histogram: Any, values: Sequence[float]) -> None:
     prometheus-client has no public call that adds observations in bulk, so
     this adds to the child's own bucket and sum values (``_upper_bounds``,
     ``_buckets``, ``_sum``: the same since 0.1; tests/test_hit_lane.py
-    checks the rendered histogram against ``observe``).
+    checks the rendered histogram against ``observe``). A release without
+    them gets each value observed.
     """
-    if len(values) == 1:
-        histogram.observe(values[0])
+    bounds = getattr(histogram, "_upper_bounds", None)
+    if len(values) == 1 or bounds is None or not hasattr(histogram, "_buckets") or not hasattr(histogram, "_sum"):
+        for value in values:
+            histogram.observe(value)
         return
-    bounds = histogram._upper_bounds
     counts = [0] * len(bounds)
     for value in values:
         counts[bisect_left(bounds, value)] += 1

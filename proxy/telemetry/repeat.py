@@ -8,6 +8,7 @@ import orjson
 
 from proxy.telemetry.logs import log_fields, utc_now
 from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.tally import Tally
 
 if TYPE_CHECKING:
     from proxy.telemetry import Telemetry
@@ -57,5 +58,4 @@ class Repeat:
     def flush(self) -> None:
         latencies, self._latencies = self._latencies, []
         if latencies:
-            self._telemetry.stats.add(self._record, latencies)
-            self._telemetry.metrics.observe(self._record, latencies)
+            self._telemetry.count(Tally.of(self._record, latencies))

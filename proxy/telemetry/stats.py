@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from proxy.telemetry.history import History
-from proxy.telemetry.record import RequestRecord
+from proxy.telemetry.tally import Tally
 
 MAX_NAMES = 500
 """Models and targets are named by clients: past this many, the rest are counted as ``OTHER``."""
@@ -40,54 +40,53 @@ class Stats:
         self.ttfts: deque[float] = deque(maxlen=window)
         self.history = History()
 
-    def add(self, record: RequestRecord, latencies: Sequence[float]) -> None:
-        """Count ``len(latencies)`` requests like ``record``, one latency each (seconds)."""
-        n = len(latencies)
+    def add(self, tally: Tally) -> None:
+        """Count the requests of ``tally``."""
+        n = tally.requests
         self.requests += n
-        failed = record.status >= 400
-        self.errors += failed * n
-        if record.cache == "hit":
+        failed = tally.failed
+        errors = n if failed else 0
+        self.errors += errors
+        saved = tally.cost_saved_usd
+        if tally.cache == "hit":
             self.cache_hits += n
-            self.savings["cache"] += record.cost_saved_usd * n
-        elif record.cache == "miss":
+            self.savings["cache"] += saved
+        elif tally.cache == "miss":
             self.cache_misses += n
-        elif record.cache == "semantic":
+        elif tally.cache == "semantic":
             self.semantic_hits += n
-            self.savings["cache"] += record.cost_saved_usd * n
-        if record.dedup:
+            self.savings["cache"] += saved
+        if tally.dedup:
             self.dedup_joined += n
-            self.savings["dedup"] += record.cost_saved_usd * n
-        elif record.cache not in ("hit", "semantic"):
-            self.savings["compression"] += record.cost_saved_usd * n
-        self.retries += record.retries * n
-        self.fallbacks += record.fallbacks * n
+            self.savings["dedup"] += saved
+        elif tally.cache not in ("hit", "semantic"):
+            self.savings["compression"] += saved
+        self.retries += tally.retries
+        self.fallbacks += tally.fallbacks
         tokens = self.tokens
-        tokens["prompt"] += record.prompt_tokens * n
-        tokens["completion"] += record.completion_tokens * n
-        tokens["saved_by_compression"] += record.tokens_saved * n
-        tokens["saved_by_cache"] += record.tokens_saved_cache * n
-        tokens["cached_by_provider"] += record.cached_tokens * n
-        self.cost["spent"] += record.cost_usd * n
-        self.cost["saved"] += record.cost_saved_usd * n
-        self.cost["saved_by_provider_cache"] += record.cost_saved_provider_cache_usd * n
-        if record.provider:
-            provider = self.providers.setdefault(record.provider, {"requests": 0, "errors": 0})
+        tokens["prompt"] += tally.prompt_tokens
+        tokens["completion"] += tally.completion_tokens
+        tokens["saved_by_compression"] += tally.tokens_saved
+        tokens["saved_by_cache"] += tally.tokens_saved_cache
+        tokens["cached_by_provider"] += tally.cached_tokens
+        self.cost["spent"] += tally.cost_usd
+        self.cost["saved"] += saved
+        self.cost["saved_by_provider_cache"] += tally.cost_saved_provider_cache_usd
+        if tally.provider:
+            provider = self.providers.setdefault(tally.provider, {"requests": 0, "errors": 0})
             provider["requests"] += n
-            provider["errors"] += failed * n
-            if record.upstream_model:
-                target = _entry(self.targets, f"{record.provider}/{record.upstream_model}", _counts)
+            provider["errors"] += errors
+            if tally.upstream_model:
+                target = _entry(self.targets, f"{tally.provider}/{tally.upstream_model}", _counts)
                 target["requests"] += n
-                target["errors"] += failed * n
-        if record.model:
-            model = _entry(self.models, record.model, _usage)
-            _count_usage(model, record, n, failed)
-        if record.key_name:
-            _count_usage(_entry(self.keys, record.key_name, _usage), record, n, failed)
-        for latency in latencies:
-            self.latencies.append(latency * 1000)
-        if record.ttft_seconds is not None:
-            self.ttfts.extend([record.ttft_seconds * 1000] * n)
-        self.history.add(record, latencies, failed)
+                target["errors"] += errors
+        if tally.model:
+            _count_usage(_entry(self.models, tally.model, _usage), tally, errors)
+        if tally.key_name:
+            _count_usage(_entry(self.keys, tally.key_name, _usage), tally, errors)
+        self.latencies.extend([latency * 1000 for latency in tally.latencies])
+        self.ttfts.extend([ttft * 1000 for ttft in tally.ttft_seconds])
+        self.history.add(tally)
 
     def snapshot(self, cache_entries: int, breakers: dict[str, str]) -> dict[str, Any]:
         lookups = self.cache_hits + self.cache_misses
@@ -141,12 +140,12 @@ def _entry(table: dict[str, dict[str, Any]], name: str, new: Any) -> dict[str, A
     return entry
 
 
-def _count_usage(entry: dict[str, Any], record: RequestRecord, n: int, failed: bool) -> None:
-    entry["requests"] += n
-    entry["errors"] += failed * n
-    entry["prompt_tokens"] += record.prompt_tokens * n
-    entry["completion_tokens"] += record.completion_tokens * n
-    entry["cost_usd"] += record.cost_usd * n
+def _count_usage(entry: dict[str, Any], tally: Tally, errors: int) -> None:
+    entry["requests"] += tally.requests
+    entry["errors"] += errors
+    entry["prompt_tokens"] += tally.prompt_tokens
+    entry["completion_tokens"] += tally.completion_tokens
+    entry["cost_usd"] += tally.cost_usd
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float]:
