@@ -13,7 +13,7 @@ from proxy.telemetry.tally import Tally
 if TYPE_CHECKING:
     from proxy.telemetry import Telemetry
 
-_PER_REQUEST_FIELDS = ("request_id", "latency_ms", "overhead_ms")
+_PER_REQUEST_FIELDS = ("request_id", "latency_ms", "overhead_ms", "timestamp")
 
 
 class Repeat:
@@ -35,7 +35,6 @@ class Repeat:
         fields = log_fields(record, "", 0.0)
         for name in _PER_REQUEST_FIELDS:
             del fields[name]
-        fields["event"], fields["level"] = "request", "info"
         self._line_head = orjson.dumps(fields)[:-1] + b","
         self._latencies: list[float] = []
 
