@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/compare.py 1dd2f5b              # this checkout, the floor and 1dd2f5b
     .venv/bin/python bench/compare.py HEAD~5 v0.1 --rounds 9 --seconds 5
+    .venv/bin/python bench/compare.py 066bdc1 --stream     # streamed chat (20 chunks + usage)
 
 A regression in the chat path hides in `make bench`: its figures move by
 10-40% between runs on a shared machine, so two runs' tables cannot be
@@ -69,8 +70,9 @@ def main() -> int:
     parser.add_argument("revisions", nargs="+", help="git revisions to measure beside this checkout")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--stream", action="store_true", help="streamed chat requests (bench/run.py's stream16)")
     args = parser.parse_args()
-    request = Request()
+    request = Request(stream=args.stream)
     with ExitStack() as stack:
         upstream_port, floor_port = free_port(), free_port()
         stack.enter_context(services.upstream("compare", upstream_port))

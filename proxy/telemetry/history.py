@@ -1,9 +1,10 @@
 """Server-side history for the dashboard: per-interval aggregates in two bounded rings.
 
 The last hour at 10 s and the last day at 5 min, so a dashboard opened after a
-busy hour draws that hour at once. A request adds to the current 10 s bucket
-only; when that bucket closes it is rolled into its 5 min bucket, so each
-request costs one set of increments whatever the number of rings.
+busy hour draws that hour at once. Requests are added to the current 10 s
+bucket only, a ``Tally`` of them at a time (at most ``Telemetry.FLUSH_AFTER``
+after they ended); when that bucket closes it is rolled into its 5 min
+bucket, so counting costs one set of increments whatever the number of rings.
 
 A bucket is a flat list of numbers (``FIELDS``, then histograms of latency
 and of time to first token on ``LATENCY_BUCKETS``): buckets of several processes add up element by element,
