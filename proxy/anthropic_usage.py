@@ -26,7 +26,7 @@ def to_hub(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     ``cache_creation_input_tokens``, Anthropic's (an extension). Thinking tokens
     are inside ``output_tokens``, as OpenAI counts reasoning.
     """
-    if not usage:
+    if not isinstance(usage, dict) or not usage:
         return None
     tokens = Usage.of(usage)
     hub: dict[str, Any] = {
@@ -39,8 +39,9 @@ def to_hub(usage: dict[str, Any] | None) -> dict[str, Any] | None:
             "cache_creation_input_tokens": tokens.cache_write,
         },
     }
-    thinking = (usage.get("output_tokens_details") or {}).get("thinking_tokens")
-    if thinking is not None:
+    details = usage.get("output_tokens_details")
+    thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
+    if isinstance(thinking, int) and not isinstance(thinking, bool):
         hub["completion_tokens_details"] = {"reasoning_tokens": thinking}
     return hub
 

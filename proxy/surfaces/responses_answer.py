@@ -147,31 +147,35 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not usage:
         return None
     tokens = Usage.of(usage)
+    total = usage.get("total_tokens")
     return {
         "input_tokens": tokens.prompt,
         "input_tokens_details": {"cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write},
         "output_tokens": tokens.completion,
         "output_tokens_details": {"reasoning_tokens": tokens.reasoning},
-        "total_tokens": int(usage.get("total_tokens") or tokens.prompt + tokens.completion),
+        "total_tokens": total if _count(total) else tokens.prompt + tokens.completion,
     }
 
 
 def hub_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Responses usage in the hub's terms, for accounting."""
+    """Responses usage in the hub's terms, for accounting. Read by ``Usage.of``: a count that is not
+    an integer (or details that are not an object) counts as none, not as a failed request."""
     if not isinstance(usage, dict):
         return None
-    prompt = int(usage.get("input_tokens") or 0)
-    completion = int(usage.get("output_tokens") or 0)
-    details = usage.get("input_tokens_details") or {}
+    tokens = Usage.of(usage)
+    total = usage.get("total_tokens")
     hub: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
-        "prompt_tokens_details": {"cached_tokens": int(details.get("cached_tokens") or 0)},
-        "completion_tokens_details": {
-            "reasoning_tokens": int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
-        },
+        "prompt_tokens": tokens.prompt,
+        "completion_tokens": tokens.completion,
+        "total_tokens": total if _count(total) else tokens.prompt + tokens.completion,
+        "prompt_tokens_details": {"cached_tokens": tokens.cached},
+        "completion_tokens_details": {"reasoning_tokens": tokens.reasoning},
     }
-    if details.get("cache_write_tokens"):
-        hub["prompt_tokens_details"]["cache_write_tokens"] = int(details["cache_write_tokens"])
+    if tokens.cache_write:
+        hub["prompt_tokens_details"]["cache_write_tokens"] = tokens.cache_write
     return hub
+
+
+def _count(value: Any) -> bool:
+    """Whether ``value`` is a token count as the APIs write one (an integer above 0)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
