@@ -62,26 +62,26 @@ class Usage:
     @classmethod
     def of(cls, usage: dict[str, Any]) -> Usage:
         """From Chat Completions' ``usage``, Responses' or Anthropic Messages'."""
-        if "prompt_tokens" in usage:
+        if "prompt_tokens" in usage or "completion_tokens" in usage:
             details = _details(usage, "prompt_tokens_details")
             return cls(
-                _int(usage.get("prompt_tokens")),
-                _int(details.get("cached_tokens")),
-                _int(details.get("cache_write_tokens")) or _int(details.get("cache_creation_input_tokens")),
-                _int(usage.get("completion_tokens")),
-                _int(_details(usage, "completion_tokens_details").get("reasoning_tokens")),
+                token_count(usage.get("prompt_tokens")),
+                token_count(details.get("cached_tokens")),
+                token_count(details.get("cache_write_tokens")) or token_count(details.get("cache_creation_input_tokens")),
+                token_count(usage.get("completion_tokens")),
+                token_count(_details(usage, "completion_tokens_details").get("reasoning_tokens")),
             )
         if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
             # Messages: input_tokens counts only what was neither read from nor written to the cache.
-            cached, written = _int(usage.get("cache_read_input_tokens")), _int(usage.get("cache_creation_input_tokens"))
-            return cls(_int(usage.get("input_tokens")) + cached + written, cached, written, _int(usage.get("output_tokens")))
+            cached, written = token_count(usage.get("cache_read_input_tokens")), token_count(usage.get("cache_creation_input_tokens"))
+            return cls(token_count(usage.get("input_tokens")) + cached + written, cached, written, token_count(usage.get("output_tokens")))
         details = _details(usage, "input_tokens_details")
         return cls(
-            _int(usage.get("input_tokens")),
-            _int(details.get("cached_tokens")),
-            _int(details.get("cache_write_tokens")),
-            _int(usage.get("output_tokens")),
-            _int(_details(usage, "output_tokens_details").get("reasoning_tokens")),
+            token_count(usage.get("input_tokens")),
+            token_count(details.get("cached_tokens")),
+            token_count(details.get("cache_write_tokens")),
+            token_count(usage.get("output_tokens")),
+            token_count(_details(usage, "output_tokens_details").get("reasoning_tokens")),
         )
 
 
@@ -160,15 +160,8 @@ class Prices:
                 best, best_length = price, n
         return best
 
-    def cost(self, provider: str, model: str, usage: dict[str, Any] | None) -> float:
-        return self.costs(provider, model, usage).spent
-
-    def costs(self, provider: str, model: str, usage: dict[str, Any] | None) -> Cost:
-        """What the answer cost, and what provider-side prompt caching saved against full price."""
-        return self.costs_of(provider, model, Usage.of(usage)) if usage else NO_COST
-
-    def costs_of(self, provider: str, model: str, tokens: Usage) -> Cost:
-        """``costs`` of usage already read."""
+    def costs(self, provider: str, model: str, tokens: Usage) -> Cost:
+        """What an answer's usage (``Usage.of``) cost, and what provider-side prompt caching saved against full price."""
         price = self.price(provider, model)
         cached_price = price.input if price.cached_input is None else price.cached_input
         write_price = price.input if price.cache_write is None else price.cache_write
@@ -193,7 +186,9 @@ def builtin_prices() -> Prices:
     return Prices.parse(yaml.safe_load(text), "proxy/data/prices.yaml")
 
 
-def _int(value: Any) -> int:
+def token_count(value: Any) -> int:
+    """A token count as a usage record gives one (a JSON integer), else 0: an upstream's malformed
+    usage counts as none rather than failing the request."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 

@@ -41,7 +41,7 @@ def to_hub(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     }
     details = usage.get("output_tokens_details")
     thinking = details.get("thinking_tokens") if isinstance(details, dict) else None
-    if isinstance(thinking, int) and not isinstance(thinking, bool):
+    if type(thinking) is int:  # a JSON integer, not a bool
         hub["completion_tokens_details"] = {"reasoning_tokens": thinking}
     return hub
 

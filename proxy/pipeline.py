@@ -436,8 +436,9 @@ class Pipeline:
         if usage:
             targets = job.route.targets
             model = next((t.model for t in targets if t.provider == answer.provider), targets[0].model)
-            record.tokens_saved_cache = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
-            record.cost_saved_usd = self.prices.cost(answer.provider, model, usage)
+            tokens = Usage.of(usage)
+            record.tokens_saved_cache = tokens.prompt + tokens.completion
+            record.cost_saved_usd = self.prices.costs(answer.provider, model, tokens).spent
         headers = self._headers(record)
         if not parsed.stream:
             body = _json_body(job, completion)
@@ -462,14 +463,13 @@ class Pipeline:
         usage = outcome.usage
         record.tokens_saved, record.trimmed_messages = outcome.tokens_saved, outcome.trimmed_messages
         tokens = Usage.of(usage) if usage else None  # read once, for the costs and the record
-        costs = self.prices.costs_of(target.provider, target.model, tokens) if tokens is not None else NO_COST
+        costs = self.prices.costs(target.provider, target.model, tokens) if tokens is not None else NO_COST
         cost = costs.spent
         if record.dedup:
             record.cost_saved_usd = cost
             return
-        if usage and tokens is not None:
-            record.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            record.completion_tokens = int(usage.get("completion_tokens") or 0)
+        if tokens is not None:
+            record.prompt_tokens, record.completion_tokens = tokens.prompt, tokens.completion
             record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens = tokens.cached, tokens.cache_write, tokens.reasoning
         record.cost_usd = cost
         record.cost_saved_provider_cache_usd = costs.saved_by_provider_cache

@@ -24,17 +24,17 @@ def test_the_same_usage_costs_the_same_in_every_shape() -> None:
     responses = {"input_tokens": 1000, "input_tokens_details": {"cached_tokens": 600}, "output_tokens": 50}
     assert Usage.of(responses) == Usage(1000, 600, 0, 50)
     prices = Prices.parse({"models": {"claude-sonnet-4-5": SONNET}}, "test")
-    cost = prices.costs("anthropic", "claude-sonnet-4-5", chat)
+    cost = prices.costs("anthropic", "claude-sonnet-4-5", Usage.of(chat))
     assert cost.spent == pytest.approx((100 * 3.0 + 600 * 0.3 + 300 * 3.75 + 50 * 15.0) / 1e6)
     assert cost.saved_by_provider_cache == pytest.approx(600 * 2.7 / 1e6)
-    assert prices.costs("anthropic", "claude-sonnet-4-5", messages) == cost
+    assert prices.costs("anthropic", "claude-sonnet-4-5", Usage.of(messages)) == cost
 
 
 def test_without_cache_prices_cached_tokens_cost_plain_input() -> None:
     prices = Prices.parse({"models": {"m": {"input": 2.0, "output": 4.0}}}, "test")
     usage = {"prompt_tokens": 100, "completion_tokens": 10, "prompt_tokens_details": {"cached_tokens": 90}}
-    assert prices.costs("p", "m", usage).spent == pytest.approx((100 * 2.0 + 10 * 4.0) / 1e6)
-    assert prices.costs("p", "m", usage).saved_by_provider_cache == 0
+    assert prices.costs("p", "m", Usage.of(usage)).spent == pytest.approx((100 * 2.0 + 10 * 4.0) / 1e6)
+    assert prices.costs("p", "m", Usage.of(usage)).saved_by_provider_cache == 0
 
 
 def test_the_builtin_table_knows_dated_names_and_leaves_unknown_models_free() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from proxy.accounting import Usage
+from proxy.accounting import Usage, token_count
 
 # Echoed from the request as OpenAI echoes them, with its defaults when absent.
 _ECHOED_DEFAULTS: dict[str, Any] = {
@@ -147,13 +147,12 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not usage:
         return None
     tokens = Usage.of(usage)
-    total = usage.get("total_tokens")
     return {
         "input_tokens": tokens.prompt,
         "input_tokens_details": {"cached_tokens": tokens.cached, "cache_write_tokens": tokens.cache_write},
         "output_tokens": tokens.completion,
         "output_tokens_details": {"reasoning_tokens": tokens.reasoning},
-        "total_tokens": total if _count(total) else tokens.prompt + tokens.completion,
+        "total_tokens": token_count(usage.get("total_tokens")) or tokens.prompt + tokens.completion,
     }
 
 
@@ -163,19 +162,13 @@ def hub_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not isinstance(usage, dict):
         return None
     tokens = Usage.of(usage)
-    total = usage.get("total_tokens")
     hub: dict[str, Any] = {
         "prompt_tokens": tokens.prompt,
         "completion_tokens": tokens.completion,
-        "total_tokens": total if _count(total) else tokens.prompt + tokens.completion,
+        "total_tokens": token_count(usage.get("total_tokens")) or tokens.prompt + tokens.completion,
         "prompt_tokens_details": {"cached_tokens": tokens.cached},
         "completion_tokens_details": {"reasoning_tokens": tokens.reasoning},
     }
     if tokens.cache_write:
         hub["prompt_tokens_details"]["cache_write_tokens"] = tokens.cache_write
     return hub
-
-
-def _count(value: Any) -> bool:
-    """Whether ``value`` is a token count as the APIs write one (an integer above 0)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
