@@ -141,10 +141,10 @@ MAX_ARRAYS = 256
 """Arrays kept encoded, per attribute."""
 
 
-def trace_fields(trace_id: int, trace_state: str, flags: int) -> bytes:
-    """Fields 1 ``trace_id``, 3 ``trace_state`` and 16 ``flags`` (the W3C trace flags): the same in
-    each span of a request."""
-    fields = b"\x0a\x10" + trace_id.to_bytes(16, "big") + (_FLAGS[flags] if flags < 2 else b"\x85\x01" + struct.pack("<I", flags & 0xFF))
+def trace_fields(trace_id: bytes, trace_state: str, flags: int) -> bytes:
+    """Fields 1 ``trace_id`` (16 bytes, big-endian), 3 ``trace_state`` and 16 ``flags`` (the W3C trace
+    flags): the same in each span of a request."""
+    fields = b"\x0a\x10" + trace_id + (_FLAGS[flags] if flags < 2 else b"\x85\x01" + struct.pack("<I", flags & 0xFF))
     return fields + _delimited(b"\x1a", trace_state.encode()) if trace_state else fields
 
 
@@ -189,7 +189,7 @@ def encode_span(
 ) -> bytes:
     """One ``Span`` message from its fields (proxy/tracing.py joins the same parts, most of them pre-encoded)."""
     fields = b"".join((
-        trace_fields(trace_id, trace_state, flags),
+        trace_fields(trace_id.to_bytes(16, "big"), trace_state, flags),
         name_and_kind(name, kind),
         span_attributes(attributes),
         error_status(error) if error is not None else b"",

@@ -77,9 +77,9 @@ TRACING: Tracing | None = None
 class _Request:
     """The request's span while it is served: what its attempt spans and the upstream headers need."""
 
-    trace_id: int
-    span_id: int
-    parent_span_id: int  # 0 for a new trace
+    trace_id: bytes  # 16 bytes, and each span id 8 (big-endian, as OTLP writes them): made once, as bytes
+    span_id: bytes
+    parent_span_id: bytes  # b"" for a new trace
     flags: int  # 0 or 1: sampled (``Tracing._sampled``)
     trace_state: str
     operation: str
@@ -92,7 +92,7 @@ class _Request:
 Answer = tuple[Any, Any, tuple[str, ...]]
 """What an answer tells its spans besides its usage (``_answer``): its model and id, as the answer
 has them, and its finish reasons. Its usage is the record's (the pipeline reads it, ``accounting.Usage``)."""
-Attempt = tuple[int, int, int, "Answer | None", str, str, str, int, bytes, "Usage | None"]
+Attempt = tuple[bytes, int, int, "Answer | None", str, str, str, int, bytes, "Usage | None"]
 """An ended attempt's span: its id, start and end, the answer it read; its kind (operation, provider,
 model, number: index 4 to 7); its failure's attributes (b"" when it succeeded); its answer's usage
 when it is written alone (with its request's span, the request's usage is the same answer's)."""
@@ -278,14 +278,16 @@ class Tracing:
             return None
         client = client_trace(scope["headers"])
         if client is None:
-            trace_id, parent_span_id, trace_state = getrandbits(128) or 1, 0, ""
-            flags = 1 if self._default_sampling else self._sampled(operation, trace_id, None)  # roots are sampled
+            trace, parent_span_id, trace_state = getrandbits(128) or 1, b"", ""
+            flags = 1 if self._default_sampling else self._sampled(operation, trace, None)  # roots are sampled
         else:
             _, parent, trace_state = client
-            trace_id, parent_span_id = parent[0], parent[1]
-            flags = parent[2] & 1 if self._default_sampling else self._sampled(operation, trace_id, parent)
-        record.span = _Request(trace_id, getrandbits(64) or 1, parent_span_id, flags, trace_state, operation, time.time_ns())
-        return _request.set(record.span)
+            trace, parent_span_id = parent[0], parent[1].to_bytes(8, "big")
+            flags = parent[2] & 1 if self._default_sampling else self._sampled(operation, trace, parent)
+        span_id = (getrandbits(64) or 1).to_bytes(8, "big")  # ids are random and not all zero (W3C)
+        span = _Request(trace.to_bytes(16, "big"), span_id, parent_span_id, flags, trace_state, operation, time.time_ns())
+        record.span = span
+        return _request.set(span)
 
     def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
         """The trace flags for this request, by a sampler other than the default (``parentbased_always_on``:
@@ -318,9 +320,9 @@ class Tracing:
         self.exporter.add((
             _SERVER_SPAN, request.trace_id, request.trace_state, request.flags, request.span_id, request.parent_span_id,
             request.start_ns, time.time_ns(),
-            # the kind of request (``_request_common``): index 8 to 16
-            request.operation, record.path, record.status, record.stream, record.cache, record.dedup, record.attempts,
-            record.model, record.provider,
+            # the kind of request (``_request_common``): index 8 to 15
+            record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model,
+            record.provider,
             record.tokens_saved, record.ttft_seconds, record.upstream_model, record.error_code, content, answer,
             record.prompt_tokens, record.completion_tokens, record.cached_tokens, record.cache_write_tokens,
             record.reasoning_tokens, request.attempt,
@@ -332,29 +334,34 @@ class Tracing:
             return self._request_spans(item)
         _, trace_id, trace_state, flags, parent_span_id, attempt = item
         tokens = attempt[9]
-        usage = _usage_attributes(tokens.prompt, tokens.completion, tokens.cached, tokens.cache_write, tokens.reasoning) if tokens else b""
+        usage = b""
+        if tokens:
+            usage = _INPUT_TOKENS.int(tokens.prompt) + _OUTPUT_TOKENS.int(tokens.completion)
+            usage += _usage_details(tokens.cached, tokens.cache_write, tokens.reasoning)
         trace = trace_fields(trace_id, trace_state, flags)
         response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
-        return self._attempt_span(trace, parent_span_id.to_bytes(8, "big"), attempt, response + usage)
+        return self._attempt_span(trace, parent_span_id, attempt, response + usage)
 
     def _request_spans(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
         """A request's (SERVER) span, and its attempt's (CLIENT) when one came with it: the answer the
         pipeline accounted for is that attempt's, so the record's usage is both spans'."""
         (_, trace_id, trace_state, flags, span_id, parent_span_id, start_ns, end_ns,
-         operation, path, status, stream, cache, dedup, attempts, model, provider,
+         path, status, stream, cache, dedup, attempts, model, provider,
          tokens_saved, ttft, upstream_model, error_code, content, answer,
          prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, attempt) = item
-        kind = item[8:17]
+        kind = item[8:16]
         common = self._common.get(kind)
         if common is None:
             common = self._remember(kind, self._request_common(*kind))
         trace = trace_fields(trace_id, trace_state, flags)
-        parts = [trace, common, _TOKENS_SAVED.int(tokens_saved), content]
+        parts = [trace, common, _TOKENS_SAVED.int(tokens_saved) if tokens_saved else _NO_TOKENS_SAVED, content]
         if ttft is not None:
             parts.append(_TIME_TO_FIRST_CHUNK.float(ttft))
         usage = response = b""
         if answer is not None or attempt is not None:
-            usage = _usage_attributes(prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens)
+            usage = _INPUT_TOKENS.int(prompt_tokens) + _OUTPUT_TOKENS.int(completion_tokens)
+            if cached_tokens or cache_write_tokens or reasoning_tokens:
+                usage += _usage_details(cached_tokens, cache_write_tokens, reasoning_tokens)
         if answer is not None:
             response = _answer_attributes(answer)
             own_model = b""
@@ -365,13 +372,12 @@ class Tracing:
             parts.append(_ERROR_TYPE.str(error_code or str(status)))
             if status >= 500 or status == 0:
                 parts.append(error_status(error_code or ""))
-        own_id = span_id.to_bytes(8, "big")
-        request = span_parts(own_id, parent_span_id.to_bytes(8, "big") if parent_span_id else b"", start_ns, end_ns, b"".join(parts))
+        request = span_parts(span_id, parent_span_id, start_ns, end_ns, b"".join(parts))
         if attempt is None:
             return request
         if attempt[3] is not answer:
             response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
-        return request + self._attempt_span(trace, own_id, attempt, response + usage)
+        return request + self._attempt_span(trace, span_id, attempt, response + usage)
 
     def _remember(self, kind: tuple[Any, ...], common: bytes) -> bytes:
         if len(self._common) < MAX_KINDS:
@@ -379,10 +385,11 @@ class Tracing:
         return common
 
     def _request_common(
-        self, operation: str, path: str, status: int, stream: bool, cache: str | None, dedup: bool, attempts: int,
+        self, path: str, status: int, stream: bool, cache: str | None, dedup: bool, attempts: int,
         model: str | None, provider: str | None,
     ) -> bytes:
         """The name, kind and attributes many requests share: encoded once per kind of request (``_request_spans``)."""
+        operation = OPERATIONS[path]
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation,
             "http.request.method": "POST",  # the traced routes' (``OPERATIONS``)
@@ -403,20 +410,20 @@ class Tracing:
 
     # -- the attempt (CLIENT) spans --
 
-    def start_attempt(self) -> tuple[_Request, int, int, Token[TraceHeaders | None]] | None:
+    def start_attempt(self) -> tuple[_Request, bytes, int, Token[TraceHeaders | None]] | None:
         """Begin an upstream attempt's span, under the current request's (None outside a traced
         request: nothing to continue, nothing to write); the upstream request made until
         ``end_attempt`` carries its ``traceparent``."""
         request = _request.get()
         if request is None:
             return None
-        span_id = getrandbits(64) or 1
-        traceparent = f"00-{request.trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-0{request.flags}"
+        span_id = (getrandbits(64) or 1).to_bytes(8, "big")
+        traceparent = f"00-{request.trace_id.hex()}-{span_id.hex()}-0{request.flags}"
         return request, span_id, time.time_ns(), _upstream.set(_trace_headers(traceparent, request.trace_state))
 
     def end_attempt(
         self,
-        span: tuple[_Request, int, int, Token[TraceHeaders | None]],
+        span: tuple[_Request, bytes, int, Token[TraceHeaders | None]],
         target: Target,
         number: int,
         value: object,
@@ -471,10 +478,11 @@ class Tracing:
             fields = b"".join((trace, common, failure))
         else:
             fields = b"".join((trace, common, answered))
-        return span_parts(span_id.to_bytes(8, "big"), parent_id, start_ns, end_ns, fields)
+        return span_parts(span_id, parent_id, start_ns, end_ns, fields)
 
 
 _TOKENS_SAVED = Attribute("sluice.tokens_saved")
+_NO_TOKENS_SAVED = _TOKENS_SAVED.int(0)
 _TIME_TO_FIRST_CHUNK = Attribute("gen_ai.response.time_to_first_chunk")
 _INPUT_TOKENS = Attribute("gen_ai.usage.input_tokens")
 _OUTPUT_TOKENS = Attribute("gen_ai.usage.output_tokens")
@@ -499,25 +507,23 @@ def _answer(data: dict[str, Any]) -> Answer:
         if len(choices) == 1:  # most answers: no list of one to build
             choice = choices[0]
             reason = choice.get("finish_reason") if type(choice) is dict else None
-            reasons = _one_reason(reason) if type(reason) is str else ()
+            reasons = (_REASONS.get(reason) or _one_reason(reason)) if type(reason) is str else ()
         else:
             reasons = tuple(c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str)
     else:
         reason = data.get("stop_reason")  # Messages, else Responses
         if type(reason) is not str:
             reason = data.get("status")
-        reasons = _one_reason(reason) if type(reason) is str else ()
+        reasons = (_REASONS.get(reason) or _one_reason(reason)) if type(reason) is str else ()
     return data.get("model"), data.get("id"), reasons
 
 
 def _one_reason(reason: str) -> tuple[str]:
-    """``(reason,)``, the same tuple each time for the few an upstream sends: queued spans hold no
-    tuple of their own for it (see ``_SERVER_SPAN``)."""
-    reasons = _REASONS.get(reason)
-    if reasons is None:
-        reasons = (reason,)
-        if len(_REASONS) < MAX_REASONS:
-            _REASONS[reason] = reasons
+    """``(reason,)``, kept (``_REASONS``) so that the same tuple serves each answer with this reason:
+    queued spans hold no tuple of their own for it (see ``_SERVER_SPAN``)."""
+    reasons = (reason,)
+    if len(_REASONS) < MAX_REASONS:
+        _REASONS[reason] = reasons
     return reasons
 
 
@@ -541,9 +547,9 @@ def _answer_attributes(answer: Answer) -> bytes:
         return _answer_attributes((model if type(model) is str else None, answer_id if type(answer_id) is str else None, reasons))
 
 
-def _usage_attributes(prompt: int, completion: int, cached: int, cache_write: int, reasoning: int) -> bytes:
-    """Input and output tokens, and the cache read, cache write and reasoning ones when not 0."""
-    usage = _INPUT_TOKENS.int(prompt) + _OUTPUT_TOKENS.int(completion)
+def _usage_details(cached: int, cache_write: int, reasoning: int) -> bytes:
+    """The cache read, cache write and reasoning tokens that are not 0 (input and output tokens are always written)."""
+    usage = b""
     if cached:
         usage += _CACHE_READ_TOKENS.int(cached)
     if cache_write:

@@ -428,7 +428,7 @@ def test_sampling_follows_otel_traces_sampler_and_the_parent(monkeypatch, sample
         token = tracing.start_request({"path": "/v1/chat/completions", "method": "POST", "headers": headers}, record)
         assert token is not None and record.span.flags & 1 == sampled
         if traceparent:
-            assert f"{record.span.trace_id:032x}" == CLIENT_TRACE
+            assert record.span.trace_id.hex() == CLIENT_TRACE
     finally:
         tracing.exporter.shutdown()
 
