@@ -87,6 +87,7 @@ class _Request:
     attempt: Attempt | None = None  # its last successful attempt's span, queued with its own
     answered: dict[str, Any] | None = None  # that attempt's answer (its data), until the request is over
     ended: bool = False  # its span is queued: an attempt that ends later (a flight that outlived it) is queued alone
+    upstream: TraceHeaders | None = None  # the trace context of its attempt under way (a request's are one at a time)
 
 
 Answer = tuple[Any, Any, tuple[str, ...]]
@@ -174,14 +175,16 @@ def _trace_headers(traceparent: str, trace_state: str) -> TraceHeaders:
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """``headers`` with the request's trace context for an upstream request: the current attempt
     span's ``traceparent`` (and ``tracestate``), or the client's own (``continue_client``)."""
-    trace = _upstream.get()
+    request = _request.get()
+    trace = request.upstream if request is not None else _upstream.get()
     return {**headers, **trace[0]} if trace is not None else headers
 
 
 def upstream_header_lines() -> str:
     """``upstream_headers``' trace context as HTTP/1.1 header lines ("" without one), for proxy.http1
     to add to a request's head: its values are already checked (``client_trace``) or Sluice's own."""
-    trace = _upstream.get()
+    request = _request.get()
+    trace = request.upstream if request is not None else _upstream.get()
     return trace[1] if trace is not None else ""
 
 
@@ -410,7 +413,7 @@ class Tracing:
 
     # -- the attempt (CLIENT) spans --
 
-    def start_attempt(self) -> tuple[_Request, bytes, int, Token[TraceHeaders | None]] | None:
+    def start_attempt(self) -> tuple[_Request, bytes, int] | None:
         """Begin an upstream attempt's span, under the current request's (None outside a traced
         request: nothing to continue, nothing to write); the upstream request made until
         ``end_attempt`` carries its ``traceparent``."""
@@ -419,11 +422,12 @@ class Tracing:
             return None
         span_id = (getrandbits(64) or 1).to_bytes(8, "big")
         traceparent = f"00-{request.trace_id.hex()}-{span_id.hex()}-0{request.flags}"
-        return request, span_id, time.time_ns(), _upstream.set(_trace_headers(traceparent, request.trace_state))
+        request.upstream = _trace_headers(traceparent, request.trace_state)
+        return request, span_id, time.time_ns()
 
     def end_attempt(
         self,
-        span: tuple[_Request, bytes, int, Token[TraceHeaders | None]],
+        span: tuple[_Request, bytes, int],
         target: Target,
         number: int,
         value: object,
@@ -431,8 +435,8 @@ class Tracing:
     ) -> None:
         """The attempt is over: ``value`` its result, or ``error`` what it raised. A whole (non-streamed)
         answer's model, id and finish reasons go on its span, read once for its request's span too."""
-        request, span_id, started, token = span
-        _upstream.reset(token)
+        request, span_id, started = span
+        request.upstream = None
         if not request.flags:
             return
         ended = time.time_ns()
