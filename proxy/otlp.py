@@ -40,16 +40,20 @@ T = TypeVar("T")
 
 
 # -- encoding ------------------------------------------------------------------
-# A span is written as a few byte strings joined once: those a request's spans
-# share (``trace_fields``), those a kind of span shares (``name_and_kind`` and
-# its attributes from ``span_attributes``, cached by proxy/tracing.py), and the
-# few that change from span to span, each written under a name encoded once
-# (``Attribute``): no dict or protobuf object is built per span.
+# A span is written as a few byte strings joined once (``sampled_span``): its
+# ids, times and trace id packed in one go, those a kind of span shares
+# (``name_and_kind`` and its attributes from ``span_attributes``, cached by
+# proxy/tracing.py), and the few that change from span to span, each written
+# under a name encoded once (``Attribute``): no dict or protobuf object is
+# built per span.
 
 _SMALL = [bytes([n]) for n in range(128)]
 _MASK64 = 0xFFFFFFFFFFFFFFFF
-_IDS_AND_TIMES = struct.Struct("<2s8s2s8sBQBQ")  # span id, parent span id (tag and size, 8 bytes each), two fixed64
-_ID_AND_TIMES = struct.Struct("<2s8sBQBQ")
+# A sampled span's first fields, in one pack: 2 ``span_id`` and 4 ``parent_span_id`` (tag and size, then
+# 8 bytes), 7 and 8 the start and end times (fixed64), 1 ``trace_id`` (16 bytes) and 16 ``flags``.
+_CHILD_HEAD = struct.Struct("<2s8s2s8sBQBQ2s16s6s")
+_ROOT_HEAD = struct.Struct("<2s8sBQBQ2s16s6s")
+_SAMPLED = b"\x85\x01\x01\x00\x00\x00"  # fixed32 flags: the W3C sampled flag (only sampled spans are exported)
 
 
 def _varint(n: int) -> bytes:
@@ -141,26 +145,24 @@ MAX_ARRAYS = 256
 """Arrays kept encoded, per attribute."""
 
 
-def trace_fields(trace_id: bytes, trace_state: str, flags: int) -> bytes:
-    """Fields 1 ``trace_id`` (16 bytes, big-endian), 3 ``trace_state`` and 16 ``flags`` (the W3C trace
-    flags): the same in each span of a request."""
-    fields = b"\x0a\x10" + trace_id + (_FLAGS[flags] if flags < 2 else b"\x85\x01" + struct.pack("<I", flags & 0xFF))
-    return fields + _delimited(b"\x1a", trace_state.encode()) if trace_state else fields
-
-
-_FLAGS = (b"\x85\x01\x00\x00\x00\x00", b"\x85\x01\x01\x00\x00\x00")  # fixed32 flags 0 and 1
-
-
-def span_parts(span_id: bytes, parent_span_id: bytes, start_ns: int, end_ns: int, fields: bytes) -> tuple[bytes, bytes]:
-    """A span as ``in_scope_spans`` parts, from fields 2 ``span_id`` and 4 ``parent_span_id`` (8 bytes
-    each, big-endian; b"" for a root span: none), 7 and 8 the start and end times, and ``fields``,
-    the rest of it encoded."""
+def sampled_span(
+    trace_id: bytes, span_id: bytes, parent_span_id: bytes, start_ns: int, end_ns: int, fields: tuple[bytes, ...]
+) -> tuple[bytes, bytes]:
+    """A sampled span as ``in_scope_spans`` parts: its ids (big-endian, 16 and 8 bytes; ``parent_span_id``
+    b"" for a root span), times, and ``fields``, the rest of it encoded (``trace_state_field``,
+    ``name_and_kind``, attributes…), joined once with the first fields packed in one go."""
     if parent_span_id:
-        span = _IDS_AND_TIMES.pack(b"\x12\x08", span_id, b"\x22\x08", parent_span_id, 0x39, start_ns, 0x41, end_ns) + fields
+        head = _CHILD_HEAD.pack(b"\x12\x08", span_id, b"\x22\x08", parent_span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
     else:
-        span = _ID_AND_TIMES.pack(b"\x12\x08", span_id, 0x39, start_ns, 0x41, end_ns) + fields
+        head = _ROOT_HEAD.pack(b"\x12\x08", span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
+    span = head + b"".join(fields)
     size = len(span)
-    return (_FRAMES[size] if size < len(_FRAMES) else b"\x12" + _varint(size)), span
+    return (_FRAMES[size] if size < MAX_FRAMED else b"\x12" + _varint(size)), span
+
+
+def trace_state_field(trace_state: str) -> bytes:
+    """Field 3 ``trace_state`` (W3C ``tracestate``), b"" when there is none."""
+    return _delimited(b"\x1a", trace_state.encode()) if trace_state else b""
 
 
 def name_and_kind(name: str, kind: int) -> bytes:
@@ -178,7 +180,6 @@ def encode_span(
     trace_id: int,
     span_id: int,
     parent_span_id: int,
-    flags: int,
     trace_state: str,
     name: str,
     kind: int,
@@ -187,25 +188,26 @@ def encode_span(
     attributes: Mapping[str, Any],
     error: str | None,
 ) -> bytes:
-    """One ``Span`` message from its fields (proxy/tracing.py joins the same parts, most of them pre-encoded)."""
-    fields = b"".join((
-        trace_fields(trace_id.to_bytes(16, "big"), trace_state, flags),
+    """One sampled ``Span`` message from its fields (proxy/tracing.py joins the same parts, most of them pre-encoded)."""
+    fields = (
+        trace_state_field(trace_state),
         name_and_kind(name, kind),
         span_attributes(attributes),
         error_status(error) if error is not None else b"",
-    ))
+    )
     parent = parent_span_id.to_bytes(8, "big") if parent_span_id else b""
-    return span_parts(span_id.to_bytes(8, "big"), parent, start_ns, end_ns, fields)[1]
+    return sampled_span(trace_id.to_bytes(16, "big"), span_id.to_bytes(8, "big"), parent, start_ns, end_ns, fields)[1]
 
 
 def in_scope_spans(span: bytes) -> tuple[bytes, bytes]:
     """A ``Span`` as a field (2, ``spans``) of ``ScopeSpans``, in two parts: the field's tag and
     length, then the span itself (not copied: ``export_request`` joins the parts once)."""
     size = len(span)
-    return (_FRAMES[size] if size < len(_FRAMES) else b"\x12" + _varint(size)), span
+    return (_FRAMES[size] if size < MAX_FRAMED else b"\x12" + _varint(size)), span
 
 
-_FRAMES = [b"\x12" + _varint(size) for size in range(2048)]
+MAX_FRAMED = 2048
+_FRAMES = [b"\x12" + _varint(size) for size in range(MAX_FRAMED)]
 """The ``spans`` field's tag and length for spans under 2 kB (most: ~0.6 kB), written once."""
 
 

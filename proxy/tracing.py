@@ -48,9 +48,9 @@ from proxy.otlp import (
     error_status,
     in_scope_spans,
     name_and_kind,
+    sampled_span,
     span_attributes,
-    span_parts,
-    trace_fields,
+    trace_state_field,
 )
 from proxy.telemetry.record import RequestRecord
 
@@ -321,9 +321,9 @@ class Tracing:
         if self.capture_content:
             content = _content(record.body, completion.data if answer is not None else None)  # type: ignore[union-attr]
         self.exporter.add((
-            _SERVER_SPAN, request.trace_id, request.trace_state, request.flags, request.span_id, request.parent_span_id,
+            _SERVER_SPAN, request.trace_id, request.trace_state, request.span_id, request.parent_span_id,
             request.start_ns, time.time_ns(),
-            # the kind of request (``_request_common``): index 8 to 15
+            # the kind of request (``_request_common``): index 7 to 14
             record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model,
             record.provider,
             record.tokens_saved, record.ttft_seconds, record.upstream_model, record.error_code, content, answer,
@@ -332,55 +332,56 @@ class Tracing:
         ))
 
     def encode(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
-        """A queued item's spans, as ``in_scope_spans`` parts (``otlp.SpanExporter`` calls this in its thread)."""
+        """A queued item's spans, as ``in_scope_spans`` parts (``otlp.SpanExporter`` calls this in its thread).
+        Only sampled requests queue spans."""
         if item[0] == _SERVER_SPAN:
             return self._request_spans(item)
-        _, trace_id, trace_state, flags, parent_span_id, attempt = item
+        _, trace_id, trace_state, parent_span_id, attempt = item
         tokens = attempt[9]
-        usage = b""
+        answered = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
         if tokens:
-            usage = _INPUT_TOKENS.int(tokens.prompt) + _OUTPUT_TOKENS.int(tokens.completion)
-            usage += _usage_details(tokens.cached, tokens.cache_write, tokens.reasoning)
-        trace = trace_fields(trace_id, trace_state, flags)
-        response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
-        return self._attempt_span(trace, parent_span_id, attempt, response + usage)
+            answered += _INPUT_TOKENS.int(tokens.prompt) + _OUTPUT_TOKENS.int(tokens.completion)
+            answered += _usage_details(tokens.cached, tokens.cache_write, tokens.reasoning)
+        return self._attempt_span(trace_id, trace_state_field(trace_state), parent_span_id, attempt, answered)
 
     def _request_spans(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
         """A request's (SERVER) span, and its attempt's (CLIENT) when one came with it: the answer the
         pipeline accounted for is that attempt's, so the record's usage is both spans'."""
-        (_, trace_id, trace_state, flags, span_id, parent_span_id, start_ns, end_ns,
+        (_, trace_id, trace_state, span_id, parent_span_id, start_ns, end_ns,
          path, status, stream, cache, dedup, attempts, model, provider,
          tokens_saved, ttft, upstream_model, error_code, content, answer,
          prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, attempt) = item
-        kind = item[8:16]
+        kind = item[7:15]
         common = self._common.get(kind)
         if common is None:
             common = self._remember(kind, self._request_common(*kind))
-        trace = trace_fields(trace_id, trace_state, flags)
-        parts = [trace, common, _TOKENS_SAVED.int(tokens_saved) if tokens_saved else _NO_TOKENS_SAVED, content]
-        if ttft is not None:
-            parts.append(_TIME_TO_FIRST_CHUNK.float(ttft))
+        state = trace_state_field(trace_state) if trace_state else b""
         usage = response = b""
         if answer is not None or attempt is not None:
             usage = _INPUT_TOKENS.int(prompt_tokens) + _OUTPUT_TOKENS.int(completion_tokens)
             if cached_tokens or cache_write_tokens or reasoning_tokens:
                 usage += _usage_details(cached_tokens, cache_write_tokens, reasoning_tokens)
+        own = _TOKENS_SAVED.int(tokens_saved) if tokens_saved else _NO_TOKENS_SAVED
         if answer is not None:
             response = _answer_attributes(answer)
-            own_model = b""
             if upstream_model and (type(answer[0]) is not str or not answer[0]):  # none of its own
-                own_model = _RESPONSE_MODEL.str(upstream_model)
-            parts += (own_model, response, usage)
+                own += _RESPONSE_MODEL.str(upstream_model)
+        if ttft is not None:
+            own += _TIME_TO_FIRST_CHUNK.float(ttft)
         if status >= 400 or error_code:
-            parts.append(_ERROR_TYPE.str(error_code or str(status)))
-            if status >= 500 or status == 0:
-                parts.append(error_status(error_code or ""))
-        request = span_parts(span_id, parent_span_id, start_ns, end_ns, b"".join(parts))
+            own += _error_attributes(status, error_code)
+        fields = (state, common, own, content, response, usage) if answer is not None else (state, common, own, content)
+        request = sampled_span(trace_id, span_id, parent_span_id, start_ns, end_ns, fields)
         if attempt is None:
             return request
-        if attempt[3] is not answer:
-            response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
-        return request + self._attempt_span(trace, span_id, attempt, response + usage)
+        attempt_id, attempt_start, attempt_end, attempt_answer = attempt[:4]  # a successful one (``end_attempt``)
+        kind = attempt[4:8]
+        common = self._common.get(kind) or self._attempt_common(*kind)
+        if attempt_answer is None:  # a stream: its answer was not read
+            outcome = b""
+        else:
+            outcome = (response if attempt_answer is answer else _answer_attributes(attempt_answer)) + usage
+        return request + sampled_span(trace_id, attempt_id, span_id, attempt_start, attempt_end, (state, common, outcome))
 
     def _remember(self, kind: tuple[Any, ...], common: bytes) -> bytes:
         if len(self._common) < MAX_KINDS:
@@ -462,27 +463,31 @@ class Tracing:
         usage = data.get("usage") if data is not None else None
         if isinstance(usage, dict) and usage:
             attempt = (*attempt[:9], Usage.of(usage))  # type: ignore[assignment]
-        self.exporter.add((_CLIENT_SPAN, request.trace_id, request.trace_state, request.flags, request.span_id, attempt))
+        self.exporter.add((_CLIENT_SPAN, request.trace_id, request.trace_state, request.span_id, attempt))
 
-    def _attempt_span(self, trace: bytes, parent_id: bytes, attempt: Attempt, answered: bytes) -> tuple[bytes, bytes]:
-        """An upstream attempt's (CLIENT) span: ``trace`` and ``answered`` (its answer's attributes and
-        usage) are its request's when it came with it."""
-        span_id, start_ns, end_ns, answer, operation, provider, model, number, failure, _ = attempt
+    def _attempt_span(
+        self, trace_id: bytes, state: bytes, parent_id: bytes, attempt: Attempt, answered: bytes
+    ) -> tuple[bytes, bytes]:
+        """An upstream attempt's (CLIENT) span, written alone: ``state`` is its ``trace_state`` field,
+        ``answered`` its answer's attributes and usage."""
+        span_id, start_ns, end_ns, answer = attempt[:4]
         kind = attempt[4:8]
-        common = self._common.get(kind)
-        if common is None:
-            common = self._remember(kind, name_and_kind(f"{operation} {model}", CLIENT) + span_attributes({
-                "gen_ai.operation.name": operation,
-                "gen_ai.request.model": model,
-                "sluice.provider": provider,
-                "sluice.attempt": number,
-                **self._providers.get(provider, {}),
-            }))
-        if failure or answer is None:
-            fields = b"".join((trace, common, failure))
-        else:
-            fields = b"".join((trace, common, answered))
-        return span_parts(span_id, parent_id, start_ns, end_ns, fields)
+        common = self._common.get(kind) or self._attempt_common(*kind)
+        failure = attempt[8]
+        outcome = failure if failure or answer is None else answered
+        return sampled_span(trace_id, span_id, parent_id, start_ns, end_ns, (state, common, outcome))
+
+    def _attempt_common(self, operation: str, provider: str, model: str, number: int) -> bytes:
+        """The name, kind and attributes an attempt shares with others to the same target: encoded once."""
+        attributes = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.request.model": model,
+            "sluice.provider": provider,
+            "sluice.attempt": number,
+            **self._providers.get(provider, {}),
+        }
+        common = name_and_kind(f"{operation} {model}", CLIENT) + span_attributes(attributes)
+        return self._remember((operation, provider, model, number), common)
 
 
 _TOKENS_SAVED = Attribute("sluice.tokens_saved")
@@ -549,6 +554,14 @@ def _answer_attributes(answer: Answer) -> bytes:
         return response + _RESPONSE_ID.str(answer_id) if answer_id is not None else response
     except (TypeError, AttributeError):  # ``_answer`` took them as they were; checked, once
         return _answer_attributes((model if type(model) is str else None, answer_id if type(answer_id) is str else None, reasons))
+
+
+def _error_attributes(status: int, error_code: str | None) -> bytes:
+    """A failed request's ``error.type``, and its span's ERROR status when Sluice or the upstream failed it."""
+    attributes = _ERROR_TYPE.str(error_code or str(status))
+    if status >= 500 or status == 0:
+        attributes += error_status(error_code or "")
+    return attributes
 
 
 def _usage_details(cached: int, cache_write: int, reasoning: int) -> bytes:

@@ -18,7 +18,7 @@ from procs import free_port
 
 def span(number: int) -> bytes:
     return encode_span(
-        trace_id=number, span_id=number, parent_span_id=0, flags=1, trace_state="", name="chat gpt-4o-mini",
+        trace_id=number, span_id=number, parent_span_id=0, trace_state="", name="chat gpt-4o-mini",
         kind=SERVER, start_ns=1, end_ns=2, attributes={"gen_ai.operation.name": "chat"}, error=None,
     )
 

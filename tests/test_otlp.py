@@ -30,7 +30,7 @@ ATTRIBUTES = {
 def span(**overrides) -> bytes:  # type: ignore[no-untyped-def]
     fields = dict(
         trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736, span_id=0x00F067AA0BA902B7, parent_span_id=0x1122334455667788,
-        flags=1, trace_state="vendor=x", name="chat gpt-4o", kind=CLIENT, start_ns=1_700_000_000_123_456_789,
+        trace_state="vendor=x", name="chat gpt-4o", kind=CLIENT, start_ns=1_700_000_000_123_456_789,
         end_ns=1_700_000_001_000_000_000, attributes=ATTRIBUTES, error="upstream said no",
     )
     fields.update(overrides)
