@@ -155,9 +155,7 @@ def sampled_span(
         head = _CHILD_HEAD.pack(b"\x12\x08", span_id, b"\x22\x08", parent_span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
     else:
         head = _ROOT_HEAD.pack(b"\x12\x08", span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
-    span = head + b"".join(fields)
-    size = len(span)
-    return (_FRAMES[size] if size < MAX_FRAMED else b"\x12" + _varint(size)), span
+    return in_scope_spans(head + b"".join(fields))
 
 
 def trace_state_field(trace_state: str) -> bytes:

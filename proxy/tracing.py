@@ -103,8 +103,9 @@ when it is written alone (with its request's span, the request's usage is the sa
 # the spans a batch waits for cost its collections nothing (objects queued
 # instead, a quarter of tracing's CPU went to collections). A request's span is
 # queued with its last successful attempt's (``_SERVER_SPAN``), which shares
-# its trace fields and answer; an attempt that failed, or ended after its
-# request, is queued alone (``_CLIENT_SPAN``).
+# its trace id, trace state and answer; an attempt that failed, or ended after
+# its request, is queued alone (``_CLIENT_SPAN``). Only sampled requests queue
+# spans, so no item carries trace flags.
 _SERVER_SPAN, _CLIENT_SPAN = 0, 1
 
 
@@ -332,8 +333,7 @@ class Tracing:
         ))
 
     def encode(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
-        """A queued item's spans, as ``in_scope_spans`` parts (``otlp.SpanExporter`` calls this in its thread).
-        Only sampled requests queue spans."""
+        """A queued item's spans, as ``in_scope_spans`` parts (``otlp.SpanExporter`` calls this in its thread)."""
         if item[0] == _SERVER_SPAN:
             return self._request_spans(item)
         _, trace_id, trace_state, parent_span_id, attempt = item
@@ -355,7 +355,7 @@ class Tracing:
         common = self._common.get(kind)
         if common is None:
             common = self._remember(kind, self._request_common(*kind))
-        state = trace_state_field(trace_state) if trace_state else b""
+        state = trace_state_field(trace_state) if trace_state else b""  # most requests have none: no call
         usage = response = b""
         if answer is not None or attempt is not None:
             usage = _INPUT_TOKENS.int(prompt_tokens) + _OUTPUT_TOKENS.int(completion_tokens)
