@@ -28,8 +28,8 @@ from pathlib import Path
 import yaml
 
 import services
-from cpu_cost import cpu_seconds
-from loadgen import Request, check_answer, wrk
+from cpu_cost import Targets, cpu_rounds
+from loadgen import Request
 from procs import OUT, REPO, Process, free_port, http_ok
 
 WORKTREES = OUT / "compare"
@@ -77,24 +77,13 @@ def main() -> int:
         upstream_port, floor_port = free_port(), free_port()
         stack.enter_context(services.upstream("compare", upstream_port))
         floor = stack.enter_context(services.floor("compare", floor_port, upstream_port))
-        targets = {"floor": (services.base_url(floor_port), floor.pid)}
+        targets: Targets = {"floor": (services.base_url(floor_port), floor.pid)}
         builds = {"this checkout": REPO, **{revision: checkout(revision) for revision in args.revisions}}
         for n, (name, root) in enumerate(builds.items()):
             port = free_port()
             process = stack.enter_context(sluice_at(root, str(n), port, upstream_port))
             targets[name] = (services.base_url(port), process.pid)
-        for url, _ in targets.values():
-            check_answer(url, request)
-            wrk(url, 16, 2, request)  # warm-up
-        rates: dict[str, list[float]] = {name: [] for name in targets}
-        costs: dict[str, list[float]] = {name: [] for name in targets}
-        for _ in range(args.rounds):
-            for name, (url, pid) in targets.items():
-                before = cpu_seconds(pid)
-                result = wrk(url, 16, args.seconds, request)
-                costs[name].append((cpu_seconds(pid) - before) / result.requests * 1e6)
-                rates[name].append(result.rps)
-                print(f"  {name:<16} {rates[name][-1]:8,.0f} req/s  {costs[name][-1]:6.1f} µs/request", file=sys.stderr)
+        rates, costs = cpu_rounds(targets, request, args.rounds, args.seconds)
     for name in targets:
         print(f"{name:<16} median {statistics.median(rates[name]):8,.0f} req/s  {statistics.median(costs[name]):6.1f} µs/request")
     return 0

@@ -34,6 +34,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * TICK  # utime, stime (fields 14 and 15)
 
 
+Targets = dict[str, tuple[str, int]]
+"""A name → the base URL and process id of each proxy measured."""
+
+
+def cpu_rounds(
+    targets: Targets, request: Request, rounds: int, seconds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each target checked and warmed up, then ``rounds`` interleaved wrk runs at c=16: per target
+    and round, req/s and the process's CPU µs a request (also printed as they come)."""
+    for url, _ in targets.values():
+        check_answer(url, request)
+        wrk(url, 16, 2, request)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in targets}
+    costs: dict[str, list[float]] = {name: [] for name in targets}
+    for _ in range(rounds):
+        for name, (url, pid) in targets.items():
+            before = cpu_seconds(pid)
+            result = wrk(url, 16, seconds, request)
+            costs[name].append((cpu_seconds(pid) - before) / result.requests * 1e6)
+            rates[name].append(result.rps)
+            print(f"  {name:<16} {result.rps:8,.0f} req/s  {costs[name][-1]:6.1f} µs/request", file=sys.stderr)
+    return rates, costs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -46,24 +70,12 @@ def main() -> int:
         stack.enter_context(services.otlp_sink("cpu", sink_port))
         config = services.sluice_config(upstream_port)
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": services.base_url(sink_port), "OTEL_SERVICE_NAME": "sluice-bench"}
-        targets = {}
+        targets: Targets = {}
         for label, extra in (("tracing off", None), ("tracing on", env)):
             port = free_port()
             process = stack.enter_context(services.sluice(f"cpu-{label.split()[1]}", port, config, extra))
             targets[label] = (services.base_url(port), process.pid)
-        per_request: dict[str, list[float]] = {label: [] for label in targets}
-        rates: dict[str, list[float]] = {label: [] for label in targets}
-        for url, _ in targets.values():
-            check_answer(url, request)
-            wrk(url, 16, 2, request)  # warm-up
-        for _ in range(args.rounds):
-            for label, (url, pid) in targets.items():
-                before = cpu_seconds(pid)
-                result = wrk(url, 16, args.seconds, request)
-                used = cpu_seconds(pid) - before
-                per_request[label].append(used / result.requests * 1e6)
-                rates[label].append(result.rps)
-                print(f"  {label:<12} {per_request[label][-1]:6.1f} µs/request  {result.rps:8,.0f} req/s", file=sys.stderr)
+        rates, per_request = cpu_rounds(targets, request, args.rounds, args.seconds)
     off = statistics.median(per_request["tracing off"])
     for label in targets:
         cost = statistics.median(per_request[label])

@@ -173,19 +173,24 @@ def _trace_headers(traceparent: str, trace_state: str) -> TraceHeaders:
     return {"traceparent": traceparent}, f"traceparent: {traceparent}\r\n"
 
 
+def _upstream_trace() -> TraceHeaders | None:
+    """The trace context an upstream request made now carries: its attempt span's in a traced
+    request (none between attempts), else the client's own (``continue_client``)."""
+    request = _request.get()
+    return request.upstream if request is not None else _upstream.get()
+
+
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """``headers`` with the request's trace context for an upstream request: the current attempt
     span's ``traceparent`` (and ``tracestate``), or the client's own (``continue_client``)."""
-    request = _request.get()
-    trace = request.upstream if request is not None else _upstream.get()
+    trace = _upstream_trace()
     return {**headers, **trace[0]} if trace is not None else headers
 
 
 def upstream_header_lines() -> str:
     """``upstream_headers``' trace context as HTTP/1.1 header lines ("" without one), for proxy.http1
     to add to a request's head: its values are already checked (``client_trace``) or Sluice's own."""
-    request = _request.get()
-    trace = request.upstream if request is not None else _upstream.get()
+    trace = _upstream_trace()
     return trace[1] if trace is not None else ""
 
 
@@ -374,14 +379,9 @@ class Tracing:
         request = sampled_span(trace_id, span_id, parent_span_id, start_ns, end_ns, fields)
         if attempt is None:
             return request
-        attempt_id, attempt_start, attempt_end, attempt_answer = attempt[:4]  # a successful one (``end_attempt``)
-        kind = attempt[4:8]
-        common = self._common.get(kind) or self._attempt_common(*kind)
-        if attempt_answer is None:  # a stream: its answer was not read
-            outcome = b""
-        else:
-            outcome = (response if attempt_answer is answer else _answer_attributes(attempt_answer)) + usage
-        return request + sampled_span(trace_id, attempt_id, span_id, attempt_start, attempt_end, (state, common, outcome))
+        if attempt[3] is not answer:
+            response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
+        return request + self._attempt_span(trace_id, state, span_id, attempt, response + usage)
 
     def _remember(self, kind: tuple[Any, ...], common: bytes) -> bytes:
         if len(self._common) < MAX_KINDS:
@@ -468,26 +468,22 @@ class Tracing:
     def _attempt_span(
         self, trace_id: bytes, state: bytes, parent_id: bytes, attempt: Attempt, answered: bytes
     ) -> tuple[bytes, bytes]:
-        """An upstream attempt's (CLIENT) span, written alone: ``state`` is its ``trace_state`` field,
-        ``answered`` its answer's attributes and usage."""
-        span_id, start_ns, end_ns, answer = attempt[:4]
+        """An upstream attempt's (CLIENT) span: ``state`` (its ``trace_state`` field) and ``answered`` (its
+        answer's attributes and usage) are its request's when it came with it."""
+        span_id, start_ns, end_ns, answer, operation, provider, model, number, failure, _ = attempt
         kind = attempt[4:8]
-        common = self._common.get(kind) or self._attempt_common(*kind)
-        failure = attempt[8]
-        outcome = failure if failure or answer is None else answered
+        common = self._common.get(kind)
+        if common is None:
+            attributes = {
+                "gen_ai.operation.name": operation,
+                "gen_ai.request.model": model,
+                "sluice.provider": provider,
+                "sluice.attempt": number,
+                **self._providers.get(provider, {}),
+            }
+            common = self._remember(kind, name_and_kind(f"{operation} {model}", CLIENT) + span_attributes(attributes))
+        outcome = failure if failure or answer is None else answered  # a stream's answer is not read
         return sampled_span(trace_id, span_id, parent_id, start_ns, end_ns, (state, common, outcome))
-
-    def _attempt_common(self, operation: str, provider: str, model: str, number: int) -> bytes:
-        """The name, kind and attributes an attempt shares with others to the same target: encoded once."""
-        attributes = {
-            "gen_ai.operation.name": operation,
-            "gen_ai.request.model": model,
-            "sluice.provider": provider,
-            "sluice.attempt": number,
-            **self._providers.get(provider, {}),
-        }
-        common = name_and_kind(f"{operation} {model}", CLIENT) + span_attributes(attributes)
-        return self._remember((operation, provider, model, number), common)
 
 
 _TOKENS_SAVED = Attribute("sluice.tokens_saved")
