@@ -507,20 +507,27 @@ def _answer(data: dict[str, Any]) -> Answer:
     """What an answer, in any client API's shape, tells its spans besides its usage: read in the
     request, so that the span does not keep the answer alive. The model and id are taken as they
     are: the export thread checks their types (``_answer_attributes``)."""
+    try:  # most answers: one choice, with a finish reason seen before
+        choices = data["choices"]
+        if len(choices) == 1:
+            return data.get("model"), data.get("id"), _REASONS[choices[0]["finish_reason"]]
+    except (KeyError, TypeError, IndexError):  # another API's answer, or a reason not kept yet
+        pass
+    return data.get("model"), data.get("id"), _reasons(data)
+
+
+def _reasons(data: dict[str, Any]) -> tuple[str, ...]:
     choices = data.get("choices")
     if type(choices) is list:
-        if len(choices) == 1:  # most answers: no list of one to build
+        if len(choices) == 1:
             choice = choices[0]
             reason = choice.get("finish_reason") if type(choice) is dict else None
-            reasons = (_REASONS.get(reason) or _one_reason(reason)) if type(reason) is str else ()
-        else:
-            reasons = tuple(c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str)
-    else:
-        reason = data.get("stop_reason")  # Messages, else Responses
-        if type(reason) is not str:
-            reason = data.get("status")
-        reasons = (_REASONS.get(reason) or _one_reason(reason)) if type(reason) is str else ()
-    return data.get("model"), data.get("id"), reasons
+            return (_REASONS.get(reason) or _one_reason(reason)) if type(reason) is str else ()
+        return tuple(c["finish_reason"] for c in choices if type(c) is dict and type(c.get("finish_reason")) is str)
+    reason = data.get("stop_reason")  # Messages, else Responses
+    if type(reason) is not str:
+        reason = data.get("status")
+    return (_REASONS.get(reason) or _one_reason(reason)) if type(reason) is str else ()
 
 
 def _one_reason(reason: str) -> tuple[str]:

@@ -18,7 +18,7 @@ import pytest
 from proxy.completions import Completion
 from proxy.config import Config, ConfigError, ProviderConfig, Target, TracingConfig, parse_config
 from proxy.telemetry.record import RequestRecord
-from proxy.tracing import Tracing, client_trace, enabled_by, with_config
+from proxy.tracing import Tracing, _answer, client_trace, enabled_by, with_config
 from tests.conftest import openai_config
 from tests.fakes.otlp import OTLPReceiver, ReceivedSpan
 from tests.fakes.server import FakeServer, Reply
@@ -237,6 +237,29 @@ def test_an_answer_with_values_of_other_types_still_has_its_spans(start_proxy, f
     for span in (request, attempt):
         assert "gen_ai.response.id" not in span.attributes and "gen_ai.usage.reasoning.output_tokens" not in span.attributes
         assert span.attributes["gen_ai.usage.input_tokens"] == 12
+
+
+@pytest.mark.parametrize(
+    ("answer", "reasons"),
+    [
+        ({"choices": [{"finish_reason": "stop"}]}, ("stop",)),
+        ({"choices": [{"finish_reason": "a_reason_never_seen"}]}, ("a_reason_never_seen",)),
+        ({"choices": [{"finish_reason": "stop"}, {"finish_reason": "length"}]}, ("stop", "length")),
+        ({"choices": [{"finish_reason": None}]}, ()),
+        ({"choices": [{"finish_reason": ["stop"]}]}, ()),
+        ({"choices": [{"finish_reason": 3}, {"finish_reason": "stop"}, "odd"]}, ("stop",)),
+        ({"choices": ["s"]}, ()),
+        ({"choices": []}, ()),
+        ({"choices": {"0": {"finish_reason": "stop"}}, "status": "completed"}, ("completed",)),
+        ({"choices": "s"}, ()),
+        ({"stop_reason": "end_turn", "status": "x"}, ("end_turn",)),  # Messages
+        ({"status": "incomplete"}, ("incomplete",)),  # Responses
+        ({}, ()),
+    ],
+)
+def test_an_answers_finish_reasons_are_read_from_each_apis_shape(answer: dict[str, Any], reasons: tuple[str, ...]) -> None:
+    model, answer_id, read = _answer({"model": "m", "id": "i", **answer})
+    assert (model, answer_id, read) == ("m", "i", reasons)
 
 
 def direct_tracer(receiver: OTLPReceiver) -> Tracing:
