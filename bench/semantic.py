@@ -31,7 +31,8 @@ from proxy.cache.semantic import SemanticCache
 from proxy.cache.terms import key_terms, normalize
 from proxy.completions import Completion
 from proxy.config import SEMANTIC_THRESHOLD, SemanticConfig
-from proxy.requests import RequestOptions
+from proxy.surfaces.base import SemanticParts
+from proxy.surfaces.chat import ChatSurface
 
 PAIRS = Path(__file__).resolve().parent / "data" / "semantic_pairs.jsonl"
 THRESHOLDS = tuple(sorted({0.5, 0.7, 0.8, 0.85, 0.9, 0.95, SEMANTIC_THRESHOLD}))
@@ -69,22 +70,21 @@ def rates(pairs: list[dict], embedder: StaticEmbedder) -> str:
 
 async def lookup_times(pairs: list[dict], embedder: StaticEmbedder) -> str:
     cache = SemanticCache(SemanticConfig(mode="on", max_entries=ENTRIES), _EveryAnswer(), embedder)
-    options = RequestOptions(no_cache=False, no_store=False, ttl=None, compression="safe")
     words = sorted({w for p in pairs for w in (p["a"] + " " + p["b"]).split()})
     rng = random.Random(15)
     stored = [p["a"] for p in pairs]
     stored += [" ".join(rng.choices(words, k=8)) + f" {n}" for n in range(ENTRIES - len(stored))]
     for n, text in enumerate(stored):
-        query, _ = await cache.lookup("openai/gpt-4o-mini", _body(text), "anonymous", options)
+        query, _ = await cache.lookup("openai/gpt-4o-mini", "chat", _parts(text), "anonymous", "safe")
         assert query is not None
         await cache.store(query, f"{n:040x}")
     assert len(cache.index) == ENTRIES
     texts = [p["b"] for p in pairs]
     timings = []
     for n in range(LOOKUPS):
-        body = _body(texts[n % len(texts)])
+        parts = _parts(texts[n % len(texts)])
         started = time.perf_counter()
-        await cache.lookup("openai/gpt-4o-mini", body, "anonymous", options)
+        await cache.lookup("openai/gpt-4o-mini", "chat", parts, "anonymous", "safe")
         timings.append((time.perf_counter() - started) * 1000)
     timings.sort()
     p50, p99 = statistics.median(timings), timings[int(len(timings) * 0.99)]
@@ -112,8 +112,11 @@ class _EveryAnswer(CacheBackend):
         return 0
 
 
-def _body(text: str) -> dict:
-    return {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": text}]}
+def _parts(text: str) -> SemanticParts:
+    """A chat request asking ``text``, as the semantic cache sees it."""
+    parts = ChatSurface().semantic_parts({"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": text}]})
+    assert parts is not None
+    return parts
 
 
 def main() -> int:

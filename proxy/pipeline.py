@@ -153,11 +153,8 @@ class Pipeline:
         )
 
         answer = await self._lookup(job, record)
-        if answer is None and self.semantic is not None and surface.api == "chat" and record.cache == "miss":
-            switch = principal.key.semantic if principal.key is not None else None
-            job.semantic, hit = await self.semantic.lookup(route.key, body, identity, options, switch)
-            if hit is not None:
-                answer, record.cache, record.similarity = hit.answer, "semantic", hit.similarity
+        if answer is None and self.semantic is not None and record.cache == "miss":
+            answer = await self._similar(self.semantic, job, record, principal)
         if answer is not None:
             response, payload = self._cached_response(answer, job, parsed, record)
             lane_allowed = record.cache == "hit" and surface.hit_lane and (principal.key is None or not has_limits(principal.key))
@@ -206,6 +203,27 @@ class Pipeline:
         record.cache = "hit" if answer is not None else "miss"
         return answer
 
+    async def _similar(
+        self, semantic: SemanticCache, job: Job, record: RequestRecord, principal: Principal
+    ) -> CachedAnswer | None:
+        """After an exact miss, a similar earlier request's answer (the semantic cache), when the
+        request is in; ``job.semantic`` is set when its own answer may be stored for later ones."""
+        switch = principal.key.semantic if principal.key is not None else None
+        if not semantic.wanted(job.options, switch):
+            return None
+        parts = job.surface.semantic_parts(job.surface.keyed(job.body))  # as the exact key sees it
+        if parts is None:
+            return None
+        job.semantic, hit = await semantic.lookup(job.route.key, job.surface.api, parts, job.identity, job.options.compression)
+        if hit is None:
+            return None
+        answer: CachedAnswer | None = hit.answer
+        if job.surface.remembers:  # a Responses answer: a new one of this request's own, as an exact hit's
+            answer = await self._reissued(job, hit.answer)
+        if answer is not None:
+            record.cache, record.similarity = "semantic", hit.similarity
+        return answer
+
     async def _reissued(self, job: Job, cached: CachedAnswer) -> CachedAnswer | None:
         """A hit on an API that keeps its answers (Responses) as an answer of its own, kept like one
         (a bridged answer gets fresh ids, so GET, DELETE and ``previous_response_id`` work on it);
@@ -250,11 +268,10 @@ class Pipeline:
 
     async def _run(self, flight: Flight, job: Job, registered: bool) -> None:
         """The upstream side of a flight: runs once, whoever asked."""
-        # Other processes' flights carry hub chunks only: native events stay in-process.
-        remote = self.remote_flights if registered and job.surface.hub_native else None
+        remote = self.remote_flights if registered else None
         if remote is not None:
             try:
-                shared = await remote.settle(flight, job.cache_key)  # type: ignore[arg-type]
+                shared = await remote.settle(flight, job.cache_key, lambda completion: _replayed(job, completion))  # type: ignore[arg-type]
             except BaseException:
                 self.flights.discard(job.cache_key, flight)  # type: ignore[arg-type]
                 raise
@@ -577,6 +594,17 @@ def _replay(job: Job, completion: Completion, include_usage: bool) -> bytes:
         return surface.replay(completion.data, job.body)
     renderer = surface.renderer(job.body, include_usage)
     return renderer.feed(replay_chunks(completion.data, True)) + renderer.close()
+
+
+def _replayed(job: Job, completion: Completion) -> tuple[bool, list[Chunk]]:
+    """``_replay`` as a flight's chunks, for a flight that a leader elsewhere answered as JSON
+    (``RemoteFlights``): whether they are native events, and the chunks. A native replay is one
+    frame, without the ``stream_end`` that following a flight adds."""
+    surface = job.surface
+    if _is_native(surface, completion.data):
+        frames = surface.replay(completion.data, job.body).removesuffix(surface.stream_end)
+        return True, [Chunk(b"{}", {}, frames)]
+    return False, replay_chunks(completion.data, True)
 
 
 def _hub_usage(surface: Surface, completion: Completion) -> dict[str, Any] | None:

@@ -24,6 +24,10 @@ transaction, to learn the holder's token when the claim is lost).
   ends with a 502 ``upstream_error``, as a broken upstream stream would (its
   start cannot be sent twice).
 
+Every client API's flights are shared: a native stream's events go through
+with their SSE frames (and the leader's first entry says the stream is
+native), so a follower sends them on as they came, as a local joiner would.
+
 Redis stays an optimisation: any error or timeout while claiming or before the
 first chunk falls back to running the call locally, as if no other process
 existed; the link's backoff and once-per-interval warning apply.
@@ -33,13 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.completions import Chunk, Completion, replay_chunks
+from proxy.completions import Chunk, Completion
 from proxy.config import Target
 from proxy.dedup import Flight, Outcome
 from proxy.errors import SluiceError
@@ -47,6 +52,10 @@ from proxy.redis_link import RedisLink, RedisUnavailable
 from proxy.sse import Comment
 
 FLIGHT_PREFIX = "sluice:flight:"
+
+Replay = Callable[[Completion], tuple[bool, list[Chunk]]]
+"""A whole answer as the stream a live one would have been: whether its chunks are the client
+API's own events (``Flight.native``), and the chunks."""
 
 # KEYS: lock. ARGV: token, lease ms. Extend the lease only while holding it.
 _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
@@ -87,9 +96,11 @@ class RemoteFlights:
 
     # -- the entry point --
 
-    async def settle(self, flight: Flight, key: str) -> bool:
+    async def settle(self, flight: Flight, key: str, replay: Replay) -> bool:
         """Claim ``key``: True when the flight was answered from another process's call;
-        False when this process runs the call (leading, mirrored if the claim was won)."""
+        False when this process runs the call (leading, mirrored if the claim was won).
+        ``replay``: a whole answer as this process's streaming callers' events, for a leader
+        that answered as JSON."""
         lock = FLIGHT_PREFIX + key
         for _ in range(self._max_claims):
             token = secrets.token_hex(8)
@@ -104,7 +115,7 @@ class RemoteFlights:
                 continue
             flight.remote = True
             try:
-                await self._follow(flight, lock, holder)
+                await self._follow(flight, lock, holder, replay)
                 return True
             except _Vanished:
                 flight.remote = False
@@ -149,8 +160,12 @@ class RemoteFlights:
                 entries = []
                 for chunk in batch:
                     fields: dict[str, Any] = {"k": "c", "c": chunk.body}
+                    if chunk.frame is not None:  # a native event: its SSE frame, event line included
+                        fields["f"] = chunk.frame
                     if first and flight.target is not None:
                         fields.update(p=flight.target.provider, m=flight.target.model)
+                        if flight.native:
+                            fields["n"] = b"1"
                         first = False
                     entries.append(fields)
                 await self._link.run(lambda redis, entries=entries: self._append(redis, stream, entries, self._lease_ms * 3))
@@ -186,7 +201,7 @@ class RemoteFlights:
 
     # -- follower side --
 
-    async def _follow(self, flight: Flight, lock: str, token: str) -> None:
+    async def _follow(self, flight: Flight, lock: str, token: str, replay: Replay) -> None:
         """Feed the local flight from the leader's stream until its final entry."""
         stream = f"{lock}:{token}"
         last = "0-0"
@@ -201,7 +216,7 @@ class RemoteFlights:
                 continue
             for entry_id, fields in answer[0][1]:
                 last = entry_id
-                if _apply(flight, fields):
+                if _apply(flight, fields, replay):
                     return
 
     async def _check_leader(self, lock: str, token: str, stream: str, last: str) -> None:
@@ -250,15 +265,16 @@ def _final_entry(outcome: Outcome) -> dict[str, Any]:
     return {"k": "done", "body": outcome.completion.body, "meta": orjson.dumps(meta)}
 
 
-def _apply(flight: Flight, fields: dict[bytes, bytes]) -> bool:
+def _apply(flight: Flight, fields: dict[bytes, bytes], replay: Replay) -> bool:
     """One stream entry into the local flight; True when it ended the flight."""
     kind = fields.get(b"k")
     if kind == b"c":
         if b"p" in fields and flight.target is None:
             flight.target = Target(fields[b"p"].decode(), fields[b"m"].decode())
+            flight.native = b"n" in fields
         if flight.streaming:  # a JSON flight needs only the final answer: nothing is sent before it
             body = fields[b"c"]
-            flight.publish([Chunk(body, orjson.loads(body))])
+            flight.publish([Chunk(body, orjson.loads(body), fields.get(b"f"))])
         return False
     if kind == b"abandon":
         raise _Vanished
@@ -292,7 +308,8 @@ def _apply(flight: Flight, fields: dict[bytes, bytes]) -> bool:
         body = fields[b"body"]
         outcome.completion = Completion(body, orjson.loads(body))
         if flight.streaming and not flight.chunks:  # the leader answered as JSON: stream it as a replay
-            flight.publish(replay_chunks(outcome.completion.data, True))
+            flight.native, chunks = replay(outcome.completion)
+            flight.publish(chunks)
     if flight.target is None:
         flight.target = target
     flight.first_chunk_seconds = outcome.first_chunk_seconds

@@ -7,13 +7,19 @@ import json
 import threading
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
 
 from proxy.remote_flights import FLIGHT_PREFIX
 from tests.conftest import openai_config
+from tests.fakes.anthropic import FakeAnthropic
+from tests.fakes.anthropic import message as anthropic_message
+from tests.fakes.anthropic import stream_events as anthropic_stream_events
+from tests.fakes.anthropic import text as anthropic_text
 from tests.fakes.openai import FakeOpenAI, completion, stream_chunks
+from tests.fakes.openai_responses import ResponsesState, response_events
 from tests.fakes.server import Reply
 from tests.proxy_process import ProxyProcess
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
@@ -298,3 +304,105 @@ async def test_a_leader_dying_mid_stream_ends_the_followers_streams_with_an_erro
     assert events[-1]["error"]["code"] == "upstream_error"
     assert "[DONE]" not in response.text
     assert len(fake_openai.calls("/chat/completions")) == 1, "never started again: the client already has the start"
+
+
+# -- every client API: native events cross with their frames --------------------------------
+
+ANTHROPIC_MODEL = "anthropic/claude-sonnet-4-5-20250929"
+APIS = {  # (client API, model): which fake answers, and in which form
+    "responses, native": ("responses", "gpt-4o-mini"),
+    "responses, bridged": ("responses", "chat-only/gpt-4o-mini"),
+    "messages, native": ("messages", ANTHROPIC_MODEL),
+    "messages, translated": ("messages", "gpt-4o-mini"),
+}
+
+
+@pytest.fixture
+def api_pair(start_proxy, fake_openai, fake_anthropic, redis_server) -> tuple[ProxyProcess, ProxyProcess]:  # type: ignore[no-untyped-def]  # noqa: F811
+    config = shared_config(fake_openai, redis_server)
+    config["providers"] += [
+        {"name": "chat-only", "type": "openai", "base_url": f"{fake_openai.url}/v1", "api_key": "sk-up", "responses": False},
+        {"name": "anthropic", "type": "anthropic", "base_url": f"{fake_anthropic.url}/v1", "api_key": "sk-ant"},
+    ]
+    return start_proxy(config), start_proxy(config)
+
+
+def gated(case: str, streaming: bool, text: str, gate: threading.Event, fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic) -> None:
+    """Script the one upstream answer ``case`` gets, held until ``gate`` opens."""
+    if case == "responses, native":
+        _, response = ResponsesState().create({"model": "gpt-4o-mini", "input": text})
+        if streaming:
+            events = b"".join(response_events(response))
+            fake_openai.script(Reply(gate=gate, body=events, headers={"content-type": "text/event-stream"}))
+        else:
+            fake_openai.script(Reply(gate=gate, json=response))
+    elif case == "messages, native":
+        answer = anthropic_message([anthropic_text(f"echo: {text}")])
+        fake_anthropic.script(Reply(gate=gate, chunks=anthropic_stream_events(answer)) if streaming else Reply(gate=gate, json=answer))
+    else:
+        fake_openai.script(
+            Reply(gate=gate, chunks=stream_chunks("gpt-4o-mini", f"echo: {text}")) if streaming
+            else Reply(gate=gate, json=completion("gpt-4o-mini", f"echo: {text}"))
+        )
+
+
+async def ask_api(proxy: ProxyProcess, api: str, model: str, text: str, streaming: bool) -> tuple[str, str]:
+    """One request through the API's official SDK: (the answer's text, its id)."""
+    if api == "responses":
+        client = openai.AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client", max_retries=0)
+        if not streaming:
+            response = await client.responses.create(model=model, input=text)
+            return response.output_text, response.id
+        async with client.responses.stream(model=model, input=text) as stream:
+            final = await stream.get_final_response()
+        return final.output_text, final.id
+    messages = anthropic.AsyncAnthropic(base_url=proxy.url, api_key="sk-client", max_retries=0)
+    turns: list[Any] = [{"role": "user", "content": text}]
+    if not streaming:
+        message = await messages.messages.create(model=model, max_tokens=64, messages=turns)
+        return message.content[0].text, message.id  # type: ignore[union-attr]
+    async with messages.messages.stream(model=model, max_tokens=64, messages=turns) as stream:
+        final_message = await stream.get_final_message()
+    return final_message.content[0].text, final_message.id  # type: ignore[union-attr]
+
+
+def upstream_calls(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic) -> int:
+    return len(fake_openai.calls("/v1/responses")) + len(fake_openai.calls("/chat/completions")) + len(fake_anthropic.calls("/messages"))
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["json", "stream"])
+@pytest.mark.parametrize("case", list(APIS))
+async def test_identical_requests_of_every_api_in_two_processes_make_one_upstream_call(  # type: ignore[no-untyped-def]
+    api_pair, fake_openai, fake_anthropic, case: str, streaming: bool
+) -> None:
+    api, model = APIS[case]
+    gate = threading.Event()
+    text = f"{case} {streaming} across processes"
+    gated(case, streaming, text, gate, fake_openai, fake_anthropic)
+    tasks = [asyncio.create_task(ask_api(proxy, api, model, text, streaming)) for _ in range(3) for proxy in api_pair]
+    await until_waiting(api_pair, callers=6, remote=3)
+    gate.set()
+    answers = await asyncio.gather(*tasks)
+    assert {answer for answer, _ in answers} == {f"echo: {text}"}
+    assert len({answer_id for _, answer_id in answers}) == 1, "one answer, one id, in both processes"
+    assert upstream_calls(fake_openai, fake_anthropic) == 1
+
+
+@pytest.mark.parametrize("case", ["responses, native", "messages, native"])
+async def test_a_streaming_follower_of_a_json_leader_in_another_process_gets_its_apis_events(  # type: ignore[no-untyped-def]
+    api_pair, fake_openai, fake_anthropic, case: str
+) -> None:
+    """The leader's answer is the provider's own JSON: replayed as that API's events, not as chat chunks."""
+    a, b = api_pair
+    api, model = APIS[case]
+    gate = threading.Event()
+    text = f"{case} mixed modes"
+    gated(case, False, text, gate, fake_openai, fake_anthropic)
+    leader = asyncio.create_task(ask_api(a, api, model, text, streaming=False))
+    await until_waiting((a,), callers=1, remote=0)
+    follower = asyncio.create_task(ask_api(b, api, model, text, streaming=True))
+    await until_waiting((b,), callers=1, remote=1)
+    gate.set()
+    assert await leader == await follower
+    assert (await follower)[0] == f"echo: {text}"
+    assert upstream_calls(fake_openai, fake_anthropic) == 1

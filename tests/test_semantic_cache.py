@@ -1,12 +1,13 @@
-"""The semantic cache end to end: the official ``openai`` SDK → the real Sluice server → the fake
-OpenAI upstream; its scope, its guard against near-misses, its switches, Redis sharing, and
-the memory bound of its index."""
+"""The semantic cache end to end: the official ``openai`` and ``anthropic`` SDKs → the real Sluice
+server → the fake upstreams, for each client API; its scope, its guard against near-misses, its
+switches, Redis sharing, and the memory bound of its index."""
 
 from __future__ import annotations
 
 import tracemalloc
 from typing import Any
 
+import anthropic
 import httpx
 import numpy as np
 import openai
@@ -15,6 +16,7 @@ import pytest
 from proxy.cache.semantic import SemanticIndex
 from proxy.cache.terms import key_terms, normalize
 from tests.conftest import openai_config
+from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
@@ -200,3 +202,108 @@ def test_a_key_can_opt_in_and_the_header_still_wins(start_proxy, fake_openai) ->
     assert ask(proxy, PARAPHRASE + " ", key="sk-bot", headers={"X-Sluice-Semantic": "off"})[1]["x-sluice-cache"] == "miss"
     ask(proxy, QUESTION, key="sk-team")
     assert ask(proxy, PARAPHRASE, key="sk-team")[1]["x-sluice-cache"] == "miss", "this key did not"
+
+
+# -- Messages and Responses: the same cache, each answer in its client's API ------------------
+
+
+def every_api_config(fake_openai: FakeOpenAI, fake_anthropic: FakeAnthropic) -> dict[str, Any]:
+    """OpenAI natively (chat, Responses), the same fake as a chat-only upstream (Responses bridged)
+    and Anthropic natively (Messages); the semantic cache on."""
+    config = semantic(fake_openai)
+    config["providers"] += [
+        {"name": "chat-only", "type": "openai", "base_url": f"{fake_openai.url}/v1", "api_key": "sk-up", "responses": False},
+        {"name": "anthropic", "type": "anthropic", "base_url": f"{fake_anthropic.url}/v1", "api_key": "sk-ant"},
+    ]
+    return config
+
+
+def ask_messages(proxy, text: str, *, model: str = "anthropic/claude-sonnet-4-5-20250929", system: str | None = None):  # type: ignore[no-untyped-def]
+    """One Messages request through the ``anthropic`` SDK; returns (answer text, raw headers)."""
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="unused", max_retries=0)
+    extra = {"system": system} if system is not None else {}
+    raw = client.messages.with_raw_response.create(  # the SDK has no ``temperature`` of its own any more
+        model=model, max_tokens=64, messages=[{"role": "user", "content": text}], extra_body={"temperature": 0}, **extra
+    )
+    return raw.parse().content[0].text, raw.headers  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("model", ["anthropic/claude-sonnet-4-5-20250929", "openai/gpt-4o-mini"])
+def test_a_messages_paraphrase_gets_the_earlier_answer_native_or_translated(
+    start_proxy, fake_openai, fake_anthropic, model: str  # type: ignore[no-untyped-def]
+) -> None:
+    proxy = start_proxy(every_api_config(fake_openai, fake_anthropic))
+    first, headers = ask_messages(proxy, QUESTION, model=model)
+    assert headers["x-sluice-cache"] == "miss" and first == f"echo: {QUESTION}"
+    again, headers = ask_messages(proxy, PARAPHRASE, model=model)
+    assert (again, headers["x-sluice-cache"]) == (first, "semantic")
+    assert 0.85 <= float(headers["x-sluice-similarity"]) <= 1.0
+    assert len(fake_anthropic.calls("/messages")) + upstream_calls(fake_openai) == 1
+
+    near, headers = ask_messages(proxy, "Convert 5 miles to km", model=model)
+    assert headers["x-sluice-cache"] == "miss" and near == "echo: Convert 5 miles to km"
+    _, headers = ask_messages(proxy, PARAPHRASE, model=model, system="Answer in French.")
+    assert headers["x-sluice-cache"] == "miss", "another system prompt is another scope"
+
+
+def test_a_streaming_messages_client_gets_a_semantic_hit_as_its_own_events(start_proxy, fake_openai, fake_anthropic) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_proxy(every_api_config(fake_openai, fake_anthropic))
+    ask_messages(proxy, QUESTION)
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="unused", max_retries=0)
+    with client.messages.stream(
+        model="anthropic/claude-sonnet-4-5-20250929",
+        max_tokens=64,
+        messages=[{"role": "user", "content": PARAPHRASE}],
+        extra_body={"temperature": 0},
+    ) as stream:
+        text = "".join(stream.text_stream)
+        message = stream.get_final_message()
+    assert text == f"echo: {QUESTION}" and message.stop_reason == "end_turn"
+    assert len(fake_anthropic.calls("/messages")) == 1
+
+
+def test_an_entry_answers_only_its_own_client_api(start_proxy, fake_openai, fake_anthropic) -> None:  # type: ignore[no-untyped-def]
+    """The exact cache keeps each API's answers in that API's form: a chat request never takes a
+    Messages request's answer (nor the reverse), however alike their questions."""
+    proxy = start_proxy(every_api_config(fake_openai, fake_anthropic))
+    ask_messages(proxy, QUESTION, model="openai/gpt-4o-mini")
+    _, headers = ask(proxy, PARAPHRASE, model="openai/gpt-4o-mini")
+    assert headers["x-sluice-cache"] == "miss"
+    assert upstream_calls(fake_openai) == 2
+
+
+def respond(proxy, text: str | list[dict[str, Any]], *, model: str, **params: Any):  # type: ignore[no-untyped-def]
+    """One Responses request through the ``openai`` SDK; returns (response, raw headers)."""
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+    raw = client.responses.with_raw_response.create(model=model, input=text, temperature=0, **params)  # type: ignore[arg-type]
+    return raw.parse(), raw.headers
+
+
+@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "chat-only/gpt-4o-mini"])
+def test_a_responses_paraphrase_gets_the_earlier_answer_native_or_bridged(
+    start_proxy, fake_openai, fake_anthropic, model: str  # type: ignore[no-untyped-def]
+) -> None:
+    proxy = start_proxy(every_api_config(fake_openai, fake_anthropic))
+    first, headers = respond(proxy, QUESTION, model=model)
+    assert headers["x-sluice-cache"] == "miss" and first.output_text == f"echo: {QUESTION}"
+    items = [{"role": "user", "content": [{"type": "input_text", "text": PARAPHRASE}]}]
+    again, headers = respond(proxy, items, model=model)
+    assert (again.output_text, headers["x-sluice-cache"]) == (first.output_text, "semantic")
+    assert len(fake_openai.calls("/responses")) + upstream_calls(fake_openai) == 1
+    _, headers = respond(proxy, PARAPHRASE, model=model, instructions="Answer in French.")
+    assert headers["x-sluice-cache"] == "miss", "other instructions are another scope"
+
+
+def test_a_bridged_responses_hit_is_a_response_of_its_own(start_proxy, fake_openai, fake_anthropic) -> None:  # type: ignore[no-untyped-def]
+    """As an exact hit is: a new id that GET finds and that ``previous_response_id`` continues."""
+    proxy = start_proxy(every_api_config(fake_openai, fake_anthropic))
+    first, _ = respond(proxy, QUESTION, model="chat-only/gpt-4o-mini")
+    hit, headers = respond(proxy, PARAPHRASE, model="chat-only/gpt-4o-mini")
+    assert headers["x-sluice-cache"] == "semantic" and hit.id != first.id and hit.id.startswith("resp_")
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="unused", max_retries=0)
+    assert client.responses.retrieve(hit.id).output_text == hit.output_text
+    follow = client.responses.create(model="chat-only/gpt-4o-mini", input="And in feet?", previous_response_id=hit.id)
+    assert follow.output_text == "echo: And in feet?"
+    sent = fake_openai.calls("/chat/completions")[-1].json["messages"]
+    texts = [m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"]) for m in sent]
+    assert texts == [PARAPHRASE, f"echo: {QUESTION}", "And in feet?"], "the hit's own conversation"

@@ -1,20 +1,21 @@
-"""The semantic cache: an earlier answer for a similar (not identical) chat request.
+"""The semantic cache: an earlier answer for a similar (not identical) request, in any client API.
 
 Asked only after an exact miss, and only when the request is in: its
 ``X-Sluice-Semantic: on|off`` header decides, else its proxy key's
 ``semantic: true|false``, else ``cache.semantic.mode`` (``on``, or ``opt-in``:
-only what the header or key opts in). A request takes part when its last message is
-the user's text and, by default (``deterministic_only``), it asks for
-``temperature: 0`` with no tools.
+only what the header or key opts in). A request takes part when its last turn is
+the user's text (``Surface.semantic_parts``: Chat Completions' and Messages'
+last message, Responses' ``input``) and, by default (``deterministic_only``),
+it asks for ``temperature: 0`` with no tools.
 
-Every entry lives in a scope: the routed model, the caller's identity and
-everything in the request but that last user message (system prompt, earlier
-turns, tools, sampling parameters; as the exact key, ``stream`` and ``user``
-aside). Only entries of the same scope are compared, so another key, model,
-system prompt or temperature never hits. Within a scope a hit needs both a
-cosine similarity of at least ``threshold`` and the same key terms
-(``proxy.cache.terms``), so "5 km in miles" never takes the answer of "5 miles
-in km".
+Every entry lives in a scope: the client API, the routed model, the caller's
+identity and everything in the request but that last user turn (system prompt
+or instructions, earlier turns, tools, sampling parameters; as the exact key,
+``stream`` and ``user`` aside). Only entries of the same scope are compared,
+so another API, key, model, system prompt or temperature never hits. Within a
+scope a hit needs both a cosine similarity of at least ``threshold`` and the
+same key terms (``proxy.cache.terms``), so "5 km in miles" never takes the
+answer of "5 miles in km".
 
 A lookup embeds the query only when some entry of its scope has its key
 terms (no hit is possible otherwise); else it is embedded once, at store.
@@ -155,23 +156,19 @@ class SemanticCache:
         return switch if switch is not None else self._config.mode == "on"
 
     async def lookup(
-        self,
-        route_key: str,
-        body: dict[str, Any],
-        identity: str,
-        options: RequestOptions,
-        key_switch: bool | None = None,
+        self, route_key: str, api: str, parts: tuple[str, dict[str, Any]], identity: str, compression: str
     ) -> tuple[SemanticQuery | None, SemanticHit | None]:
-        """The request's query (to ``store`` once answered; None when it does not take
-        part) and an earlier similar request's answer, if there is one. ``key_switch``:
-        the proxy key's ``semantic`` setting."""
-        if not self.wanted(options, key_switch):
-            return None, None
-        text = self._query_text(body)
-        if text is None:
+        """The request's query (to ``store`` once answered; None when it does not take part) and an
+        earlier similar request's answer, if there is one. ``parts``: the request's last user turn
+        as text, and the rest of it (``Surface.semantic_parts``), in the client's ``api``. Asked
+        only for a request that is in (``wanted``)."""
+        text, rest = parts
+        if self._config.deterministic_only and (
+            rest.get("temperature") != 0 or rest.get("tools") or rest.get("functions")
+        ):
             return None, None
         normalized = normalize(text)
-        query = SemanticQuery(_scope(route_key, body, identity, options.compression), key_terms(normalized), normalized)
+        query = SemanticQuery(_scope(route_key, api, rest, identity, compression), key_terms(normalized), normalized)
         await self._catch_up()
         vector = await self._vector(query) if self.index.could_answer(query) else None
         if vector is None:
@@ -219,22 +216,6 @@ class SemanticCache:
                 return None
         return query.vector
 
-    def _query_text(self, body: dict[str, Any]) -> str | None:
-        """The last user message's text, when the request may take part at all."""
-        if self._config.deterministic_only and (
-            body.get("temperature") != 0 or body.get("tools") or body.get("functions")
-        ):
-            return None
-        message = body["messages"][-1]
-        if message.get("role") != "user":
-            return None
-        content = message.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                return None  # images, audio, files: the text alone does not say what is asked
-            content = "\n".join(str(p.get("text", "")) for p in content)
-        return content if isinstance(content, str) and content.strip() else None
-
     async def _catch_up(self) -> None:
         """Add what other processes stored since the last read (Redis backend only)."""
         if self._link is None:
@@ -264,12 +245,13 @@ class SemanticCache:
                 return
 
 
-def _scope(route_key: str, body: dict[str, Any], identity: str, compression: str) -> str:
-    """Everything that must be equal for two requests to share an answer, the last user message aside."""
-    rest = {k: v for k, v in body.items() if k not in IGNORED_FIELDS and k != "messages"}
+def _scope(route_key: str, api: str, rest: dict[str, Any], identity: str, compression: str) -> str:
+    """Everything that must be equal for two requests to share an answer: the request but its last
+    user turn (``rest``), its client API (whose answers the exact cache keeps in that API's form),
+    routed model, caller and compression."""
+    canonical = {k: v for k, v in rest.items() if k not in IGNORED_FIELDS}
     material = orjson.dumps(
-        [route_key, identity, compression, body["messages"][:-1], rest],
-        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+        [route_key, api, identity, compression, canonical], option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
     )
     return hashlib.blake2b(material, digest_size=16).hexdigest()
 

@@ -122,6 +122,12 @@ class Surface(abc.ABC):
         usage = answer.get("usage")
         return usage if isinstance(usage, dict) else None
 
+    def semantic_parts(self, body: dict[str, Any]) -> SemanticParts | None:
+        """What the semantic cache compares (the last turn's text) and what must be equal for a hit
+        (the rest of the request); None when the request cannot take part: its last turn is not
+        the user's text alone, or this API has no turns (embeddings, legacy completions)."""
+        return None
+
     async def history(self, body: dict[str, Any], identity: str) -> list[dict[str, Any]] | None:
         """Hub messages that come before this request's own; None when there are none."""
         return None
@@ -156,6 +162,26 @@ class HubSurface(Surface):
 
     def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return body
+
+
+SemanticParts = tuple[str, dict[str, Any]]
+"""A request's last user turn as text, and the request without that turn (``Surface.semantic_parts``)."""
+
+
+def last_user_text(turns: Any, text_type: str) -> str | None:
+    """The last of ``turns`` as text when it is the user's and holds nothing but text: a string, or
+    parts of ``text_type`` (images, audio, files: the text alone does not say what is asked)."""
+    if not isinstance(turns, list) or not turns:
+        return None
+    turn = turns[-1]
+    if not isinstance(turn, dict) or turn.get("role") != "user":
+        return None
+    content = turn.get("content")
+    if isinstance(content, list):
+        if not all(isinstance(p, dict) and p.get("type") == text_type and isinstance(p.get("text"), str) for p in content):
+            return None
+        content = "\n".join(p["text"] for p in content)
+    return content if isinstance(content, str) and content.strip() else None
 
 
 def required(body: dict[str, Any], name: str) -> Any:

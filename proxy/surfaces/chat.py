@@ -11,7 +11,16 @@ from typing import Any
 
 from proxy.completions import SSE_DONE, Chunk
 from proxy.errors import InvalidRequest, SluiceError, error_event
-from proxy.surfaces.base import HubSurface, ParsedRequest, StreamRenderer, require_model, required, streaming
+from proxy.surfaces.base import (
+    HubSurface,
+    ParsedRequest,
+    SemanticParts,
+    StreamRenderer,
+    last_user_text,
+    require_model,
+    required,
+    streaming,
+)
 
 _NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 _INTEGERS = ("max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs")
@@ -26,6 +35,11 @@ class ChatSurface(HubSurface):
 
     def renderer(self, request: dict[str, Any], include_usage: bool) -> StreamRenderer:
         return ChatRenderer(include_usage)
+
+    def semantic_parts(self, body: dict[str, Any]) -> SemanticParts | None:
+        messages = body.get("messages")
+        text = last_user_text(messages, "text")
+        return (text, {**body, "messages": messages[:-1]}) if text is not None else None  # type: ignore[index]
 
 
 class ChatRenderer:

@@ -16,7 +16,15 @@ from starlette.responses import Response
 from proxy import anthropic_usage
 from proxy.errors import InvalidRequest, SluiceError
 from proxy.surfaces import messages_answer, messages_errors, messages_request, messages_stream
-from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface, require_model
+from proxy.surfaces.base import (
+    NativeAssembler,
+    ParsedRequest,
+    SemanticParts,
+    StreamRenderer,
+    Surface,
+    last_user_text,
+    require_model,
+)
 from proxy.tokens import count_messages, count_text
 
 ROLES = ("user", "assistant")
@@ -52,6 +60,11 @@ class MessagesSurface(Surface):
 
     def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return messages_request.to_hub(body, history)
+
+    def semantic_parts(self, body: dict[str, Any]) -> SemanticParts | None:
+        messages = body.get("messages")
+        text = last_user_text(messages, "text")  # the system prompt stays in the rest
+        return (text, {**body, "messages": messages[:-1]}) if text is not None else None  # type: ignore[index]
 
     def from_hub(self, completion: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
         estimate = 0 if completion.get("usage") else self.count_tokens(request)

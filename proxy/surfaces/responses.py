@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.errors import SluiceError
 from proxy.surfaces import responses_answer, responses_events, responses_request
-from proxy.surfaces.base import NativeAssembler, ParsedRequest, StreamRenderer, Surface
+from proxy.surfaces.base import NativeAssembler, ParsedRequest, SemanticParts, StreamRenderer, Surface, last_user_text
 from proxy.surfaces.response_store import NativeOrigin, ResponseStore, StoredResponse
 from proxy.surfaces.responses_answer import derived_id, text_part
 
@@ -33,6 +33,17 @@ class ResponsesSurface(Surface):
 
     def to_hub(self, body: dict[str, Any], history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         return responses_request.to_hub(body, history)
+
+    def semantic_parts(self, body: dict[str, Any]) -> SemanticParts | None:
+        """``input`` as a string is one user turn, as an item of one ``input_text`` part is; the
+        ``instructions`` and ``previous_response_id`` stay in the rest."""
+        value = body.get("input")
+        if isinstance(value, str):
+            return (value, {**body, "input": []}) if value.strip() else None
+        text = last_user_text(value, "input_text")
+        if text is None or value[-1].get("type", "message") != "message":
+            return None
+        return text, {**body, "input": value[:-1]}
 
     def from_hub(self, completion: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
         return responses_answer.from_hub(completion, request)
