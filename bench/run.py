@@ -15,7 +15,11 @@ on, exporting its spans over OTLP/HTTP to bench/otlp_sink.py.
 The proxy under test runs alone on core 0; the fake upstream (and redis) share
 core 1 with wrk. For each workload the three targets are measured back to back
 in the same run, so they see the same machine. Every target first answers one
-checked request, then gets a discarded warm-up, then the measured run.
+checked request, then gets a discarded warm-up, then the measured run. The
+targets that compare two measurements (tracing on against off, each client
+API against Chat Completions) are judged on the same pair measured again in
+alternating 2-s slices each round (``PAIRS``), so that the machine's drift
+between two runs does not decide them.
 
 Exits 1 when something could not be measured (e.g. Sluice does not start);
 missed performance targets show as ❌ in the report but do not fail the run.
@@ -95,6 +99,29 @@ WORKLOADS = [
 GROUPS = {api.name: [w.key for w in WORKLOADS if w.request.api is api] for api in (CHAT, RESPONSES, MESSAGES)}
 """`--only chat`, `--only responses`, `--only messages`: every workload of that client API."""
 
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A target judged on the ratio of two measurements (report.checks), each a (workload, target).
+
+    Measured back to back, 10 s apart, they see the machine at two speeds (it
+    swings 10-40% within minutes): so each round also measures the pair in
+    alternating slices (``SLICES``), over which a steady drift cancels."""
+
+    base: tuple[str, str]
+    other: tuple[str, str]
+
+
+PAIRS = (
+    Pair(("c16", "sluice"), ("c16", TRACED)),
+    Pair(("c16", "sluice"), ("responses-native", "sluice")),
+    Pair(("c16", "sluice"), ("messages-native", "sluice")),
+)
+SLICES = "ABBAABBA"
+"""One round of a pair: A the base, B the other; each half mirrors the other."""
+SLICE_SECONDS = 2
+
 CACHE_CONNECTIONS = 16
 QUIET = 0.15
 """Other work may use this share of the CPUs when a measurement starts."""
@@ -134,6 +161,25 @@ class Bench:
                 "during the run; its figures count them"
             )
         return result
+
+    def interleave(self, pair: Pair, base: tuple[str, Request], other: tuple[str, Request], connections: int) -> float | None:
+        """``other``'s req/s over ``base``'s, from wrk runs of ``SLICE_SECONDS`` in the order of ``SLICES``."""
+        label = f"{pair.other[1]}, {pair.other[0]} / {pair.base[1]}, {pair.base[0]}, interleaved"
+        self.busy_starts.append(wait_for_quiet(QUIET, self.quiet_wait))
+        totals = {"A": [0, 0.0], "B": [0, 0.0]}
+        try:
+            for side in SLICES:
+                url, request = base if side == "A" else other
+                result = wrk(url, connections, min(SLICE_SECONDS, self.seconds), request)
+                totals[side][0] += result.requests
+                totals[side][1] += result.seconds
+        except LoadError as exc:
+            self.fail(label, str(exc))
+            return None
+        (base_requests, base_seconds), (other_requests, other_seconds) = totals["A"], totals["B"]
+        ratio = (other_requests / other_seconds) / (base_requests / base_seconds)
+        print(f"  {label:<60} {ratio:6.1%}", file=sys.stderr, flush=True)
+        return ratio
 
     def fail(self, label: str, reason: str) -> str:
         self.problems.append(f"{label}: {reason}")
@@ -177,6 +223,9 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
             env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "sluice-bench"}
             targets[TRACED] = bench.start_sluice(stack, f"{label}-traced", services.sluice_config(upstream_port), env)
         rounds: dict[tuple[str, str], list[Cell]] = {(w.key, name): [] for w in workloads for name in w.targets}
+        by_key = {workload.key: workload for workload in workloads}
+        pairs = [p for p in PAIRS if p.base[0] in by_key and p.other[0] in by_key]
+        interleaved: dict[tuple[str, str], list[float]] = {pair.other: [] for pair in pairs}
         for _ in range(bench.repeat):
             for workload in workloads:
                 print(workload.title, file=sys.stderr)
@@ -185,6 +234,13 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
                     if url and not any(isinstance(cell, str) for cell in cells):
                         what = f"{name}, {workload.key}"
                         cells.append(bench.measure(what, url, workload.connections, workload.request))
+            for pair in pairs:
+                base, other = by_key[pair.base[0]], by_key[pair.other[0]]
+                base_url, other_url = targets[pair.base[1]], targets[pair.other[1]]
+                if base_url and other_url:
+                    ratio = bench.interleave(pair, (base_url, base.request), (other_url, other.request), other.connections)
+                    if ratio is not None:
+                        interleaved[pair.other].append(ratio)
         traced = targets.get(TRACED)
         exported = _exported_spans(bench, traced, sink) if sink and traced else None
     tables = [Table(workload.key, workload.title) for workload in workloads]
@@ -195,6 +251,7 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
         }
         if exported and TRACED in workload.targets:
             table.notes.append(exported)
+        table.interleaved = {target: ratios for (key, target), ratios in interleaved.items() if key == workload.key and ratios}
     return tables
 
 
