@@ -134,7 +134,7 @@ def checks(tables: dict[str, Table]) -> list[Check]:
     result = [
         _check(
             "Sluice ≥ 90% of the floor's req/s, non-streaming c=16",
-            _at_least(0.90),
+            _ratio_at_least(0.90, interleaved("c16", "sluice")),
             cell("c16", "sluice"),
             floor,
         ),
@@ -146,7 +146,7 @@ def checks(tables: dict[str, Table]) -> list[Check]:
         ),
         _check(
             "Sluice ≥ 95% of the floor's req/s, 50 ms upstream c=64",
-            _at_least(0.95),
+            _ratio_at_least(0.95, interleaved("delay50", "sluice")),
             cell("delay50", "sluice"),
             cell("delay50", "floor"),
         ),

@@ -16,10 +16,10 @@ The proxy under test runs alone on core 0; the fake upstream (and redis) share
 core 1 with wrk. For each workload the three targets are measured back to back
 in the same run, so they see the same machine. Every target first answers one
 checked request, then gets a discarded warm-up, then the measured run. The
-targets that compare two measurements (tracing on against off, each client
-API against Chat Completions) are judged on the same pair measured again in
-alternating 2-s slices each round (``PAIRS``), so that the machine's drift
-between two runs does not decide them.
+targets that compare two measurements (Sluice against the floor, tracing on
+against off, each client API against Chat Completions) are judged on the same
+pair measured again in alternating 2-s slices each round (``PAIRS``), so that
+the machine's drift between two runs does not decide them.
 
 Exits 1 when something could not be measured (e.g. Sluice does not start);
 missed performance targets show as ❌ in the report but do not fail the run.
@@ -114,6 +114,8 @@ class Pair:
 
 
 PAIRS = (
+    Pair(("c16", "floor"), ("c16", "sluice")),
+    Pair(("delay50", "floor"), ("delay50", "sluice")),
     Pair(("c16", "sluice"), ("c16", TRACED)),
     Pair(("c16", "sluice"), ("responses-native", "sluice")),
     Pair(("c16", "sluice"), ("messages-native", "sluice")),

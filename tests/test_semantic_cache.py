@@ -15,6 +15,10 @@ import pytest
 
 from proxy.cache.semantic import SemanticIndex
 from proxy.cache.terms import key_terms, normalize
+from proxy.surfaces.chat import ChatSurface
+from proxy.surfaces.messages import MessagesSurface
+from proxy.surfaces.response_store import MemoryResponseStore
+from proxy.surfaces.responses import ResponsesSurface
 from tests.conftest import openai_config
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import FakeOpenAI
@@ -307,3 +311,29 @@ def test_a_bridged_responses_hit_is_a_response_of_its_own(start_proxy, fake_open
     sent = fake_openai.calls("/chat/completions")[-1].json["messages"]
     texts = [m["content"] if isinstance(m["content"], str) else "".join(p["text"] for p in m["content"]) for m in sent]
     assert texts == [PARAPHRASE, f"echo: {QUESTION}", "And in feet?"], "the hit's own conversation"
+
+
+RESPONSES = ResponsesSurface(MemoryResponseStore(ttl=60, max_entries=10))
+TEXT_PART = {"type": "text", "text": "Convert 5 km"}
+IMAGE_PART = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+
+
+@pytest.mark.parametrize(
+    ("surface", "body", "parts"),
+    [
+        (ChatSurface(), {"messages": [{"role": "user", "content": "hi"}]}, ("hi", {"messages": []})),
+        (ChatSurface(), {"messages": [{"role": "user", "content": [TEXT_PART, TEXT_PART]}]}, ("Convert 5 km\nConvert 5 km", {"messages": []})),
+        (ChatSurface(), {"messages": [{"role": "user", "content": [TEXT_PART, IMAGE_PART]}]}, None),
+        (ChatSurface(), {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}, None),
+        (ChatSurface(), {"messages": [{"role": "user", "content": "  "}]}, None),
+        (MessagesSurface(), {"system": "s", "messages": [{"role": "user", "content": [TEXT_PART]}]}, ("Convert 5 km", {"system": "s", "messages": []})),
+        (MessagesSurface(), {"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "9"}]}]}, None),
+        (RESPONSES, {"input": "hi", "instructions": "i"}, ("hi", {"input": [], "instructions": "i"})),
+        (RESPONSES, {"input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}, ("hi", {"input": []})),
+        (RESPONSES, {"input": [{"role": "user", "content": "a"}, {"type": "function_call_output", "call_id": "c", "output": "9"}]}, None),
+        (RESPONSES, {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:,"}]}]}, None),
+        (RESPONSES, {"input": []}, None),
+    ],
+)
+def test_what_each_api_compares_and_what_scopes_it(surface: Any, body: dict[str, Any], parts: Any) -> None:
+    assert surface.semantic_parts(body) == parts

@@ -168,13 +168,20 @@ SemanticParts = tuple[str, dict[str, Any]]
 """A request's last user turn as text, and the request without that turn (``Surface.semantic_parts``)."""
 
 
+def last_turn_parts(body: dict[str, Any], field: str, text_type: str) -> SemanticParts | None:
+    """``Surface.semantic_parts`` of an API whose turns are the list ``body[field]``."""
+    turns = body.get(field)
+    text = last_user_text(turns, text_type)
+    return (text, {**body, field: turns[:-1]}) if text is not None else None  # type: ignore[index]
+
+
 def last_user_text(turns: Any, text_type: str) -> str | None:
-    """The last of ``turns`` as text when it is the user's and holds nothing but text: a string, or
-    parts of ``text_type`` (images, audio, files: the text alone does not say what is asked)."""
+    """The last of ``turns`` as text when it is the user's message and holds nothing but text: a
+    string, or parts of ``text_type`` (images, audio, files: the text alone does not say what is asked)."""
     if not isinstance(turns, list) or not turns:
         return None
     turn = turns[-1]
-    if not isinstance(turn, dict) or turn.get("role") != "user":
+    if not isinstance(turn, dict) or turn.get("role") != "user" or turn.get("type", "message") != "message":
         return None
     content = turn.get("content")
     if isinstance(content, list):

@@ -16,7 +16,7 @@ from proxy.surfaces.base import (
     ParsedRequest,
     SemanticParts,
     StreamRenderer,
-    last_user_text,
+    last_turn_parts,
     require_model,
     required,
     streaming,
@@ -37,9 +37,7 @@ class ChatSurface(HubSurface):
         return ChatRenderer(include_usage)
 
     def semantic_parts(self, body: dict[str, Any]) -> SemanticParts | None:
-        messages = body.get("messages")
-        text = last_user_text(messages, "text")
-        return (text, {**body, "messages": messages[:-1]}) if text is not None else None  # type: ignore[index]
+        return last_turn_parts(body, "messages", "text")
 
 
 class ChatRenderer:

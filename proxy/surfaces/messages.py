@@ -22,7 +22,7 @@ from proxy.surfaces.base import (
     SemanticParts,
     StreamRenderer,
     Surface,
-    last_user_text,
+    last_turn_parts,
     require_model,
 )
 from proxy.tokens import count_messages, count_text
@@ -62,9 +62,7 @@ class MessagesSurface(Surface):
         return messages_request.to_hub(body, history)
 
     def semantic_parts(self, body: dict[str, Any]) -> SemanticParts | None:
-        messages = body.get("messages")
-        text = last_user_text(messages, "text")  # the system prompt stays in the rest
-        return (text, {**body, "messages": messages[:-1]}) if text is not None else None  # type: ignore[index]
+        return last_turn_parts(body, "messages", "text")  # the system prompt stays in the rest
 
     def from_hub(self, completion: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
         estimate = 0 if completion.get("usage") else self.count_tokens(request)

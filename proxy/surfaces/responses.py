@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy.errors import SluiceError
 from proxy.surfaces import responses_answer, responses_events, responses_request
-from proxy.surfaces.base import NativeAssembler, ParsedRequest, SemanticParts, StreamRenderer, Surface, last_user_text
+from proxy.surfaces.base import NativeAssembler, ParsedRequest, SemanticParts, StreamRenderer, Surface, last_turn_parts
 from proxy.surfaces.response_store import NativeOrigin, ResponseStore, StoredResponse
 from proxy.surfaces.responses_answer import derived_id, text_part
 
@@ -40,10 +40,7 @@ class ResponsesSurface(Surface):
         value = body.get("input")
         if isinstance(value, str):
             return (value, {**body, "input": []}) if value.strip() else None
-        text = last_user_text(value, "input_text")
-        if text is None or value[-1].get("type", "message") != "message":
-            return None
-        return text, {**body, "input": value[:-1]}
+        return last_turn_parts(body, "input", "input_text")
 
     def from_hub(self, completion: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
         return responses_answer.from_hub(completion, request)
