@@ -244,7 +244,7 @@ def run_workloads(bench: Bench, delay_ms: int, workloads: list[Workload]) -> lis
                     if ratio is not None:
                         interleaved[pair.other].append(ratio)
         traced = targets.get(TRACED)
-        exported = _exported_spans(bench, traced, sink) if sink and traced else None
+        exported = _exported_spans(bench, TRACED, traced, sink) if sink and traced else None
     tables = [Table(workload.key, workload.title) for workload in workloads]
     for workload, table in zip(workloads, tables, strict=True):
         table.rows = {
@@ -263,26 +263,26 @@ EXPORT_WAIT = 8.0
 """Seconds to wait for the last batch: the exporter sends a partial one every 5 s (OTEL_BSP_SCHEDULE_DELAY)."""
 
 
-def _exported_spans(bench: Bench, sluice: str, sink: str) -> str:
+def _exported_spans(bench: Bench, row: str, sluice: str, sink: str, per_request: int = SPANS_PER_REQUEST) -> str:
     """Proof that tracing was on: the spans the sink received against those the requests made
     (none is a problem: the tracing figure would be Sluice's without tracing)."""
     try:
         requests = _get_json(f"{sluice}/stats")["requests"]["total"]
-        expected = requests * SPANS_PER_REQUEST
+        expected = requests * per_request
         deadline = time.monotonic() + EXPORT_WAIT
         received = _get_json(f"{sink}/__stats")
         while received["spans"] < expected and time.monotonic() < deadline:
             time.sleep(0.25)
             received = _get_json(f"{sink}/__stats")
     except (OSError, ValueError) as exc:
-        return bench.fail(f"{TRACED}, spans", f"could not count the exported spans ({exc})")
+        return bench.fail(f"{row}, spans", f"could not count the exported spans ({exc})")
     if not received["spans"]:
-        return bench.fail(f"{TRACED}, spans", "the OTLP sink received no spans: tracing was not on")
+        return bench.fail(f"{row}, spans", "the OTLP sink received no spans: tracing was not on")
     return (
-        f"{TRACED}: `OTEL_EXPORTER_OTLP_ENDPOINT` at bench/otlp_sink.py (an OTLP/HTTP collector on core 1), "
+        f"{row}: `OTEL_EXPORTER_OTLP_ENDPOINT` at bench/otlp_sink.py (an OTLP/HTTP collector on core 1), "
         f"default batch settings; it received {received['spans']:,} spans in {received['exports']:,} exports "
         f"for the {requests:,} requests this Sluice served ({received['spans'] / max(expected, 1):.0%} of "
-        f"{SPANS_PER_REQUEST} per request; spans beyond `OTEL_BSP_MAX_QUEUE_SIZE` waiting are dropped)"
+        f"{per_request} per request; spans beyond `OTEL_BSP_MAX_QUEUE_SIZE` waiting are dropped)"
     )
 
 
@@ -331,6 +331,21 @@ def run_cache(bench: Bench, backends: list[str]) -> Table:
             table.rows[row] = _measure_hits(bench, row, url)
             table.rows[f"{row}, full path"] = _measure_hits(bench, f"{row}, full path", url, OFF_LANE)
             table.notes.append(f"{row}: {_cache_stats(url)}")
+    row = "sluice, memory cache, tracing on"
+    with ExitStack() as stack:  # hits traced: each a span of its own (no upstream attempt), the lane's too
+        label, upstream_port, sink_port = "cache-traced", free_port(), free_port()
+        stack.enter_context(services.upstream(label, upstream_port))
+        stack.enter_context(services.otlp_sink(label, sink_port))
+        sink = services.base_url(sink_port)
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "OTEL_SERVICE_NAME": "sluice-bench"}
+        config = services.sluice_config(upstream_port, cache={"enabled": True, "backend": "memory"})
+        url = bench.start_sluice(stack, label, config, env)
+        if url is None:
+            table.rows[row] = "Sluice did not start"
+        else:
+            table.rows[row] = _measure_hits(bench, row, url)
+            table.notes.append(f"{row}: {_cache_stats(url)}")
+            table.notes.append(_exported_spans(bench, row, url, sink, per_request=1))
     table.notes.append(
         "full path: the same hits sent with `X-Sluice-Cache-TTL`, which keeps them off the hit lane: "
         "what a hit costs when its bytes differ from the request that taught the lane"

@@ -117,7 +117,8 @@ class Gateway:
             self.prices,
             self.telemetry,
         )
-        if self.cache is not None and lane_enabled(self.config) and tracing.TRACING is None:  # a lane hit has no span
+        tracer = tracing.TRACING
+        if self.cache is not None and lane_enabled(self.config) and (tracer is None or not tracer.capture_content):
             lane_paths = frozenset(path.encode() for path, surface in self.surfaces.items() if surface.hit_lane)
             self.pipeline.lane = HitLane(self.cache, self.telemetry, lane_paths)
         if self.cache is not None and self.config.cache.semantic.mode != "off":

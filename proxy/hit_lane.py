@@ -25,7 +25,8 @@ in the lane: no ``Cache-Control`` or ``X-Sluice-Cache-TTL`` (those change
 what the full path does), and only keys without rpm, tpm or budget limits
 (a limited key must be counted and may be refused). Every lane answer gets its
 own ``X-Request-ID`` and ``X-Sluice-Overhead-Ms``, its log line, its
-metrics and its place in ``/stats``, like any other.
+metrics, its place in ``/stats`` and, with tracing on, its span, like any other
+(content capture keeps the lane off: it keeps no request's body).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
+from proxy import tracing
 from proxy.cache.base import CacheBackend, CachedAnswer
 from proxy.fifo import BoundedFifo
 from proxy.middleware import client_request_id, new_request_id
@@ -74,6 +76,8 @@ class LaneEntry:
     """The body as it goes on the wire (chunk-framed for a stream)."""
     telemetry: Repeat
     """What each answer adds to the log, the metrics and /stats."""
+    record: RequestRecord
+    """The full path's record of the hit, for each answer's span (``Tracing.lane_hit``)."""
     size: int
 
 
@@ -81,6 +85,7 @@ class LaneEntry:
 class LaneHit:
     entry: LaneEntry
     request_id: str
+    headers: list[tuple[bytes, bytes]]  # the request's, for its trace context
 
 
 class HitLane:
@@ -130,9 +135,9 @@ class HitLane:
             body = payload
         template = copy.copy(record)
         template.status, template.bytes_out, template.error_code = 200, len(payload), None
-        template.body = template.completion = None  # tracing's references: the lane keeps no request's body
+        template.body = template.completion = template.span = None  # tracing's references: the lane keeps no request's body
         entry = LaneEntry(
-            cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), len(key[3]) + len(body) + 512
+            cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), template, len(key[3]) + len(body) + 512
         )
         if entry.size > self._max_bytes // 64:  # one entry may not crowd out the rest
             return
@@ -176,7 +181,7 @@ class HitLane:
             self._entries.discard(key)  # expired, evicted, cleared or refreshed: the full path decides,
             self._seen.put(hash(key), None)  # and these bytes are known: its next hit teaches the lane
             return None
-        return LaneHit(entry, client_request_id(request_id) or new_request_id())
+        return LaneHit(entry, client_request_id(request_id) or new_request_id(), headers)
 
     def response(self, hit: LaneHit, started: float, date_headers: bytes, keep_alive: bool) -> bytes:
         entry = hit.entry
@@ -190,9 +195,14 @@ class HitLane:
         ))
 
     def finish(self, hit: LaneHit, started: float) -> None:
-        """The answer is written: log, count and time it like any other request."""
+        """The answer is written: log, count, time and trace it like any other request."""
         self.hits += 1
-        hit.entry.telemetry.report(hit.request_id, time.perf_counter() - started)
+        latency = time.perf_counter() - started
+        entry = hit.entry
+        entry.telemetry.report(hit.request_id, latency)
+        tracer = tracing.TRACING
+        if tracer is not None:
+            tracer.lane_hit(hit.headers, entry.record, entry.answer.completion.data, time.time_ns() - int(latency * 1e9))
 
 
 def _received_path(scope: Scope) -> bytes:

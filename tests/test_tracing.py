@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -192,6 +193,40 @@ def test_streams_cache_hits_and_content_when_opted_in(start_proxy, fake_openai, 
     assert "gen_ai.response.time_to_first_chunk" in miss.attributes
     assert hit.attributes["gen_ai.usage.input_tokens"] == 0, "a hit consumed no tokens"
     assert not children(spans, hit)
+
+
+def test_a_hit_the_lane_answers_has_the_span_the_full_path_gives_a_hit(start_proxy, fake_openai, receiver) -> None:  # type: ignore[no-untyped-def]
+    proxy = start_proxy(openai_config(fake_openai, cache={"enabled": True}), env=traced(receiver))
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "lane"}]}
+    for _ in range(3):  # a miss, then two hits through the full path: the second teaches the lane
+        httpx.post(f"{proxy.url}/v1/chat/completions", json=body).raise_for_status()
+    lane = httpx.post(f"{proxy.url}/v1/chat/completions", json=body, headers={"traceparent": TRACEPARENT})
+    assert lane.headers["x-sluice-cache"] == "hit"
+    assert httpx.get(f"{proxy.url}/stats").json()["cache"]["lane_hits"] == 1
+
+    spans = receiver.wait_for(has("server", 4))
+    by_lane = [s for s in spans if s.trace_id == CLIENT_TRACE]
+    assert [(s.kind, s.parent_span_id) for s in by_lane] == [("server", CLIENT_SPAN)], "the client's trace, continued"
+    full_path = max((s for s in spans if s.kind == "server" and s.trace_id != CLIENT_TRACE), key=lambda s: s.start_ns)
+    lane_span = by_lane[0]
+    assert lane_span.name == full_path.name == "chat gpt-4o-mini"
+    assert lane_span.attributes == full_path.attributes, "the same attributes as a hit through the full path"
+    assert lane_span.attributes["sluice.cache"] == "hit"
+    assert lane_span.attributes["gen_ai.response.id"] == lane.json()["id"]
+    assert 0 < lane_span.start_ns <= lane_span.end_ns
+    assert len(fake_openai.calls("/chat/completions")) == 1
+
+
+def test_content_capture_keeps_the_lane_off(start_proxy, fake_openai, receiver) -> None:  # type: ignore[no-untyped-def]
+    """The lane keeps no request's body, so it could not write one into a span."""
+    env = traced(receiver, OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="true")
+    proxy = start_proxy(openai_config(fake_openai, cache={"enabled": True}), env=env)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "no lane"}]}
+    for _ in range(4):
+        httpx.post(f"{proxy.url}/v1/chat/completions", json=body).raise_for_status()
+    assert httpx.get(f"{proxy.url}/stats").json()["cache"].get("lane_hits", 0) == 0
+    spans = receiver.wait_for(has("server", 4))
+    assert all("gen_ai.input.messages" in s.attributes for s in spans if s.kind == "server")
 
 
 def chat_answer(usage: dict[str, object]) -> Reply:
