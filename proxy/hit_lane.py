@@ -135,7 +135,7 @@ class HitLane:
             body = payload
         template = copy.copy(record)
         template.status, template.bytes_out, template.error_code = 200, len(payload), None
-        template.body = template.completion = template.span = None  # tracing's references: the lane keeps no request's body
+        template.body = template.span = None  # tracing's references: the lane keeps no request's body (the answer is the entry's)
         entry = LaneEntry(
             cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), template, len(key[3]) + len(body) + 512
         )
@@ -202,7 +202,7 @@ class HitLane:
         entry.telemetry.report(hit.request_id, latency)
         tracer = tracing.TRACING
         if tracer is not None:
-            tracer.lane_hit(hit.headers, entry.record, entry.answer.completion.data, time.time_ns() - int(latency * 1e9))
+            tracer.lane_hit(hit.headers, entry.record, time.time_ns() - int(latency * 1e9))
 
 
 def _received_path(scope: Scope) -> bytes:

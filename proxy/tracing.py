@@ -279,19 +279,14 @@ class Tracing:
 
     # -- the request (SERVER) span --
 
-    def start_request(self, scope: Scope, record: RequestRecord) -> Token[_Request | None] | None:
-        """Begin the request's span (model calls only), continuing the client's trace context."""
+    def start_request(self, scope: Scope, record: RequestRecord, start_ns: int = 0) -> Token[_Request | None] | None:
+        """Begin the request's span (model calls only), continuing the client's trace context; it
+        starts now, or at ``start_ns`` (``lane_hit``)."""
         path = scope["path"]
         operation = OPERATIONS.get(path) if scope["method"] == "POST" else None
         if operation is None:
             return None
-        span = self._span(scope["headers"], operation, time.time_ns())
-        record.span = span
-        return _request.set(span)
-
-    def _span(self, headers: Iterable[tuple[bytes, bytes]], operation: str, start_ns: int) -> _Request:
-        """A request's span, continuing the client's trace context (``start_request``, ``lane_hit``)."""
-        client = client_trace(headers)
+        client = client_trace(scope["headers"])
         if client is None:
             trace, parent_span_id, trace_state = getrandbits(128) or 1, b"", ""
             flags = 1 if self._default_sampling else self._sampled(operation, trace, None)  # roots are sampled
@@ -300,7 +295,17 @@ class Tracing:
             trace, parent_span_id = parent[0], parent[1].to_bytes(8, "big")
             flags = parent[2] & 1 if self._default_sampling else self._sampled(operation, trace, parent)
         span_id = (getrandbits(64) or 1).to_bytes(8, "big")  # ids are random and not all zero (W3C)
-        return _Request(trace.to_bytes(16, "big"), span_id, parent_span_id, flags, trace_state, operation, start_ns)
+        span = _Request(trace.to_bytes(16, "big"), span_id, parent_span_id, flags, trace_state, operation, start_ns or time.time_ns())
+        record.span = span
+        return _request.set(span)
+
+    def lane_hit(self, headers: list[tuple[bytes, bytes]], record: RequestRecord, start_ns: int) -> None:
+        """A cache hit that the hit lane answered (``proxy.hit_lane``) since ``start_ns``: its span, begun
+        and ended as the full path's hit's, from the record the lane learned (one for all its hits, which
+        run one at a time). The lane is off when content capture is on: it keeps no request's body."""
+        token = self.start_request({"path": record.path, "method": "POST", "headers": headers}, record, start_ns)
+        if token is not None:
+            self.finish_request(record, token)
 
     def _sampled(self, operation: str, trace_id: int, parent: tuple[int, int, int] | None) -> int:
         """The trace flags for this request, by a sampler other than the default (``parentbased_always_on``:
@@ -330,21 +335,6 @@ class Tracing:
         content = b""
         if self.capture_content:
             content = _content(record.body, completion.data if answer is not None else None)  # type: ignore[union-attr]
-        self._queue_request(request, record, content, answer)
-
-    def lane_hit(self, headers: Iterable[tuple[bytes, bytes]], record: RequestRecord, data: Any, start_ns: int) -> None:
-        """A cache hit that the hit lane answered (``proxy.hit_lane``), ``data`` its answer: its span, as
-        the full path writes a hit's, from the record the lane learned (one for all its hits). The lane
-        is off when content capture is on: it keeps no request's body."""
-        operation = OPERATIONS.get(record.path)
-        if operation is None:
-            return
-        span = self._span(headers, operation, start_ns)
-        if span.flags:
-            self._queue_request(span, record, b"", _answer(data) if isinstance(data, dict) else None)
-
-    def _queue_request(self, request: _Request, record: RequestRecord, content: bytes, answer: Answer | None) -> None:
-        """The request's span, with its last successful attempt's, for the export thread (``encode``)."""
         self.exporter.add((
             _SERVER_SPAN, request.trace_id, request.trace_state, request.span_id, request.parent_span_id,
             request.start_ns, time.time_ns(),
