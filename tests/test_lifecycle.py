@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -123,11 +124,18 @@ def test_client_disconnect_mid_stream_closes_the_upstream(start_proxy, fake_open
 def test_client_disconnect_while_waiting_cancels_the_upstream_call(start_proxy, fake_openai) -> None:
     fake_openai.script(Reply(hang=True))
     proxy = start_proxy(openai_config(fake_openai, cache={"enabled": False}))
-    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}
-    try:
-        httpx.post(f"{proxy.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
-    except httpx.ReadTimeout:
-        pass
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}).encode()
+    host, port = proxy.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: sluice\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        for _ in range(1000):  # the call reached the upstream (within 10 s): only then does the client leave
+            if fake_openai.requests:
+                break
+            threading.Event().wait(0.01)
+        assert fake_openai.requests, "the request never reached the upstream"
     assert fake_openai.disconnected.wait(5), "the upstream call kept running after the client left"
 
 
