@@ -100,7 +100,6 @@ GROUPS = {api.name: [w.key for w in WORKLOADS if w.request.api is api] for api i
 """`--only chat`, `--only responses`, `--only messages`: every workload of that client API."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class Pair:
     """A target judged on the ratio of two measurements (report.checks), each a (workload, target).
