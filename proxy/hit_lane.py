@@ -76,8 +76,6 @@ class LaneEntry:
     """The body as it goes on the wire (chunk-framed for a stream)."""
     telemetry: Repeat
     """What each answer adds to the log, the metrics and /stats."""
-    record: RequestRecord
-    """The full path's record of the hit, for each answer's span (``Tracing.lane_hit``)."""
     size: int
 
 
@@ -137,7 +135,7 @@ class HitLane:
         template.status, template.bytes_out, template.error_code = 200, len(payload), None
         template.body = template.span = None  # tracing's references: the lane keeps no request's body (the answer is the entry's)
         entry = LaneEntry(
-            cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), template, len(key[3]) + len(body) + 512
+            cache_key, answer, b"".join(lines), body, self._telemetry.repeat(template), len(key[3]) + len(body) + 512
         )
         if entry.size > self._max_bytes // 64:  # one entry may not crowd out the rest
             return
@@ -202,7 +200,7 @@ class HitLane:
         entry.telemetry.report(hit.request_id, latency)
         tracer = tracing.TRACING
         if tracer is not None:
-            tracer.lane_hit(hit.headers, entry.record, time.time_ns() - int(latency * 1e9))
+            tracer.lane_hit(hit.headers, entry.telemetry.record, time.time_ns() - int(latency * 1e9))
 
 
 def _received_path(scope: Scope) -> bytes:

@@ -38,6 +38,11 @@ class Repeat:
         self._line_head = orjson.dumps(fields)[:-1] + b","
         self._latencies: list[float] = []
 
+    @property
+    def record(self) -> RequestRecord:
+        """The record every request it tells of shares (the hit lane's spans are written from it)."""
+        return self._record
+
     def report(self, request_id: str, latency: float) -> None:
         telemetry = self._telemetry
         record = self._record
