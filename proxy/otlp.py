@@ -27,7 +27,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -48,11 +48,14 @@ T = TypeVar("T")
 # built per span.
 
 _SMALL = [bytes([n]) for n in range(128)]
+SMALL_VARINTS: Sequence[bytes] = _SMALL
+"""``varint(n)`` for ``n`` from 0 to 127, for the callers that save its call in the common case."""
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 # A sampled span's first fields, in one pack: 2 ``span_id`` and 4 ``parent_span_id`` (tag and size, then
 # 8 bytes), 7 and 8 the start and end times (fixed64), 1 ``trace_id`` (16 bytes) and 16 ``flags``.
 _CHILD_HEAD = struct.Struct("<2s8s2s8sBQBQ2s16s6s")
 _ROOT_HEAD = struct.Struct("<2s8sBQBQ2s16s6s")
+HEAD_SIZE, CHILD_HEAD_SIZE = _ROOT_HEAD.size, _CHILD_HEAD.size
 _SAMPLED = b"\x85\x01\x01\x00\x00\x00"  # fixed32 flags: the W3C sampled flag (only sampled spans are exported)
 
 
@@ -67,6 +70,11 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def varint(n: int) -> bytes:
+    """``n`` as an int64's varint (a negative one in ten bytes, as protobuf writes it)."""
+    return _SMALL[n] if 0 <= n < 128 else _varint(n & _MASK64)
 
 
 def _delimited(tag: bytes, payload: bytes) -> bytes:
@@ -117,6 +125,14 @@ class Attribute:
         key_value_size = len(self._key) + 1 + len(_varint(any_size)) + any_size
         return b"\x4a" + _varint(key_value_size) + self._key + b"\x12" + _varint(any_size) + value_tag
 
+    def int_head(self, size: int) -> bytes:
+        """The attribute's bytes before an int value whose varint is ``size`` bytes (``varint``)."""
+        return self._ints[size]
+
+    def str_head(self, size: int) -> bytes:
+        """The attribute's bytes before a string value of ``size`` bytes (UTF-8)."""
+        return self._strings[size] if size < 128 else self._head(b"\x0a" + _varint(size), size)
+
     def int(self, value: int) -> bytes:
         if 0 <= value < 128:
             return self._small[value]
@@ -126,7 +142,7 @@ class Attribute:
     def str(self, value: str) -> bytes:
         encoded = value.encode()
         size = len(encoded)
-        return (self._strings[size] if size < 128 else self._head(b"\x0a" + _varint(size), size)) + encoded
+        return (self._strings[size] if size < 128 else self.str_head(size)) + encoded
 
     def float(self, value: float) -> bytes:
         return self._head(b"\x21", 8) + struct.pack("<d", value)
@@ -151,11 +167,14 @@ def sampled_span(
     """A sampled span as ``in_scope_spans`` parts: its ids (big-endian, 16 and 8 bytes; ``parent_span_id``
     b"" for a root span), times, and ``fields``, the rest of it encoded (``trace_state_field``,
     ``name_and_kind``, attributes…), joined once with the first fields packed in one go."""
+    return in_scope_spans(span_head(trace_id, span_id, parent_span_id, start_ns, end_ns) + b"".join(fields))
+
+
+def span_head(trace_id: bytes, span_id: bytes, parent_span_id: bytes, start_ns: int, end_ns: int) -> bytes:
+    """A sampled span's first fields (``HEAD_SIZE``, or ``CHILD_HEAD_SIZE`` with a parent), in one pack."""
     if parent_span_id:
-        head = _CHILD_HEAD.pack(b"\x12\x08", span_id, b"\x22\x08", parent_span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
-    else:
-        head = _ROOT_HEAD.pack(b"\x12\x08", span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
-    return in_scope_spans(head + b"".join(fields))
+        return _CHILD_HEAD.pack(b"\x12\x08", span_id, b"\x22\x08", parent_span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
+    return _ROOT_HEAD.pack(b"\x12\x08", span_id, 0x39, start_ns, 0x41, end_ns, b"\x0a\x10", trace_id, _SAMPLED)
 
 
 def trace_state_field(trace_state: str) -> bytes:
@@ -199,9 +218,13 @@ def encode_span(
 
 def in_scope_spans(span: bytes) -> tuple[bytes, bytes]:
     """A ``Span`` as a field (2, ``spans``) of ``ScopeSpans``, in two parts: the field's tag and
-    length, then the span itself (not copied: ``export_request`` joins the parts once)."""
-    size = len(span)
-    return (_FRAMES[size] if size < MAX_FRAMED else b"\x12" + _varint(size)), span
+    length (``frame``), then the span itself (not copied: ``export_request`` joins the parts once)."""
+    return frame(len(span)), span
+
+
+def frame(size: int) -> bytes:
+    """The ``spans`` field's tag and length, before a span of ``size`` bytes."""
+    return _FRAMES[size] if size < MAX_FRAMED else b"\x12" + _varint(size)
 
 
 MAX_FRAMED = 2048

@@ -41,16 +41,22 @@ from proxy.accounting import Usage
 from proxy.config import Config, Target, TracingConfig
 from proxy.errors import SluiceError, UpstreamHTTPError
 from proxy.otlp import (
+    CHILD_HEAD_SIZE,
     CLIENT,
+    HEAD_SIZE,
     SERVER,
+    SMALL_VARINTS,
     Attribute,
     SpanExporter,
     error_status,
+    frame,
     in_scope_spans,
     name_and_kind,
     sampled_span,
     span_attributes,
+    span_head,
     trace_state_field,
+    varint,
 )
 from proxy.telemetry.record import RequestRecord
 
@@ -87,7 +93,7 @@ class _Request:
     attempt: Attempt | None = None  # its last successful attempt's span, queued with its own
     answered: dict[str, Any] | None = None  # that attempt's answer (its data), until the request is over
     ended: bool = False  # its span is queued: an attempt that ends later (a flight that outlived it) is queued alone
-    upstream: TraceHeaders | None = None  # the trace context of its attempt under way (a request's are one at a time)
+    upstream: str | None = None  # the ``traceparent`` of its attempt under way (a request's are one at a time)
 
 
 Answer = tuple[Any, Any, tuple[str, ...]]
@@ -104,9 +110,12 @@ when it is written alone (with its request's span, the request's usage is the sa
 # instead, a quarter of tracing's CPU went to collections). A request's span is
 # queued with its last successful attempt's (``_SERVER_SPAN``), which shares
 # its trace id, trace state and answer; an attempt that failed, or ended after
-# its request, is queued alone (``_CLIENT_SPAN``). Only sampled requests queue
-# spans, so no item carries trace flags.
-_SERVER_SPAN, _CLIENT_SPAN = 0, 1
+# its request, is queued alone (``_CLIENT_SPAN``). Most requests were answered
+# by their one attempt, with no trace state, error or content: their items
+# (``_ANSWERED``, laid out as ``_SERVER_SPAN``'s) are written from a layout of
+# their shape (``Tracing._answered``). Only sampled requests queue spans, so no
+# item carries trace flags.
+_SERVER_SPAN, _CLIENT_SPAN, _ANSWERED = 0, 1, 2
 
 
 _request: ContextVar[_Request | None] = ContextVar("sluice_trace_request", default=None)
@@ -163,35 +172,41 @@ def shutdown() -> None:
         TRACING = None
 
 
-TraceHeaders = tuple[dict[str, str], str]
-"""The trace context an upstream request carries: as headers, and as HTTP/1.1 header lines."""
-
-
-def _trace_headers(traceparent: str, trace_state: str) -> TraceHeaders:
-    if trace_state:
-        return {"traceparent": traceparent, "tracestate": trace_state}, f"traceparent: {traceparent}\r\ntracestate: {trace_state}\r\n"
-    return {"traceparent": traceparent}, f"traceparent: {traceparent}\r\n"
+TraceHeaders = tuple[str, str]
+"""The trace context an upstream request carries: its ``traceparent`` and ``tracestate`` ("" for none)."""
 
 
 def _upstream_trace() -> TraceHeaders | None:
     """The trace context an upstream request made now carries: its attempt span's in a traced
     request (none between attempts), else the client's own (``continue_client``)."""
     request = _request.get()
-    return request.upstream if request is not None else _upstream.get()
+    if request is None:
+        return _upstream.get()
+    return (request.upstream, request.trace_state) if request.upstream is not None else None
 
 
 def upstream_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """``headers`` with the request's trace context for an upstream request: the current attempt
     span's ``traceparent`` (and ``tracestate``), or the client's own (``continue_client``)."""
     trace = _upstream_trace()
-    return {**headers, **trace[0]} if trace is not None else headers
+    if trace is None:
+        return headers
+    traceparent, trace_state = trace
+    if trace_state:
+        return {**headers, "traceparent": traceparent, "tracestate": trace_state}
+    return {**headers, "traceparent": traceparent}
 
 
 def upstream_header_lines() -> str:
     """``upstream_headers``' trace context as HTTP/1.1 header lines ("" without one), for proxy.http1
     to add to a request's head: its values are already checked (``client_trace``) or Sluice's own."""
     trace = _upstream_trace()
-    return trace[1] if trace is not None else ""
+    if trace is None:
+        return ""
+    traceparent, trace_state = trace
+    if trace_state:
+        return f"traceparent: {traceparent}\r\ntracestate: {trace_state}\r\n"
+    return f"traceparent: {traceparent}\r\n"
 
 
 def continue_client(scope: Scope) -> Token[TraceHeaders | None] | None:
@@ -201,7 +216,7 @@ def continue_client(scope: Scope) -> Token[TraceHeaders | None] | None:
     if client is None:
         return None
     traceparent, _, trace_state = client
-    return _upstream.set(_trace_headers(traceparent, trace_state))
+    return _upstream.set((traceparent, trace_state))
 
 
 def end_continue(token: Token[TraceHeaders | None]) -> None:
@@ -276,6 +291,7 @@ class Tracing:
         self.capture_content = environ.get(CAPTURE_CONTENT, "").strip().lower() == "true"
         self._providers = {p.name: _provider_attributes(p.type, p.base_url) for p in config.providers}
         self._common: dict[tuple[Any, ...], bytes] = {}
+        self._layouts: dict[tuple[Any, ...], tuple[bytes, ...]] = {}  # ``_answered``'s
 
     # -- the request (SERVER) span --
 
@@ -329,14 +345,21 @@ class Tracing:
             return
         completion = record.completion
         answer = None  # none unless the client got one
+        written = _SERVER_SPAN
         if completion is not None and isinstance(completion.data, dict):
             attempt = request.attempt
-            answer = attempt[3] if attempt is not None and request.answered is completion.data else _answer(completion.data)
+            if attempt is not None and request.answered is completion.data:
+                answer = attempt[3]
+                if record.status < 400 and record.error_code is None and not request.trace_state:
+                    written = _ANSWERED
+            else:
+                answer = _answer(completion.data)
         content = b""
         if self.capture_content:
             content = _content(record.body, completion.data if answer is not None else None)  # type: ignore[union-attr]
+            written = _SERVER_SPAN
         self.exporter.add((
-            _SERVER_SPAN, request.trace_id, request.trace_state, request.span_id, request.parent_span_id,
+            written, request.trace_id, request.trace_state, request.span_id, request.parent_span_id,
             request.start_ns, time.time_ns(),
             # the kind of request (``_request_common``): index 7 to 14
             record.path, record.status, record.stream, record.cache, record.dedup, record.attempts, record.model,
@@ -348,6 +371,8 @@ class Tracing:
 
     def encode(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
         """A queued item's spans, as ``in_scope_spans`` parts (``otlp.SpanExporter`` calls this in its thread)."""
+        if item[0] == _ANSWERED:
+            return self._answered(item)
         if item[0] == _SERVER_SPAN:
             return self._request_spans(item)
         _, trace_id, trace_state, parent_span_id, attempt = item
@@ -392,6 +417,66 @@ class Tracing:
             response = _answer_attributes(attempt[3]) if attempt[3] is not None else b""
         return request + self._attempt_span(trace_id, state, span_id, attempt, response + usage)
 
+    def _answered(self, item: tuple[Any, ...]) -> tuple[bytes, ...]:
+        """What ``_request_spans`` writes for an ``_ANSWERED`` item, with less work: the bytes that spans
+        of its shape (its kinds, its answer's model and finish reasons, the sizes of the values that
+        vary) share are joined once (``_layout``), and only its ids, times, answer id and token
+        counts are written for it. An answer without a model or id of its own is written the
+        general way."""
+        (_, trace_id, _, span_id, parent_span_id, start_ns, end_ns, _, _, _, _, _, _, _, _,
+         tokens_saved, ttft, _, _, _, answer, prompt_tokens, completion_tokens,
+         cached_tokens, cache_write_tokens, reasoning_tokens, attempt) = item
+        model, answer_id, reasons = answer
+        if type(model) is not str or not model or type(answer_id) is not str:
+            return self._request_spans(item)
+        answer_id = answer_id.encode()
+        # ``varint``, its call saved for the counts under 128
+        saved = SMALL_VARINTS[tokens_saved] if 0 <= tokens_saved < 128 else varint(tokens_saved)
+        prompt = SMALL_VARINTS[prompt_tokens] if 0 <= prompt_tokens < 128 else varint(prompt_tokens)
+        completion = SMALL_VARINTS[completion_tokens] if 0 <= completion_tokens < 128 else varint(completion_tokens)
+        ttft = _TIME_TO_FIRST_CHUNK.float(ttft) if ttft is not None else b""
+        details = b""
+        if cached_tokens or cache_write_tokens or reasoning_tokens:
+            details = _usage_details(cached_tokens, cache_write_tokens, reasoning_tokens)
+        shape = (
+            item[7:15], attempt[4:8], model, reasons, bool(parent_span_id),
+            len(answer_id), len(saved), len(prompt), len(completion), len(ttft), len(details),
+        )
+        layout = self._layouts.get(shape)
+        if layout is None:
+            layout = self._layout(shape)
+            if layout is None:
+                return self._request_spans(item)
+        frame, before_saved, before_id, before_prompt, before_completion, attempt_frame, attempt_before_id = layout
+        span = b"".join((
+            span_head(trace_id, span_id, parent_span_id, start_ns, end_ns), before_saved, saved, ttft,
+            before_id, answer_id, before_prompt, prompt, before_completion, completion, details,
+        ))
+        attempt_span = b"".join((
+            span_head(trace_id, attempt[0], span_id, attempt[1], attempt[2]), attempt_before_id,
+            answer_id, before_prompt, prompt, before_completion, completion, details,
+        ))
+        return frame, span, attempt_frame, attempt_span
+
+    def _layout(self, shape: tuple[Any, ...]) -> tuple[bytes, ...] | None:
+        """The bytes ``_answered`` puts between the values it writes, for spans of this shape: ``_request_spans``'
+        fields, in its order. None once ``MAX_KINDS`` shapes are kept."""
+        if len(self._layouts) >= MAX_KINDS:
+            return None
+        kind, attempt_kind, model, reasons, child, id_size, saved_size, prompt_size, completion_size, ttft_size, details_size = shape
+        common = self._common.get(kind) or self._remember(kind, self._request_common(*kind))
+        response = _answer_attributes((model, None, reasons))
+        before_saved = common + _TOKENS_SAVED.int_head(saved_size)
+        before_id = response + _RESPONSE_ID.str_head(id_size)
+        before_prompt, before_completion = _INPUT_TOKENS.int_head(prompt_size), _OUTPUT_TOKENS.int_head(completion_size)
+        attempt_before_id = self._attempt_common(attempt_kind) + before_id
+        values = id_size + prompt_size + completion_size + details_size + len(before_id) + len(before_prompt) + len(before_completion)
+        size = (CHILD_HEAD_SIZE if child else HEAD_SIZE) + len(before_saved) + saved_size + ttft_size + values
+        attempt_size = CHILD_HEAD_SIZE + len(attempt_before_id) - len(before_id) + values
+        layout = (frame(size), before_saved, before_id, before_prompt, before_completion, frame(attempt_size), attempt_before_id)
+        self._layouts[shape] = layout
+        return layout
+
     def _remember(self, kind: tuple[Any, ...], common: bytes) -> bytes:
         if len(self._common) < MAX_KINDS:
             self._common[kind] = common
@@ -431,8 +516,7 @@ class Tracing:
         if request is None:
             return None
         span_id = (getrandbits(64) or 1).to_bytes(8, "big")
-        traceparent = f"00-{request.trace_id.hex()}-{span_id.hex()}-0{request.flags}"
-        request.upstream = _trace_headers(traceparent, request.trace_state)
+        request.upstream = f"00-{request.trace_id.hex()}-{span_id.hex()}-0{request.flags}"
         return request, span_id, time.time_ns()
 
     def end_attempt(
@@ -479,10 +563,15 @@ class Tracing:
     ) -> tuple[bytes, bytes]:
         """An upstream attempt's (CLIENT) span: ``state`` (its ``trace_state`` field) and ``answered`` (its
         answer's attributes and usage) are its request's when it came with it."""
-        span_id, start_ns, end_ns, answer, operation, provider, model, number, failure, _ = attempt
-        kind = attempt[4:8]
+        span_id, start_ns, end_ns, answer, _, _, _, _, failure, _ = attempt
+        outcome = failure if failure or answer is None else answered  # a stream's answer is not read
+        return sampled_span(trace_id, span_id, parent_id, start_ns, end_ns, (state, self._attempt_common(attempt[4:8]), outcome))
+
+    def _attempt_common(self, kind: tuple[str, str, str, int]) -> bytes:
+        """The name, kind and attributes the attempts of a kind (operation, provider, model, number) share, encoded once."""
         common = self._common.get(kind)
         if common is None:
+            operation, provider, model, number = kind
             attributes = {
                 "gen_ai.operation.name": operation,
                 "gen_ai.request.model": model,
@@ -491,8 +580,7 @@ class Tracing:
                 **self._providers.get(provider, {}),
             }
             common = self._remember(kind, name_and_kind(f"{operation} {model}", CLIENT) + span_attributes(attributes))
-        outcome = failure if failure or answer is None else answered  # a stream's answer is not read
-        return sampled_span(trace_id, span_id, parent_id, start_ns, end_ns, (state, common, outcome))
+        return common
 
 
 _TOKENS_SAVED = Attribute("sluice.tokens_saved")

@@ -15,10 +15,13 @@ import anthropic
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxy.completions import Completion
 from proxy.config import Config, ConfigError, ProviderConfig, Target, TracingConfig, parse_config
 from proxy.telemetry.record import RequestRecord
+from proxy import tracing
 from proxy.tracing import Tracing, _answer, client_trace, enabled_by, with_config
 from tests.conftest import openai_config
 from tests.fakes.otlp import OTLPReceiver, ReceivedSpan
@@ -352,6 +355,61 @@ def test_each_successful_call_of_a_request_has_its_span(receiver: OTLPReceiver) 
     assert set(attempts) == {"text-embedding-3-small", "gpt-4o-mini"}
     assert "gen_ai.response.id" not in attempts["text-embedding-3-small"].attributes
     assert attempts["gpt-4o-mini"].attributes["gen_ai.response.id"] == request.attributes["gen_ai.response.id"] == "chatcmpl-1"
+
+
+# The common request (answered by its one attempt, no trace state, error or content) is written from
+# a layout of its shape (``Tracing._answered``): byte for byte what the general writer gives.
+
+_MODELS = st.one_of(st.sampled_from(["gpt-4o-mini", "gpt-4o-mini-2024-07-18", "", "m" * 140]), st.text(max_size=20), st.none(), st.integers())
+_IDS = st.one_of(st.sampled_from(["chatcmpl-1", "resp_" + "x" * 130]), st.text(max_size=20), st.none(), st.integers())
+_COUNTS = st.one_of(st.integers(0, 300), st.integers(-(2**63), 2**63 - 1))
+_ANSWERS = st.fixed_dictionaries({
+    "id": _IDS,
+    "model": _MODELS,
+    "choices": st.lists(st.fixed_dictionaries({"finish_reason": st.sampled_from(["stop", "length", "tool_calls", "odd"])}), max_size=2),
+})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    answer=_ANSWERS,
+    counts=st.tuples(*[_COUNTS] * 3, *[st.one_of(st.just(0), _COUNTS)] * 3),
+    ttft=st.one_of(st.none(), st.floats(0, 100)),
+    continued=st.booleans(),
+    kind=st.tuples(st.sampled_from(["/v1/chat/completions", "/v1/responses"]), st.booleans(), st.sampled_from(["miss", None]), st.booleans()),
+    models=st.tuples(st.sampled_from(["gpt-4o-mini", None]), st.sampled_from(["openai", None]), st.sampled_from(["gpt-4o", None])),
+)
+def test_a_common_requests_spans_are_written_as_the_general_writer_writes_them(
+    answer: dict[str, Any], counts: tuple[int, ...], ttft: float | None, continued: bool,
+    kind: tuple[str, bool, str | None, bool], models: tuple[str | None, str | None, str | None],
+) -> None:
+    queued: list[tuple[Any, ...]] = []
+    config = Config(providers=(ProviderConfig(name="openai", type="openai", base_url="http://127.0.0.1:9/v1"),))
+    tracer = Tracing(config, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_BSP_SCHEDULE_DELAY": "600000"})
+    tracer.exporter.add = queued.append  # type: ignore[method-assign]  # written here, not exported
+    try:
+        for _ in range(2):  # the first of a shape lays it out, the second is written from the layout
+            path, stream, cache, dedup = kind
+            record = RequestRecord("req", "POST", path, 0.0)
+            headers = [(b"traceparent", TRACEPARENT.encode())] if continued else []
+            token = tracer.start_request({"path": path, "method": "POST", "headers": headers}, record)
+            attempt = tracer.start_attempt()
+            assert token is not None and attempt is not None
+            completion = Completion(b"{}", answer)
+            tracer.end_attempt(attempt, Target("openai", "gpt-4o-mini"), 1, completion, None)
+            record.status, record.completion, record.stream, record.cache, record.dedup, record.attempts = 200, completion, stream, cache, dedup, 1
+            record.model, record.provider, record.upstream_model = models
+            (record.prompt_tokens, record.completion_tokens, record.tokens_saved,
+             record.cached_tokens, record.cache_write_tokens, record.reasoning_tokens) = counts
+            record.ttft_seconds = ttft
+            tracer.finish_request(record, token)
+    finally:
+        tracer.exporter.shutdown()
+    for item in queued:
+        assert item[0] == tracing._ANSWERED
+        assert tracer.encode(item) == tracer._request_spans(item)
+    if isinstance(answer["model"], str) and answer["model"] and isinstance(answer["id"], str):
+        assert tracer._layouts, "written from its layout"
 
 
 # -- tracing off: the client's trace context goes upstream as it came --
