@@ -219,7 +219,8 @@ def encode_span(
 def in_scope_spans(span: bytes) -> tuple[bytes, bytes]:
     """A ``Span`` as a field (2, ``spans``) of ``ScopeSpans``, in two parts: the field's tag and
     length (``frame``), then the span itself (not copied: ``export_request`` joins the parts once)."""
-    return frame(len(span)), span
+    size = len(span)
+    return (_FRAMES[size] if size < MAX_FRAMED else frame(size)), span
 
 
 def frame(size: int) -> bytes:
