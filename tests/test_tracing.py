@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from proxy import tracing
 from proxy.completions import Completion
 from proxy.config import Config, ConfigError, ProviderConfig, Target, TracingConfig, parse_config
 from proxy.telemetry.record import RequestRecord
-from proxy import tracing
 from proxy.tracing import Tracing, _answer, client_trace, enabled_by, with_config
 from tests.conftest import openai_config
 from tests.fakes.otlp import OTLPReceiver, ReceivedSpan
