@@ -47,8 +47,7 @@ T = TypeVar("T")
 # under a name encoded once (``Attribute``): no dict or protobuf object is
 # built per span.
 
-_SMALL = [bytes([n]) for n in range(128)]
-SMALL_VARINTS: Sequence[bytes] = _SMALL
+SMALL_VARINTS: Sequence[bytes] = [bytes([n]) for n in range(128)]
 """``varint(n)`` for ``n`` from 0 to 127, for the callers that save its call in the common case."""
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 # A sampled span's first fields, in one pack: 2 ``span_id`` and 4 ``parent_span_id`` (tag and size, then
@@ -61,7 +60,7 @@ _SAMPLED = b"\x85\x01\x01\x00\x00\x00"  # fixed32 flags: the W3C sampled flag (o
 
 def _varint(n: int) -> bytes:
     if n < 128:
-        return _SMALL[n]
+        return SMALL_VARINTS[n]
     if n < 16384:  # lengths of spans and batches' parts: one step, no loop
         return bytes(((n & 0x7F) | 0x80, n >> 7))
     out = bytearray()
@@ -74,7 +73,7 @@ def _varint(n: int) -> bytes:
 
 def varint(n: int) -> bytes:
     """``n`` as an int64's varint (a negative one in ten bytes, as protobuf writes it)."""
-    return _SMALL[n] if 0 <= n < 128 else _varint(n & _MASK64)
+    return SMALL_VARINTS[n] if 0 <= n < 128 else _varint(n & _MASK64)
 
 
 def _delimited(tag: bytes, payload: bytes) -> bytes:
@@ -115,7 +114,7 @@ class Attribute:
         self._key = _delimited(b"\x0a", name.encode())  # KeyValue.key
         # everything before the value's own bytes, by their length: an int's varint, a short string's
         self._ints = [self._head(b"\x18", n) for n in range(11)]
-        self._small = [self._ints[1] + _SMALL[n] for n in range(128)]  # the whole attribute, for 0 to 127
+        self._small = [self._ints[1] + SMALL_VARINTS[n] for n in range(128)]  # the whole attribute, for 0 to 127
         self._strings = [self._head(b"\x0a" + _varint(n), n) for n in range(128)]
         self._arrays: dict[tuple[str, ...], bytes] = {}
 

@@ -50,7 +50,6 @@ from proxy.otlp import (
     SpanExporter,
     error_status,
     frame,
-    in_scope_spans,
     name_and_kind,
     sampled_span,
     span_attributes,
@@ -350,14 +349,13 @@ class Tracing:
             attempt = request.attempt
             if attempt is not None and request.answered is completion.data:
                 answer = attempt[3]
-                if record.status < 400 and record.error_code is None and not request.trace_state:
+                if record.status < 400 and record.error_code is None and not request.trace_state and not self.capture_content:
                     written = _ANSWERED
             else:
                 answer = _answer(completion.data)
         content = b""
         if self.capture_content:
             content = _content(record.body, completion.data if answer is not None else None)  # type: ignore[union-attr]
-            written = _SERVER_SPAN
         self.exporter.add((
             written, request.trace_id, request.trace_state, request.span_id, request.parent_span_id,
             request.start_ns, time.time_ns(),
